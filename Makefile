@@ -1,0 +1,77 @@
+# cformer: make | make test | make bench | make clean | make deps
+# Switches: PORTABLE=1 (no -march=native: the portable C kernels), SAN=1 (ASan + UBSan),
+#           BUILD=dir (build directory, default build), MPI=1 (reserved for the MPI build).
+BUILD    ?= build
+CC       ?= cc
+PKGS     := libhdf5-dev libcjson-dev pkg-config
+BENCHPKG := libopenblas-dev
+
+HDF5_CFLAGS := $(shell pkg-config --cflags hdf5 2>/dev/null)
+HDF5_LIBS   := $(shell pkg-config --libs hdf5 2>/dev/null || echo -lhdf5)
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude $(HDF5_CFLAGS)
+LDLIBS  := -fopenmp $(HDF5_LIBS) -lcjson -lm
+ifeq ($(SAN),1)
+  CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDLIBS  += -fsanitize=address,undefined
+else
+  CFLAGS  += -O3 -g
+endif
+ifneq ($(PORTABLE),1)
+  CFLAGS  += -march=native
+endif
+
+LIB_SRC  := $(wildcard src/core/*.c src/autograd/*.c src/kernels/*.c src/ops/*.c src/attention/*.c \
+                       src/nn/*.c src/model/*.c src/train/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_SRC  := $(wildcard src/cli/*.c)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+LIB      := $(BUILD)/libcformer.a
+
+.PHONY: all test bench clean deps
+all: $(LIB) $(BUILD)/cformer
+
+$(BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# Programs link the objects themselves (not the archive), so every definition is seen at once.
+$(BUILD)/cformer: $(CLI_OBJ) $(LIB_OBJ) | $(LIB)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $< $(LIB_OBJ) -o $@ $(LDLIBS)
+
+# Every test binary runs at 1 thread and at 2; the last line is "N passed, M failed".
+test: all $(TEST_BIN)
+	@sh tests/run.sh $(BUILD) $(TEST_BIN)
+
+# Benchmarks print BENCH lines (DESIGN.md section 9). OpenBLAS is linked only here, when present.
+BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || (test -e /usr/lib/x86_64-linux-gnu/libopenblas.so && echo -lopenblas))
+ifneq ($(strip $(BLAS_LIBS)),)
+  BENCH_BLAS := -DCF_HAVE_OPENBLAS $(shell pkg-config --cflags openblas 2>/dev/null)
+endif
+$(BUILD)/bench/%: tools/bench/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(BENCH_BLAS) $< $(LIB_OBJ) -o $@ $(LDLIBS) $(BLAS_LIBS)
+
+BENCH_BIN := $(patsubst tools/bench/%.c,$(BUILD)/bench/%,$(wildcard tools/bench/*.c))
+bench: all $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do $$b || exit 1; done
+
+deps:
+	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	 if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	   SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	   $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	 else echo "deps: all present ($(PKGS))"; fi
+
+clean:
+	rm -rf $(BUILD) build-*

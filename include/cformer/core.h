@@ -1,0 +1,209 @@
+/* cformer core: tensors, the activation arena, the autograd tape and the context that owns them.
+ *
+ * The model of computation (define-by-run, as in micrograd and kann):
+ *   - every op is a function cf_<op>(ctx, inputs...) that computes its output at once and, when a
+ *     gradient will be needed, records one cf_node on ctx's tape;
+ *   - the tape is the execution order, so cf_backward() walks it in reverse, and each node's
+ *     backward ADDS (+=) into its inputs' gradients (fan-out such as residuals is then free);
+ *   - activations, their gradients and whatever backward keeps come from one arena, reset at the
+ *     start of every step: the training step does no malloc;
+ *   - parameters and their gradients live in slabs (cf_params, param.h) allocated once.
+ *
+ * Dimension letters used in shape comments throughout: B batch, T tokens, D d_model, H heads,
+ * Dh d_head, F d_ff, V vocabulary.
+ */
+#ifndef CFORMER_CORE_H
+#define CFORMER_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CF_VERSION "0.1.0"
+#define CF_MAX_DIMS 4
+#define CF_NODE_MAX_IN 4
+
+/* ---- errors -------------------------------------------------------------------------------
+ * Two tiers. Programming errors (shape mismatches, broken invariants) abort at once with the
+ * file, line and a message: CF_ASSERT stays on in release builds. Errors of input (config, data,
+ * checkpoints) are returned as status codes with a message in cf_error_msg(); only main() exits. */
+void cf_die(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
+#define CF_ASSERT(cond, ...) do { if (!(cond)) cf_die(__FILE__, __LINE__, __VA_ARGS__); } while (0)
+
+int         cf_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns -1 */
+const char *cf_error_msg(void);
+
+/* malloc that dies with a message instead of returning NULL (for set-up time, never the step) */
+void *cf_xmalloc(size_t n);
+void *cf_xcalloc(size_t n, size_t size);
+
+/* ---- tensors ------------------------------------------------------------------------------ */
+typedef struct cf_tensor {
+    int      ndim;
+    int      shape[CF_MAX_DIMS];   /* row-major, contiguous */
+    int64_t  numel;
+    float   *data;                 /* borrowed: owned by the arena or a parameter slab */
+    float   *grad;                 /* NULL until backward first touches it (cf_grad) */
+    unsigned requires_grad : 1;    /* a gradient must flow into this tensor */
+    unsigned is_param : 1;         /* data/grad live in a cf_params slab */
+    const char *name;              /* parameters only */
+} cf_tensor;
+
+/* "(2, 3, 4)" into a static per-thread buffer slot, for error messages */
+const char *cf_shape_str(const cf_tensor *t);
+int  cf_same_shape(const cf_tensor *a, const cf_tensor *b);
+/* size of the last dimension, and the product of the others ("rows") */
+static inline int     cf_cols(const cf_tensor *t) { return t->shape[t->ndim - 1]; }
+static inline int64_t cf_rows(const cf_tensor *t) { return t->numel / t->shape[t->ndim - 1]; }
+
+/* ---- arena ---------------------------------------------------------------------------------
+ * One reservation of address space, touched (and so counted in RSS) only as far as it is used.
+ * Allocations are 64-byte aligned bump allocations; mark/rewind release everything allocated
+ * after a mark, which is what gradient checkpointing does with a recomputed region. */
+typedef struct cf_arena {
+    char  *base;
+    size_t cap, used, peak;
+} cf_arena;
+
+int    cf_arena_init(cf_arena *a, size_t cap_bytes);   /* 0, or -1 with cf_error_msg() */
+void   cf_arena_free(cf_arena *a);
+void  *cf_arena_alloc(cf_arena *a, size_t nbytes);     /* dies naming the capacity when full */
+static inline size_t cf_arena_mark(const cf_arena *a) { return a->used; }
+static inline void   cf_arena_rewind(cf_arena *a, size_t mark) { a->used = mark; }
+static inline void   cf_arena_reset(cf_arena *a) { a->used = 0; }
+
+/* ---- tape ---------------------------------------------------------------------------------- */
+typedef enum cf_op_kind {
+    CF_OP_MATMUL,          /* batched A·B with optional transposes */
+    CF_OP_LINEAR,          /* x W^T + b */
+    CF_OP_ADD,
+    CF_OP_MUL,
+    CF_OP_SCALE,
+    CF_OP_GELU,
+    CF_OP_RELU,
+    CF_OP_ELU,
+    CF_OP_SOFTMAX,
+    CF_OP_CROSS_ENTROPY,   /* fused log-softmax + mean NLL with ignore index */
+    CF_OP_LAYERNORM,
+    CF_OP_RMSNORM,
+    CF_OP_EMBEDDING,
+    CF_OP_DROPOUT,
+    CF_OP_RESHAPE,
+    CF_OP_PERMUTE,
+    CF_OP_CONCAT,
+    CF_OP_SLICE,           /* a column range of the last dim */
+    CF_OP_MASK,            /* masked_fill(-inf) where a causal or explicit mask says so */
+    CF_OP_SUM,
+    CF_OP_MEAN,
+    CF_OP_ATTENTION,       /* fused scaled-dot-product attention (tiled, O(T) memory) */
+    CF_OP_CHECKPOINT,      /* a recomputed region (gradient checkpointing) */
+    CF_OP_COUNT
+} cf_op_kind;
+
+struct cf_ctx;
+struct cf_node;
+typedef void (*cf_backward_fn)(struct cf_ctx *ctx, struct cf_node *n);
+
+typedef struct cf_op_info {
+    const char    *name;
+    cf_backward_fn backward;       /* reads n->out->grad, ADDS into n->in[i]->grad */
+} cf_op_info;
+extern const cf_op_info cf_op_table[CF_OP_COUNT];
+int cf_op_table_check(void);   /* 0 when every op kind has a name and a backward */
+
+typedef struct cf_node {
+    cf_op_kind  op;
+    int         n_in;
+    cf_tensor  *in[CF_NODE_MAX_IN];
+    cf_tensor  *out;
+    void       *saved;             /* what forward kept for backward (arena memory) */
+    const void *ptr;               /* a borrowed pointer argument (token ids, targets, closure) */
+    int64_t     iarg[6];           /* op attributes */
+    float       farg[4];
+} cf_node;
+
+/* ---- context -------------------------------------------------------------------------------
+ * One per model instance (training or evaluation). Owns the arena and the tape. */
+typedef struct cf_ctx {
+    cf_arena  arena;
+    cf_node  *tape;
+    int       n_nodes, cap_nodes;
+    int       grad_enabled;        /* 0: ops record nothing (evaluation, checkpointed forward) */
+    int       training;            /* dropout active */
+    uint64_t  seed;                /* dropout RNG: key = (seed, step, call counter, element) */
+    uint64_t  step;
+    uint64_t  rng_calls;           /* dropout calls so far in this step */
+} cf_ctx;
+
+int  cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes);
+void cf_ctx_free(cf_ctx *ctx);
+/* start a step: forget the tape, reset the arena, key dropout by `step` */
+void cf_ctx_begin(cf_ctx *ctx, uint64_t step);
+
+/* a fresh tensor (data uninitialised) from the arena; ndim 1..4, shape as varargs */
+cf_tensor *cf_tensor_new(cf_ctx *ctx, int ndim, const int *shape);
+cf_tensor *cf_tensor_1d(cf_ctx *ctx, int a);
+cf_tensor *cf_tensor_2d(cf_ctx *ctx, int a, int b);
+cf_tensor *cf_tensor_3d(cf_ctx *ctx, int a, int b, int c);
+cf_tensor *cf_tensor_4d(cf_ctx *ctx, int a, int b, int c, int d);
+/* a tensor header that views existing memory (no copy); the caller keeps `data` alive */
+cf_tensor *cf_tensor_view(cf_ctx *ctx, float *data, int ndim, const int *shape);
+/* an input that needs a gradient (tests, gradient checks) */
+cf_tensor *cf_tensor_leaf(cf_ctx *ctx, float *data, int ndim, const int *shape, int requires_grad);
+void      *cf_scratch(cf_ctx *ctx, size_t nbytes);   /* arena bytes for an op's saved state */
+
+/* the gradient buffer of t, allocated (zeroed) from the arena on first use */
+float *cf_grad(cf_ctx *ctx, cf_tensor *t);
+
+/* Record a node when any input needs a gradient and recording is on. Sets out->requires_grad.
+ * Returns the node (to fill saved/args) or NULL when nothing is recorded. */
+cf_node *cf_record(cf_ctx *ctx, cf_op_kind op, cf_tensor *out, int n_in, cf_tensor **in);
+/* does an op with these inputs need to record (and keep state for backward)? */
+int cf_needs_grad(const cf_ctx *ctx, int n_in, cf_tensor **in);
+
+/* Backpropagate from `out`: seed its gradient with `seed` (NULL means 1 for every element,
+ * the usual case of a scalar loss), then run every node's backward in reverse order. */
+void cf_backward(cf_ctx *ctx, cf_tensor *out, const float *seed);
+/* run the backward of nodes [from, to) in reverse; used by cf_backward and checkpointing */
+void cf_backward_range(cf_ctx *ctx, int from, int to);
+
+/* ---- gradient checkpointing ------------------------------------------------------------------
+ * fn(ctx, closure, x) is a region (usually one transformer block) whose forward is run without
+ * recording; its single node keeps x and the dropout call counter. Backward re-runs fn with
+ * recording on, backpropagates through the fresh nodes and rewinds the arena, so the gradients
+ * are bitwise those of the uncheckpointed region. fn must be a pure function of x, the
+ * parameters it closes over and the dropout stream. */
+typedef cf_tensor *(*cf_region_fn)(cf_ctx *ctx, void *closure, cf_tensor *x);
+cf_tensor *cf_checkpoint(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x);
+
+/* ---- counter-based RNG ------------------------------------------------------------------------
+ * Dropout masks and random windows are pure functions of (key, index): independent of thread
+ * count and reproducible in recomputation and after resume. */
+static inline uint64_t cf_mix64(uint64_t x) {       /* splitmix64 finaliser */
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+static inline uint64_t cf_rng_key(uint64_t seed, uint64_t a, uint64_t b) {
+    return cf_mix64(cf_mix64(cf_mix64(seed) ^ a) ^ b);
+}
+/* uniform in [0, 1) from a key and an index (24 random bits) */
+static inline float cf_rng_uniform(uint64_t key, uint64_t i) {
+    return (float)(cf_mix64(key ^ (i * 0xd1b54a32d192ed03ull)) >> 40) * (1.0f / 16777216.0f);
+}
+
+/* A stateful generator for set-up work (initialisation, sampling): xoshiro256** */
+typedef struct cf_rng { uint64_t s[4]; } cf_rng;
+void     cf_rng_seed(cf_rng *r, uint64_t seed);
+uint64_t cf_rng_next(cf_rng *r);
+float    cf_rng_float(cf_rng *r);                    /* [0, 1) */
+float    cf_rng_normal(cf_rng *r);                   /* N(0, 1), Box-Muller */
+
+/* threads: OpenMP's count, or 1 without OpenMP */
+int  cf_num_threads(void);
+void cf_set_num_threads(int n);
+
+/* peak resident set size of the process in MB (from /proc/self/status VmHWM) */
+double cf_peak_rss_mb(void);
+
+#endif

@@ -1,0 +1,91 @@
+/* Differentiable ops. Each computes its output now and records a tape node when a gradient will
+ * be needed (see core.h). Shapes are checked here, when the node is recorded: a mismatch aborts
+ * naming the op and the shapes. Every op's forward and backward sit side by side in
+ * src/ops/<file>.c, named in the comment of each declaration. */
+#ifndef CFORMER_OPS_H
+#define CFORMER_OPS_H
+
+#include <stdint.h>
+#include "core.h"
+
+/* ---- src/ops/matmul.c ---------------------------------------------------------------------- */
+/* C = op(A) op(B), batched over leading dims. A [..., M, K] (or [..., K, M] with trans_a),
+ * B [..., K, N] (or [..., N, K] with trans_b). B may be 2-D and is then shared by every batch. */
+cf_tensor *cf_matmul(cf_ctx *ctx, cf_tensor *a, cf_tensor *b, int trans_a, int trans_b);
+/* y = x W^T + b. x [..., in], W [out, in] (PyTorch layout), b [out] or NULL */
+cf_tensor *cf_linear(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b);
+
+/* ---- src/ops/elementwise.c ------------------------------------------------------------------ */
+/* a + b and a * b. b has a's shape or a trailing part of it (then it is broadcast over the
+ * leading dims: positions [T, D] added to [B, T, D]). */
+cf_tensor *cf_add(cf_ctx *ctx, cf_tensor *a, cf_tensor *b);
+cf_tensor *cf_mul(cf_ctx *ctx, cf_tensor *a, cf_tensor *b);
+cf_tensor *cf_scale(cf_ctx *ctx, cf_tensor *x, float s);
+
+/* ---- src/ops/activation.c ------------------------------------------------------------------- */
+cf_tensor *cf_gelu(cf_ctx *ctx, cf_tensor *x);               /* tanh approximation (GPT-2) */
+cf_tensor *cf_relu(cf_ctx *ctx, cf_tensor *x);
+cf_tensor *cf_elu(cf_ctx *ctx, cf_tensor *x, float alpha);
+
+/* ---- src/ops/softmax.c ---------------------------------------------------------------------- */
+cf_tensor *cf_softmax(cf_ctx *ctx, cf_tensor *x);            /* over the last dim; an all -inf row gives 0 */
+
+/* ---- src/ops/cross_entropy.c ---------------------------------------------------------------- */
+/* Fused log-softmax + negative log-likelihood. logits [..., V]; targets one per row; rows whose
+ * target equals ignore_index count for nothing. Returns the mean over counted rows, shape [1],
+ * in nats. smoothing > 0 mixes the one-hot target with the uniform distribution (label smoothing).
+ * If n_counted is not NULL it receives the number of counted rows. */
+cf_tensor *cf_cross_entropy(cf_ctx *ctx, cf_tensor *logits, const int32_t *targets,
+                            int ignore_index, float smoothing, int64_t *n_counted);
+
+/* ---- src/ops/norm.c ------------------------------------------------------------------------- */
+cf_tensor *cf_layernorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b, float eps);
+cf_tensor *cf_rmsnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, float eps);
+
+/* ---- src/ops/embedding.c -------------------------------------------------------------------- */
+/* gather rows of table [V, D] by ids (shape ids_shape, ndim <= 3) -> [ids_shape..., D];
+ * backward scatter-adds into the table's gradient. Ids outside [0, V) abort. */
+cf_tensor *cf_embedding(cf_ctx *ctx, cf_tensor *table, const int32_t *ids, int ndim, const int *ids_shape);
+
+/* ---- src/ops/dropout.c ---------------------------------------------------------------------- */
+/* inverted dropout with a counter-based mask keyed by (ctx->seed, ctx->step, call counter, element):
+ * independent of thread count and replayed exactly when a checkpointed region is recomputed.
+ * Identity (no node) when p == 0 or ctx->training == 0. */
+cf_tensor *cf_dropout(cf_ctx *ctx, cf_tensor *x, float p);
+
+/* ---- src/ops/shape.c ------------------------------------------------------------------------ */
+cf_tensor *cf_reshape(cf_ctx *ctx, cf_tensor *x, int ndim, const int *shape); /* shares data */
+cf_tensor *cf_permute(cf_ctx *ctx, cf_tensor *x, const int *perm);            /* copies; perm has x->ndim entries */
+cf_tensor *cf_concat(cf_ctx *ctx, cf_tensor *a, cf_tensor *b, int dim);       /* equal shapes but dim */
+/* columns [start, start+len) of the last dim, copied (splits a fused qkv) */
+cf_tensor *cf_slice_last(cf_ctx *ctx, cf_tensor *x, int start, int len);
+
+/* ---- src/ops/mask.c ------------------------------------------------------------------------- */
+/* x [..., Tq, Tk] with entries set to -inf where masked. Causal: key j is masked for query i when
+ * j > i + offset (offset = Tk - Tq lets queries sit at the end of a longer key sequence, as with a
+ * memory). Explicit: mask [Tq, Tk] (or [B, Tq, Tk] matching x's leading dim), nonzero = keep. */
+cf_tensor *cf_mask_causal(cf_ctx *ctx, cf_tensor *x, int offset);
+cf_tensor *cf_mask_explicit(cf_ctx *ctx, cf_tensor *x, const uint8_t *keep, int batched);
+
+/* ---- src/ops/reduce.c ----------------------------------------------------------------------- */
+cf_tensor *cf_sum(cf_ctx *ctx, cf_tensor *x);                /* -> [1] */
+cf_tensor *cf_mean(cf_ctx *ctx, cf_tensor *x);               /* -> [1] */
+
+/* ---- src/ops/attention.c -------------------------------------------------------------------- */
+typedef struct cf_attn_opts {
+    int            causal;         /* key j visible to query i only when j <= i + (Tk - Tq) */
+    float          scale;          /* 0 means 1/sqrt(Dh) */
+    float          dropout;        /* on the attention probabilities (training only) */
+    const uint8_t *key_keep;       /* [B, Tk], nonzero = real token; NULL = all (padding masks) */
+} cf_attn_opts;
+/* Fused multi-head scaled-dot-product attention, tiled so that no T x T matrix is stored: backward
+ * recomputes probabilities from the saved per-row log-sum-exp. q [B, Tq, H*Dh], k and v
+ * [B, Tk, H*Dh] (heads are contiguous column blocks, as after a fused qkv projection); returns
+ * [B, Tq, H*Dh] with heads merged back in the same layout. */
+cf_tensor *cf_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v, int n_heads,
+                        const cf_attn_opts *o);
+/* The same on a fused projection qkv [B, T, 3*H*Dh] (all q columns, then k, then v), reading q,
+ * k and v in place without splitting copies. */
+cf_tensor *cf_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, const cf_attn_opts *o);
+
+#endif

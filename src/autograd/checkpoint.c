@@ -1,0 +1,56 @@
+/* Gradient checkpointing (DESIGN.md section 2): a region runs forward without recording and keeps
+ * only its input; backward recomputes it with recording on and backpropagates through the fresh
+ * nodes, then gives their memory back. */
+#include <string.h>
+#include "cformer/core.h"
+
+typedef struct region {
+    cf_region_fn fn;
+    void        *closure;
+    uint64_t     rng_calls;   /* dropout counter at the region's start, to replay its masks */
+} region;
+
+cf_tensor *cf_checkpoint(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x) {
+    if (!cf_needs_grad(ctx, 1, &x)) return fn(ctx, closure, x);
+    uint64_t calls = ctx->rng_calls;
+    size_t mark = cf_arena_mark(&ctx->arena);
+    ctx->grad_enabled = 0;
+    cf_tensor *y = fn(ctx, closure, x);
+    ctx->grad_enabled = 1;
+    /* Keep only y: move it down to the mark over the region's intermediates. The new header and
+     * data sit at or below y's old addresses, so memmove is safe. */
+    int ndim = y->ndim, shape[CF_MAX_DIMS];
+    memcpy(shape, y->shape, sizeof shape);
+    float *src = y->data;
+    cf_arena_rewind(&ctx->arena, mark);
+    region *r = cf_arena_alloc(&ctx->arena, sizeof *r);
+    cf_tensor *out = cf_tensor_new(ctx, ndim, shape);
+    CF_ASSERT((char *)out->data <= (char *)src || (char *)src < ctx->arena.base ||
+              (char *)src >= ctx->arena.base + ctx->arena.cap,
+              "checkpoint: region output below its own start");
+    memmove(out->data, src, (size_t)out->numel * sizeof(float));
+    r->fn = fn;
+    r->closure = closure;
+    r->rng_calls = calls;
+    cf_node *n = cf_record(ctx, CF_OP_CHECKPOINT, out, 1, &x);
+    n->ptr = r;
+    return out;
+}
+
+void cf_checkpoint_backward(cf_ctx *ctx, cf_node *n) {
+    const region *r = n->ptr;
+    cf_tensor *x = n->in[0];
+    cf_grad(ctx, x);                        /* x's gradient must outlive the rewind below */
+    uint64_t calls = ctx->rng_calls;
+    size_t mark = cf_arena_mark(&ctx->arena);
+    int first = ctx->n_nodes;
+    ctx->rng_calls = r->rng_calls;
+    cf_tensor *y = r->fn(ctx, r->closure, x);
+    CF_ASSERT(cf_same_shape(y, n->out), "checkpoint: recomputed output %s differs from %s",
+              cf_shape_str(y), cf_shape_str(n->out));
+    y->grad = n->out->grad;
+    cf_backward_range(ctx, first, ctx->n_nodes);
+    ctx->n_nodes = first;
+    cf_arena_rewind(&ctx->arena, mark);
+    ctx->rng_calls = calls;
+}

@@ -1,0 +1,32 @@
+/* The backward half of every op, for the op table (src/autograd/op_table.c). Each is defined
+ * beside its forward in the file named here. Internal: not part of the public headers. */
+#ifndef CFORMER_OPS_BACKWARD_H
+#define CFORMER_OPS_BACKWARD_H
+
+#include "cformer/core.h"
+
+void cf_matmul_backward(cf_ctx *ctx, cf_node *n);        /* ops/matmul.c */
+void cf_linear_backward(cf_ctx *ctx, cf_node *n);        /* ops/matmul.c */
+void cf_add_backward(cf_ctx *ctx, cf_node *n);           /* ops/elementwise.c */
+void cf_mul_backward(cf_ctx *ctx, cf_node *n);           /* ops/elementwise.c */
+void cf_scale_backward(cf_ctx *ctx, cf_node *n);         /* ops/elementwise.c */
+void cf_gelu_backward(cf_ctx *ctx, cf_node *n);          /* ops/activation.c */
+void cf_relu_backward(cf_ctx *ctx, cf_node *n);          /* ops/activation.c */
+void cf_elu_backward(cf_ctx *ctx, cf_node *n);           /* ops/activation.c */
+void cf_softmax_backward(cf_ctx *ctx, cf_node *n);       /* ops/softmax.c */
+void cf_cross_entropy_backward(cf_ctx *ctx, cf_node *n); /* ops/cross_entropy.c */
+void cf_layernorm_backward(cf_ctx *ctx, cf_node *n);     /* ops/norm.c */
+void cf_rmsnorm_backward(cf_ctx *ctx, cf_node *n);       /* ops/norm.c */
+void cf_embedding_backward(cf_ctx *ctx, cf_node *n);     /* ops/embedding.c */
+void cf_dropout_backward(cf_ctx *ctx, cf_node *n);       /* ops/dropout.c */
+void cf_reshape_backward(cf_ctx *ctx, cf_node *n);       /* ops/shape.c */
+void cf_permute_backward(cf_ctx *ctx, cf_node *n);       /* ops/shape.c */
+void cf_concat_backward(cf_ctx *ctx, cf_node *n);        /* ops/shape.c */
+void cf_slice_backward(cf_ctx *ctx, cf_node *n);         /* ops/shape.c */
+void cf_mask_backward(cf_ctx *ctx, cf_node *n);          /* ops/mask.c */
+void cf_sum_backward(cf_ctx *ctx, cf_node *n);           /* ops/reduce.c */
+void cf_mean_backward(cf_ctx *ctx, cf_node *n);          /* ops/reduce.c */
+void cf_attention_backward(cf_ctx *ctx, cf_node *n);     /* ops/attention.c */
+void cf_checkpoint_backward(cf_ctx *ctx, cf_node *n);    /* autograd/checkpoint.c */
+
+#endif
