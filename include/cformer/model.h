@@ -1,0 +1,39 @@
+/* Models built from a config: the decoder-only language model (GPT-2 architecture by default,
+ * DESIGN.md section 5). */
+#ifndef CFORMER_MODEL_H
+#define CFORMER_MODEL_H
+
+#include "nn.h"
+
+typedef struct cf_region { cf_block *blocks; int n; } cf_region;   /* blocks checkpointed together */
+
+typedef struct cf_model {
+    cf_model_config cfg;
+    cf_params       params;
+    cf_tensor      *tok_emb;          /* [V, D] */
+    cf_tensor      *pos_emb;          /* [max_seq_len, D] when position is learned, else NULL */
+    float          *pos_table;        /* [max_seq_len, D] sinusoids when position is sinusoidal */
+    cf_tensor      *lm_head;          /* [V, D] when embeddings are untied, else NULL */
+    cf_norm_layer   ln_f;
+    cf_block       *blocks;
+    int             n_blocks;
+    int             grad_checkpoint;  /* 0: none; k: regions of k blocks recomputed in backward */
+    cf_region      *regions;
+    int             n_regions;
+} cf_model;
+
+/* declare every parameter and initialise them: normal(0, init_std), residual output projections
+ * (attn.proj, mlp.proj) scaled by 1/sqrt(2 n_layers), zero biases, unit norm weights.
+ * -1 with cf_error_msg() for a configuration the model cannot build. */
+int  cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed);
+void cf_model_free(cf_model *m);
+void cf_model_set_checkpointing(cf_model *m, int k);
+/* logits [B, T, V] for ids [B, T] */
+cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, int T);
+/* mean cross-entropy in nats of targets [B, T]; logits_out (optional) receives the logits */
+cf_tensor *cf_model_loss(cf_model *m, cf_ctx *ctx, const int32_t *ids, const int32_t *targets, int B, int T,
+                         cf_tensor **logits_out);
+/* a generous bound on the arena bytes one training step of B x T needs */
+size_t cf_model_arena_bytes(const cf_model_config *c, int B, int T);
+
+#endif

@@ -1,0 +1,52 @@
+/* Building blocks with parameters: each declares its parameters under a name prefix and records
+ * ops when applied. Names follow DESIGN.md section 6 ("blocks.3.attn.qkv.weight"). */
+#ifndef CFORMER_NN_H
+#define CFORMER_NN_H
+
+#include "config.h"
+#include "ops.h"
+#include "param.h"
+
+typedef struct cf_linear_layer { cf_tensor *w, *b; } cf_linear_layer;        /* w [out, in], b [out] or NULL */
+typedef struct cf_norm_layer { cf_tensor *w, *b; cf_norm_kind kind; float eps; } cf_norm_layer;
+typedef struct cf_mlp_layer { cf_linear_layer fc, proj; cf_act_kind act; } cf_mlp_layer;
+
+/* Multi-head attention: fused q/k/v projection (self-attention) or q and fused k/v (cross),
+ * a variant core, an output projection. */
+typedef struct cf_attn_layer {
+    cf_linear_layer qkv, proj;
+    int   n_heads;
+    int   causal;
+    float dropout;               /* on the attention probabilities */
+    cf_attn_config cfg;          /* the variant and its settings */
+} cf_attn_layer;
+
+typedef struct cf_block {
+    cf_norm_layer ln1, ln2;
+    cf_attn_layer attn;
+    cf_mlp_layer  mlp;
+    cf_norm_pos   norm_position;
+    float         dropout;       /* residual dropout */
+} cf_block;
+
+/* src/nn/linear.c */
+void       cf_linear_decl(cf_linear_layer *l, cf_params *p, const char *prefix, int in, int out, int bias);
+cf_tensor *cf_linear_apply(cf_ctx *ctx, const cf_linear_layer *l, cf_tensor *x);
+/* src/nn/norm.c */
+void       cf_norm_decl(cf_norm_layer *n, cf_params *p, const char *prefix, int d, cf_norm_kind kind, float eps);
+cf_tensor *cf_norm_apply(cf_ctx *ctx, const cf_norm_layer *n, cf_tensor *x);
+/* src/nn/mlp.c */
+void       cf_mlp_decl(cf_mlp_layer *m, cf_params *p, const char *prefix, int d, int d_ff, cf_act_kind act, int bias);
+cf_tensor *cf_mlp_apply(cf_ctx *ctx, const cf_mlp_layer *m, cf_tensor *x);
+/* src/nn/attention.c; x [B, T, D] -> [B, T, D] */
+void       cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
+                        float dropout, const cf_attn_config *cfg, int bias);
+cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x);
+/* src/nn/block.c; one transformer block, pre- or post-norm */
+void       cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model_config *m,
+                         const cf_attn_config *attn, int causal);
+cf_tensor *cf_block_apply(cf_ctx *ctx, const cf_block *b, cf_tensor *x);
+/* cf_region_fn form of cf_block_apply, for gradient checkpointing (closure = the block) */
+cf_tensor *cf_block_region(cf_ctx *ctx, void *block, cf_tensor *x);
+
+#endif

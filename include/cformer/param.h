@@ -1,0 +1,26 @@
+/* Parameters: named tensors whose values and gradients live in two slabs allocated once, so the
+ * optimiser is one loop over numel and a checkpoint writes one dataset per name. */
+#ifndef CFORMER_PARAM_H
+#define CFORMER_PARAM_H
+
+#include "core.h"
+
+typedef struct cf_params {
+    int         n, cap;
+    cf_tensor **t;          /* t[i]->data/grad point into the slabs after finalize */
+    int64_t    *offset;     /* element offset of t[i] in the slabs */
+    float      *values;     /* (numel) */
+    float      *grads;      /* (numel) */
+    int64_t     numel;
+    int         finalized;
+} cf_params;
+
+void       cf_params_init(cf_params *p);
+/* declare a parameter; its memory exists after cf_params_finalize */
+cf_tensor *cf_param_add(cf_params *p, const char *name, int ndim, const int *shape);
+void       cf_params_finalize(cf_params *p);        /* allocates the slabs (zeroed) */
+void       cf_params_zero_grad(cf_params *p);
+cf_tensor *cf_params_find(const cf_params *p, const char *name);
+void       cf_params_free(cf_params *p);
+
+#endif

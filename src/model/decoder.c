@@ -1,0 +1,136 @@
+/* The decoder-only language model: token embedding + positions, n blocks, final norm, output
+ * projection (tied to the token embedding by default). Exactly GPT-2 with the default config;
+ * ../shared/bench/torch_gpt.py is its PyTorch twin and tests/test_golden.c holds us to it. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cformer/model.h"
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+static void init_weights(cf_model *m, uint64_t seed) {
+    cf_rng r;
+    cf_rng_seed(&r, seed);
+    float std = m->cfg.init_std, proj_std = std / sqrtf(2.0f * m->cfg.n_layers);
+    for (int i = 0; i < m->params.n; i++) {
+        cf_tensor *t = m->params.t[i];
+        if (ends_with(t->name, ".bias")) continue;                       /* slabs start zeroed */
+        if (t->ndim == 1) {                                              /* norm weights */
+            for (int64_t j = 0; j < t->numel; j++) t->data[j] = 1.0f;
+            continue;
+        }
+        float s = ends_with(t->name, "proj.weight") ? proj_std : std;
+        for (int64_t j = 0; j < t->numel; j++) t->data[j] = s * cf_rng_normal(&r);
+    }
+}
+
+int cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    if (c->arch != CF_ARCH_DECODER) return cf_set_error("model.arch: encoder_decoder is not available yet");
+    for (int i = 0; i < c->n_layers; i++) {
+        const cf_attn_config *a = cf_config_layer_attn(c, i);
+        if (a->type != CF_ATTN_FULL)
+            return cf_set_error("model.attention.type: \"%s\" is not available yet (layer %d)", cf_attn_kind_name(a->type), i);
+    }
+    m->cfg = *c;
+    cf_params_init(&m->params);
+    int D = c->d_model;
+    m->tok_emb = cf_param_add(&m->params, "tok_emb.weight", 2, (int[]){c->vocab_size, D});
+    if (c->position == CF_POS_LEARNED)
+        m->pos_emb = cf_param_add(&m->params, "pos_emb.weight", 2, (int[]){c->max_seq_len, D});
+    m->n_blocks = c->n_layers;
+    m->blocks = cf_xcalloc((size_t)c->n_layers, sizeof *m->blocks);
+    for (int i = 0; i < c->n_layers; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "blocks.%d", i);
+        cf_block_decl(&m->blocks[i], &m->params, prefix, c, cf_config_layer_attn(c, i), 1);
+    }
+    /* post-norm blocks already end in a norm; pre-norm needs a final one */
+    if (c->norm_position == CF_NORM_PRE) cf_norm_decl(&m->ln_f, &m->params, "ln_f", D, c->norm, c->norm_eps);
+    if (!c->tie_embeddings) m->lm_head = cf_param_add(&m->params, "lm_head.weight", 2, (int[]){c->vocab_size, D});
+    cf_params_finalize(&m->params);
+    init_weights(m, seed);
+    if (c->position == CF_POS_SINUSOIDAL) {
+        /* Vaswani et al. 2017: PE(p, 2i) = sin(p / 10000^(2i/D)), PE(p, 2i+1) = cos(...) */
+        m->pos_table = cf_xmalloc((size_t)c->max_seq_len * D * sizeof(float));
+        for (int p = 0; p < c->max_seq_len; p++)
+            for (int i = 0; i < D; i += 2) {
+                double f = p / pow(10000.0, (double)i / D);
+                m->pos_table[(size_t)p * D + i] = (float)sin(f);
+                if (i + 1 < D) m->pos_table[(size_t)p * D + i + 1] = (float)cos(f);
+            }
+    }
+    return 0;
+}
+
+void cf_model_set_checkpointing(cf_model *m, int k) {
+    free(m->regions);
+    m->regions = NULL;
+    m->n_regions = 0;
+    m->grad_checkpoint = k;
+    if (k <= 0) return;
+    m->n_regions = (m->n_blocks + k - 1) / k;
+    m->regions = cf_xcalloc((size_t)m->n_regions, sizeof *m->regions);
+    for (int r = 0; r < m->n_regions; r++) {
+        m->regions[r].blocks = m->blocks + r * k;
+        m->regions[r].n = r * k + k <= m->n_blocks ? k : m->n_blocks - r * k;
+    }
+}
+
+void cf_model_free(cf_model *m) {
+    cf_params_free(&m->params);
+    free(m->blocks);
+    free(m->pos_table);
+    free(m->regions);
+    memset(m, 0, sizeof *m);
+}
+
+static cf_tensor *run_region(cf_ctx *ctx, void *closure, cf_tensor *x) {
+    const cf_region *r = closure;
+    for (int i = 0; i < r->n; i++) x = cf_block_apply(ctx, &r->blocks[i], x);
+    return x;
+}
+
+cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, int T) {
+    const cf_model_config *c = &m->cfg;
+    CF_ASSERT(c->position == CF_POS_NONE || T <= c->max_seq_len, "model: %d tokens exceed max_seq_len %d", T, c->max_seq_len);
+    int D = c->d_model;
+    cf_tensor *h = cf_embedding(ctx, m->tok_emb, ids, 2, (int[]){B, T});            /* (B, T, D) */
+    if (c->position == CF_POS_LEARNED) {
+        /* the first T rows of the position table; its gradient lands in the slab directly */
+        cf_tensor *pos = cf_tensor_view(ctx, m->pos_emb->data, 2, (int[]){T, D});
+        pos->grad = m->pos_emb->grad;
+        pos->requires_grad = 1;
+        h = cf_add(ctx, h, pos);
+    } else if (c->position == CF_POS_SINUSOIDAL) {
+        h = cf_add(ctx, cf_scale(ctx, h, sqrtf((float)D)), cf_tensor_view(ctx, m->pos_table, 2, (int[]){T, D}));
+    }
+    h = cf_dropout(ctx, h, c->emb_dropout >= 0 ? c->emb_dropout : c->dropout);
+    if (m->grad_checkpoint > 0) {
+        for (int r = 0; r < m->n_regions; r++) h = cf_checkpoint(ctx, run_region, &m->regions[r], h);
+    } else {
+        for (int i = 0; i < m->n_blocks; i++) h = cf_block_apply(ctx, &m->blocks[i], h);
+    }
+    if (c->norm_position == CF_NORM_PRE) h = cf_norm_apply(ctx, &m->ln_f, h);
+    return cf_linear(ctx, h, m->lm_head ? m->lm_head : m->tok_emb, NULL);          /* (B, T, V) */
+}
+
+cf_tensor *cf_model_loss(cf_model *m, cf_ctx *ctx, const int32_t *ids, const int32_t *targets, int B, int T,
+                         cf_tensor **logits_out) {
+    cf_tensor *logits = cf_model_logits(m, ctx, ids, B, T);
+    if (logits_out) *logits_out = logits;
+    return cf_cross_entropy(ctx, logits, targets, -1, 0.0f, NULL);
+}
+
+size_t cf_model_arena_bytes(const cf_model_config *c, int B, int T) {
+    /* per block: about 16 D-wide and 3 F-wide activations and their gradients per token, plus
+     * attention's log-sum-exp; then logits and their gradient */
+    double tok = (double)B * T;
+    double per_block = tok * (16.0 * c->d_model + 3.0 * c->d_ff + 4.0 * c->n_heads) * 2;
+    double total = per_block * c->n_layers + tok * (3.0 * c->vocab_size + 8.0 * c->d_model) * 2;
+    return (size_t)(total * sizeof(float) * 2) + ((size_t)256 << 20);
+}

@@ -1,0 +1,33 @@
+/* Transformer block. Pre-norm (GPT-2): x + drop(attn(ln1(x))), then + drop(mlp(ln2(.))).
+ * Post-norm (Vaswani 2017): ln1(x + drop(attn(x))), then ln2(. + drop(mlp(.))). */
+#include <stdio.h>
+#include "cformer/nn.h"
+
+void cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model_config *m,
+                   const cf_attn_config *attn, int causal) {
+    char name[256];
+    float attn_drop = m->attn_dropout >= 0 ? m->attn_dropout : m->dropout;
+    snprintf(name, sizeof name, "%s.ln1", prefix);
+    cf_norm_decl(&b->ln1, p, name, m->d_model, m->norm, m->norm_eps);
+    snprintf(name, sizeof name, "%s.attn", prefix);
+    cf_attn_decl(&b->attn, p, name, m->d_model, m->n_heads, causal, attn_drop, attn, m->bias);
+    snprintf(name, sizeof name, "%s.ln2", prefix);
+    cf_norm_decl(&b->ln2, p, name, m->d_model, m->norm, m->norm_eps);
+    snprintf(name, sizeof name, "%s.mlp", prefix);
+    cf_mlp_decl(&b->mlp, p, name, m->d_model, m->d_ff, m->activation, m->bias);
+    b->norm_position = m->norm_position;
+    b->dropout = m->dropout;
+}
+
+cf_tensor *cf_block_apply(cf_ctx *ctx, const cf_block *b, cf_tensor *x) {
+    if (b->norm_position == CF_NORM_PRE) {
+        x = cf_add(ctx, x, cf_dropout(ctx, cf_attn_apply(ctx, &b->attn, cf_norm_apply(ctx, &b->ln1, x)), b->dropout));
+        return cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, cf_norm_apply(ctx, &b->ln2, x)), b->dropout));
+    }
+    x = cf_norm_apply(ctx, &b->ln1, cf_add(ctx, x, cf_dropout(ctx, cf_attn_apply(ctx, &b->attn, x), b->dropout)));
+    return cf_norm_apply(ctx, &b->ln2, cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, x), b->dropout)));
+}
+
+cf_tensor *cf_block_region(cf_ctx *ctx, void *block, cf_tensor *x) {
+    return cf_block_apply(ctx, block, x);
+}

@@ -1,0 +1,181 @@
+/* HDF5 helpers (h5io.h). Intermediate groups are created on write ("params/blocks.0.ln1.weight"
+ * makes /params). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "cformer/core.h"
+#include "cformer/h5io.h"
+
+void cf_h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+hid_t cf_h5_open_read(const char *path) {
+    cf_h5_quiet();
+#if H5_VERSION_GE(1, 12, 0)
+    htri_t ok = H5Fis_accessible(path, H5P_DEFAULT);
+#else
+    htri_t ok = H5Fis_hdf5(path);
+#endif
+    if (ok <= 0) {
+        cf_set_error("%s: not an HDF5 file (missing, unreadable or truncated)", path);
+        return -1;
+    }
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) cf_set_error("%s: cannot open as HDF5", path);
+    return f;
+}
+
+int cf_h5_exists(hid_t f, const char *name) {
+    /* H5Lexists needs each intermediate link to exist too */
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", name);
+    for (char *p = buf + 1; ; p++) {
+        char c = *p;
+        if (c == '/' || c == 0) {
+            *p = 0;
+            if (H5Lexists(f, buf, H5P_DEFAULT) <= 0) return 0;
+            *p = c;
+            if (!c) return 1;
+        }
+    }
+}
+
+int cf_h5_shape(hid_t f, const char *name, int *ndim, int64_t *shape) {
+    if (!cf_h5_exists(f, name)) return -1;
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return -1;
+    hid_t s = H5Dget_space(d);
+    int nd = H5Sget_simple_extent_ndims(s);
+    hsize_t dims[8];
+    if (nd < 0 || nd > 4) { H5Sclose(s); H5Dclose(d); return -1; }
+    H5Sget_simple_extent_dims(s, dims, NULL);
+    *ndim = nd;
+    for (int i = 0; i < nd; i++) shape[i] = (int64_t)dims[i];
+    H5Sclose(s);
+    H5Dclose(d);
+    return 0;
+}
+
+static int read_any(hid_t f, const char *file, const char *name, hid_t memtype, void *dst, int64_t numel,
+                    int ndim, const int *shape, H5T_class_t want) {
+    if (!cf_h5_exists(f, name)) return cf_set_error("%s: missing dataset /%s", file, name);
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) return cf_set_error("%s: cannot open dataset /%s", file, name);
+    hid_t s = H5Dget_space(d), t = H5Dget_type(d);
+    int rc = 0, nd = H5Sget_simple_extent_ndims(s);
+    hsize_t dims[8] = {0};
+    int64_t n = 1;
+    if (nd < 0 || nd > 8) rc = cf_set_error("%s: /%s: unreadable shape", file, name);
+    else {
+        H5Sget_simple_extent_dims(s, dims, NULL);
+        for (int i = 0; i < nd; i++) n *= (int64_t)dims[i];
+    }
+    if (!rc && H5Tget_class(t) != want)
+        rc = cf_set_error("%s: /%s: wrong type (expected %s)", file, name, want == H5T_FLOAT ? "float" : "integer");
+    if (!rc && want == H5T_FLOAT && H5Tget_size(t) != 4)
+        rc = cf_set_error("%s: /%s: wrong type (expected float32)", file, name);
+    if (!rc && shape) {
+        int ok = nd == ndim;
+        for (int i = 0; ok && i < nd; i++) ok = (int64_t)dims[i] == shape[i];
+        if (!ok) {
+            char got[96] = "", exp[96] = "";
+            for (int i = 0; i < nd; i++) snprintf(got + strlen(got), sizeof got - strlen(got), i ? ", %llu" : "%llu", (unsigned long long)dims[i]);
+            for (int i = 0; i < ndim; i++) snprintf(exp + strlen(exp), sizeof exp - strlen(exp), i ? ", %d" : "%d", shape[i]);
+            rc = cf_set_error("%s: /%s: shape (%s), expected (%s)", file, name, got, exp);
+        }
+    }
+    if (!rc && n != numel) rc = cf_set_error("%s: /%s: %lld elements, expected %lld", file, name, (long long)n, (long long)numel);
+    if (!rc && H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) < 0)
+        rc = cf_set_error("%s: /%s: read failed (corrupt file?)", file, name);
+    H5Tclose(t);
+    H5Sclose(s);
+    H5Dclose(d);
+    return rc;
+}
+
+int cf_h5_read_f32(hid_t f, const char *file, const char *name, float *dst, int ndim, const int *shape, int64_t numel) {
+    return read_any(f, file, name, H5T_NATIVE_FLOAT, dst, numel, ndim, shape, H5T_FLOAT);
+}
+int cf_h5_read_i32(hid_t f, const char *file, const char *name, int32_t *dst, int64_t numel) {
+    return read_any(f, file, name, H5T_NATIVE_INT32, dst, numel, 0, NULL, H5T_INTEGER);
+}
+int cf_h5_read_u64(hid_t f, const char *file, const char *name, uint64_t *dst, int64_t n) {
+    return read_any(f, file, name, H5T_NATIVE_UINT64, dst, n, 0, NULL, H5T_INTEGER);
+}
+int cf_h5_read_i64(hid_t f, const char *file, const char *name, int64_t *dst, int64_t n) {
+    return read_any(f, file, name, H5T_NATIVE_INT64, dst, n, 0, NULL, H5T_INTEGER);
+}
+
+static int write_any(hid_t f, const char *file, const char *name, hid_t filetype, hid_t memtype,
+                     const void *src, int ndim, const hsize_t *dims) {
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t s = H5Screate_simple(ndim, dims, NULL);
+    hid_t d = H5Dcreate2(f, name, filetype, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = 0;
+    if (d < 0 || H5Dwrite(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, src) < 0)
+        rc = cf_set_error("%s: cannot write /%s (disk full?)", file, name);
+    if (d >= 0) H5Dclose(d);
+    H5Sclose(s);
+    H5Pclose(lcpl);
+    return rc;
+}
+
+int cf_h5_write_f32(hid_t f, const char *file, const char *name, const float *src, int ndim, const int64_t *shape) {
+    hsize_t dims[4];
+    for (int i = 0; i < ndim; i++) dims[i] = (hsize_t)shape[i];
+    return write_any(f, file, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, src, ndim, dims);
+}
+int cf_h5_write_i64(hid_t f, const char *file, const char *name, const int64_t *src, int64_t n) {
+    hsize_t dims[1] = {(hsize_t)n};
+    return write_any(f, file, name, H5T_STD_I64LE, H5T_NATIVE_INT64, src, 1, dims);
+}
+int cf_h5_write_u64(hid_t f, const char *file, const char *name, const uint64_t *src, int64_t n) {
+    hsize_t dims[1] = {(hsize_t)n};
+    return write_any(f, file, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, src, 1, dims);
+}
+
+int cf_h5_write_string(hid_t f, const char *file, const char *name, const char *str) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t d = H5Dcreate2(f, name, t, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = 0;
+    if (d < 0 || H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, &str) < 0)
+        rc = cf_set_error("%s: cannot write /%s (disk full?)", file, name);
+    if (d >= 0) H5Dclose(d);
+    H5Sclose(s);
+    H5Pclose(lcpl);
+    H5Tclose(t);
+    return rc;
+}
+
+char *cf_h5_read_string(hid_t f, const char *file, const char *name) {
+    /* a dataset, or else an attribute of the root group (the golden files keep "config" there) */
+    int is_attr = !cf_h5_exists(f, name);
+    if (is_attr && H5Aexists(f, name) <= 0) { cf_set_error("%s: missing /%s", file, name); return NULL; }
+    hid_t o = is_attr ? H5Aopen(f, name, H5P_DEFAULT) : H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t t = is_attr ? H5Aget_type(o) : H5Dget_type(o);
+    char *out = NULL;
+    if (H5Tget_class(t) != H5T_STRING) {
+        cf_set_error("%s: /%s: not a string", file, name);
+    } else if (H5Tis_variable_str(t) > 0) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        char *s = NULL;
+        herr_t e = is_attr ? H5Aread(o, mt, &s) : H5Dread(o, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, &s);
+        if (e >= 0 && s) { out = strdup(s); H5free_memory(s); }
+        else cf_set_error("%s: /%s: unreadable string", file, name);
+        H5Tclose(mt);
+    } else {
+        size_t n = H5Tget_size(t);
+        out = cf_xcalloc(n + 1, 1);
+        herr_t e = is_attr ? H5Aread(o, t, out) : H5Dread(o, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
+        if (e < 0) { free(out); out = NULL; cf_set_error("%s: /%s: unreadable string", file, name); }
+    }
+    H5Tclose(t);
+    if (is_attr) H5Aclose(o); else H5Dclose(o);
+    return out;
+}
