@@ -34,7 +34,8 @@ cf_tensor *cf_softmax(cf_ctx *ctx, cf_tensor *x);            /* over the last di
 /* Fused log-softmax + negative log-likelihood. logits [..., V]; targets one per row; rows whose
  * target equals ignore_index count for nothing. Returns the mean over counted rows, shape [1],
  * in nats. smoothing > 0 mixes the one-hot target with the uniform distribution (label smoothing).
- * If n_counted is not NULL it receives the number of counted rows. */
+ * If n_counted is not NULL it receives the number of counted rows. targets is borrowed: keep it
+ * alive and unchanged until backward (and any checkpoint recomputation) is done. */
 cf_tensor *cf_cross_entropy(cf_ctx *ctx, cf_tensor *logits, const int32_t *targets,
                             int ignore_index, float smoothing, int64_t *n_counted);
 
@@ -44,7 +45,8 @@ cf_tensor *cf_rmsnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, float eps);
 
 /* ---- src/ops/embedding.c -------------------------------------------------------------------- */
 /* gather rows of table [V, D] by ids (shape ids_shape, ndim <= 3) -> [ids_shape..., D];
- * backward scatter-adds into the table's gradient. Ids outside [0, V) abort. */
+ * backward scatter-adds into the table's gradient. Ids outside [0, V) abort. ids is borrowed like
+ * cf_cross_entropy's targets. */
 cf_tensor *cf_embedding(cf_ctx *ctx, cf_tensor *table, const int32_t *ids, int ndim, const int *ids_shape);
 
 /* ---- src/ops/dropout.c ---------------------------------------------------------------------- */
