@@ -10,6 +10,7 @@ typedef struct cf_bytes {
     size_t         n;
     void          *map;      /* munmap handle */
     size_t         map_len;
+    char           path[1024];  /* for error messages of later stages (sampler set-up) */
 } cf_bytes;
 
 /* 0, or -1 with cf_error_msg() naming the file (missing, unreadable, empty) */
@@ -28,7 +29,20 @@ typedef struct cf_sampler {
     uint64_t seed;
 } cf_sampler;
 
+/* Set up a sampler over src (which must outlive it). 0, or -1 with cf_error_msg() naming the file
+ * when it is too short: random needs seq_len + 1 bytes, ordered needs seq_len + 1 per stream.
+ * Ordered, exactly: L = n / batch (the n % batch bytes at the end are never read); stream r is
+ * bytes [r*L, (r+1)*L); it holds W = (L - 1) / seq_len windows, and row r of batch `index` reads
+ * x = bytes [r*L + k*seq_len, r*L + (k+1)*seq_len) with k = index % W (y one byte later), so
+ * batch i+1 continues where batch i ended and every W batches the streams start over. */
+int cf_sampler_init(cf_sampler *s, const cf_bytes *src, int batch, int seq_len, int ordered, uint64_t seed);
+
 /* x and y are [batch, seq_len] int32: y is x shifted by one byte */
 void cf_sampler_batch(const cf_sampler *s, uint64_t index, int32_t *x, int32_t *y);
+
+/* Ordered: W, the number of batches after which the streams wrap to their starts (a batch with
+ * index % W == 0 begins a pass, where recurrent attention state should start afresh).
+ * Random: 0. */
+uint64_t cf_sampler_period(const cf_sampler *s);
 
 #endif

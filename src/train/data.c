@@ -1,0 +1,101 @@
+/* Byte files and the batch sampler (DESIGN.md section 8, data.h).
+ *
+ * Files are mapped rather than read: enwik8's 90 MB training split is then paged in on demand and
+ * shared between processes, and opening it costs nothing. Every batch is a pure function of
+ * (file, seed, batch index), so a resumed run regenerates exactly the batches it would have seen. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "cformer/core.h"
+#include "cformer/data.h"
+
+int cf_bytes_open(cf_bytes *b, const char *path) {
+    memset(b, 0, sizeof *b);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return cf_set_error("cannot open \"%s\": %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return cf_set_error("cannot stat \"%s\": %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return cf_set_error("\"%s\": not a regular file", path);
+    }
+    if (st.st_size == 0) {
+        close(fd);
+        return cf_set_error("\"%s\": file is empty", path);
+    }
+    size_t len = (size_t)st.st_size;
+    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
+    close(fd);   /* the mapping keeps the file alive */
+    if (map == MAP_FAILED) return cf_set_error("cannot map \"%s\": %s", path, strerror(e));
+    b->data = map;
+    b->n = len;
+    b->map = map;
+    b->map_len = len;
+    snprintf(b->path, sizeof b->path, "%s", path);
+    return 0;
+}
+
+void cf_bytes_close(cf_bytes *b) {
+    if (b->map) munmap(b->map, b->map_len);
+    memset(b, 0, sizeof *b);
+}
+
+int cf_sampler_init(cf_sampler *s, const cf_bytes *src, int batch, int seq_len, int ordered, uint64_t seed) {
+    memset(s, 0, sizeof *s);
+    const char *name = src->path[0] ? src->path : "data";
+    if (batch <= 0 || seq_len <= 0)
+        return cf_set_error("\"%s\": sampler needs a positive batch and seq_len (got %d, %d)", name, batch, seq_len);
+    size_t need = (size_t)seq_len + 1;   /* seq_len inputs and the byte after them as the last target */
+    if (!ordered && src->n < need)
+        return cf_set_error("\"%s\": %zu bytes, too short for seq_len %d (needs at least %zu)",
+                            name, src->n, seq_len, need);
+    if (ordered && src->n / (size_t)batch < need)
+        return cf_set_error("\"%s\": %zu bytes cut into %d streams of %zu, too short for seq_len %d "
+                            "(each stream needs at least %zu bytes)",
+                            name, src->n, batch, src->n / (size_t)batch, seq_len, need);
+    s->src = src;
+    s->batch = batch;
+    s->seq_len = seq_len;
+    s->ordered = ordered != 0;
+    s->seed = seed;
+    return 0;
+}
+
+uint64_t cf_sampler_period(const cf_sampler *s) {
+    if (!s->ordered) return 0;
+    size_t L = s->src->n / (size_t)s->batch;
+    return (uint64_t)((L - 1) / (size_t)s->seq_len);
+}
+
+void cf_sampler_batch(const cf_sampler *s, uint64_t index, int32_t *x, int32_t *y) {
+    CF_ASSERT(s->src && s->src->data, "cf_sampler_batch: sampler not initialised (cf_sampler_init)");
+    const uint8_t *d = s->src->data;
+    size_t n = s->src->n, T = (size_t)s->seq_len;
+    size_t L = n / (size_t)s->batch;
+    CF_ASSERT(s->ordered ? L >= T + 1 : n >= T + 1, "cf_sampler_batch: file too short for seq_len %d", s->seq_len);
+    uint64_t W = s->ordered ? (uint64_t)((L - 1) / T) : 0;
+    for (int r = 0; r < s->batch; r++) {
+        size_t start;
+        if (s->ordered) {
+            start = (size_t)r * L + (size_t)(index % W) * T;
+        } else {
+            /* n - T starts are possible: [0, n - T - 1]. The modulo bias is below n / 2^64. */
+            start = (size_t)(cf_rng_key(s->seed, index, (uint64_t)r) % (uint64_t)(n - T));
+        }
+        const uint8_t *p = d + start;
+        int32_t *xr = x + (size_t)r * T, *yr = y + (size_t)r * T;
+        for (size_t t = 0; t < T; t++) {
+            xr[t] = p[t];
+            yr[t] = p[t + 1];
+        }
+    }
+}
