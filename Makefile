@@ -50,8 +50,12 @@ $(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h $(LIB_OBJ)
 	$(CC) $(CFLAGS) -Itests $< $(LIB_OBJ) -o $@ $(LDLIBS)
 
 # Every test binary runs at 1 thread and at 2; the last line is "N passed, M failed".
-test: all $(TEST_BIN)
+test: all $(TEST_BIN) data/tiny/train.bin
 	@sh tests/run.sh $(BUILD) $(TEST_BIN)
+
+# a small offline corpus for end-to-end tests (tools/make_tiny_data.sh)
+data/tiny/train.bin:
+	sh tools/make_tiny_data.sh >/dev/null
 
 # Benchmarks print BENCH lines (DESIGN.md section 9). OpenBLAS is linked only here, when present.
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || (test -e /usr/lib/x86_64-linux-gnu/libopenblas.so && echo -lopenblas))
