@@ -54,8 +54,8 @@ static void check_golden(const char *path, int checkpointing) {
     CHECK(cf_h5_read_f32(f, path, "expect/logits", buf, 3, (int[]){B, T, V}, (int64_t)B * T * V) == 0, "%s", cf_error_msg());
     double e = rel_err(logits->data, buf, (int64_t)B * T * V);
     CHECK(e < 1e-4, "%s logits: max rel err %.3g", path, e);
-    float want;
-    CHECK(cf_h5_read_f32(f, path, "expect/loss", &want, 0, NULL, 1) == 0, "%s", cf_error_msg());
+    double want;
+    CHECK(cf_h5_read_f64(f, path, "expect/loss", &want, 1) == 0, "%s", cf_error_msg());
     CHECK(fabs(loss->data[0] - want) < 1e-4 * fabs(want), "%s loss %.7f, torch %.7f", path, loss->data[0], want);
     double worst = 0;
     for (int i = 0; i < m.params.n; i++) {
@@ -73,8 +73,8 @@ static void check_golden(const char *path, int checkpointing) {
            loss->data[0], want, e, worst);
 
     /* five AdamW steps on the same batch at constant lr */
-    float losses[5];
-    CHECK(cf_h5_read_f32(f, path, "expect/losses", losses, 1, (int[]){5}, 5) == 0, "%s", cf_error_msg());
+    double losses[5];
+    CHECK(cf_h5_read_f64(f, path, "expect/losses", losses, 5) == 0, "%s", cf_error_msg());
     cf_adamw opt;
     cf_adamw_init(&opt, &m.params);
     for (int s = 0; s < 5; s++) {

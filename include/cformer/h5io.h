@@ -25,4 +25,18 @@ int   cf_h5_exists(hid_t f, const char *name);
 int   cf_h5_write_string(hid_t f, const char *file, const char *name, const char *s);
 char *cf_h5_read_string(hid_t f, const char *file, const char *name);   /* malloc'd, NULL on error */
 
+/* ---- additions for checkpoints (src/train/checkpoint.c) ----
+ * float64 datasets, scalar (0-d) datasets, attributes, groups. Reads accept a scalar or a
+ * one-element 1-D dataset alike, so h5py-written files with either form load. */
+int   cf_h5_write_f64(hid_t f, const char *file, const char *name, const double *src, int64_t n);
+int   cf_h5_read_f64(hid_t f, const char *file, const char *name, double *dst, int64_t n);
+/* a 0-d dataset (h5py reads it as f[name][()]); type is H5T_NATIVE_INT64, _UINT64 or _DOUBLE */
+int   cf_h5_write_scalar(hid_t f, const char *file, const char *name, hid_t native_type, const void *v);
+int   cf_h5_create_group(hid_t f, const char *file, const char *name);   /* with intermediate groups */
+/* attributes of the object at obj_path ("/" for the root) */
+int   cf_h5_write_attr_i64(hid_t f, const char *file, const char *obj_path, const char *name, int64_t v);
+int   cf_h5_write_attr_string(hid_t f, const char *file, const char *obj_path, const char *name, const char *s);
+int   cf_h5_read_attr_i64(hid_t f, const char *file, const char *obj_path, const char *name, int64_t *v);
+char *cf_h5_read_attr_string(hid_t f, const char *file, const char *obj_path, const char *name); /* malloc'd */
+
 #endif

@@ -48,8 +48,13 @@ typedef struct cf_train_opts {
     const char *resume;      /* checkpoint or run directory to continue from, or NULL */
     int         until;       /* stop after this step (the schedule still follows train.steps); 0 = steps */
     int         quiet;       /* no progress line */
+    int        *stop_signal; /* out (optional): SIGINT or SIGTERM when one stopped the run, else 0 */
 } cf_train_opts;
-/* Train as the config says; 0 on success, -1 with cf_error_msg() (bad data, NaN loss, I/O). */
+/* Train as the config says, writing RUN/ckpt/step_<N>.h5 and latest.h5 (checkpoint.h) every
+ * train.checkpoint_every steps and at the end. 0 on success; -1 with cf_error_msg() (bad data or
+ * checkpoint, NaN loss, I/O), when nothing of a failed resume was written and no checkpoint was
+ * replaced; 1 when SIGINT or SIGTERM stopped the run after the current step and a checkpoint
+ * (a second signal kills at once: the last complete checkpoint stays intact). */
 int cf_train(const cf_config *c, const cf_train_opts *o);
 
 /* ---- src/train/bench.c ---- */

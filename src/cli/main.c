@@ -1,9 +1,11 @@
 /* cformer: the command line (DESIGN.md section 4). A thin client of libcformer and the only place
  * that exits: 0 success, 2 bad usage or input, 1 internal failure. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cformer/cformer.h"
+#include "cformer/checkpoint.h"
 #include "cformer/train.h"
 
 #define MAX_SETS 64
@@ -17,12 +19,26 @@ static void usage(FILE *f) {
         "  info  CKPT.h5                                        config, step, parameter counts\n"
         "  bench CONFIG.json [--steps N] [--set key=value]... [--threads N]   training-step speed and memory\n"
         "  --help, --version\n"
+        "Exit status: 0 done, 2 bad usage or input, 1 internal failure, 130/143 stopped by SIGINT/SIGTERM\n"
+        "(after the current step and a checkpoint; --resume RUN_DIR continues it).\n"
         "Configuration keys and defaults: configs/README.md\n");
 }
 
 static int fail(const char *msg) {
     fprintf(stderr, "cformer: %s\n", msg);
     return 2;
+}
+
+/* parse a float option value, or report it */
+static int float_arg(const char *opt, const char *v, float *out) {
+    char *end;
+    double x = v ? strtod(v, &end) : 0;
+    if (!v || !*v || *end || !isfinite(x) || x < 0) {
+        fprintf(stderr, "cformer: %s: expected a non-negative number, got \"%s\"\n", opt, v ? v : "");
+        return -1;
+    }
+    *out = (float)x;
+    return 0;
 }
 
 /* parse an integer option value, or report it */
@@ -59,9 +75,136 @@ static int cmd_train_or_bench(int argc, char **argv, int bench) {
     if (cf_config_load(&c, config, sets, n_sets, !bench)) return fail(cf_error_msg());
     if (threads) c.train.threads = threads;
     if (c.train.threads) cf_set_num_threads(c.train.threads);
-    if (o.resume) return fail("train: --resume needs checkpoints, which this build does not write yet");
     if (bench) return cf_bench_train_step(&c, steps) < 0 ? fail(cf_error_msg()) : 0;
-    if (cf_train(&c, &o)) return fail(cf_error_msg());
+    int sig = 0;
+    o.stop_signal = &sig;
+    int rc = cf_train(&c, &o);
+    if (rc < 0) return fail(cf_error_msg());
+    return rc > 0 ? 128 + sig : 0;   /* the shell's status for a process stopped by that signal */
+}
+
+/* the model of a checkpoint (eval, sample, info); on failure prints the one-line error, returns 2 */
+static int load_ckpt(const char *path, cf_config *c, cf_model *m, cf_train_state *s) {
+    if (!path) return fail("missing CKPT.h5");
+    if (cf_ckpt_load_model(path, c, m, s)) return fail(cf_error_msg());
+    return 0;
+}
+
+static int cmd_eval(int argc, char **argv) {
+    const char *ckpt = NULL, *data = NULL;
+    int ctx_len = 0, stride = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--data") && v) { data = v; i++; }
+        else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, &ctx_len) || ctx_len < 1) return fail("--ctx: must be >= 1"); i++; }
+        else if (!strcmp(a, "--stride")) { if (int_arg(a, v, &stride) || stride < 1) return fail("--stride: must be >= 1"); i++; }
+        else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: eval: unexpected argument \"%s\"\n", a); return 2; }
+        else ckpt = a;
+    }
+    if (!ckpt) return fail("eval: missing CKPT.h5");
+    if (!data) return fail("eval: missing --data FILE");
+    cf_config c;
+    cf_model m;
+    if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    /* defaults: the checkpoint's eval.ctx and eval.stride; a new --ctx halves into the stride */
+    if (!ctx_len) ctx_len = c.eval.ctx;
+    if (!stride) stride = ctx_len == c.eval.ctx ? c.eval.stride : (ctx_len > 1 ? ctx_len / 2 : 1);
+    char msg[256] = "";
+    if (c.model.position != CF_POS_NONE && ctx_len > c.model.max_seq_len)
+        snprintf(msg, sizeof msg, "--ctx: %d exceeds the model's max_seq_len %d", ctx_len, c.model.max_seq_len);
+    else if (stride > ctx_len)
+        snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);
+    if (msg[0]) { cf_model_free(&m); return fail(msg); }
+    cf_bytes b;
+    if (cf_bytes_open(&b, data)) { cf_model_free(&m); return fail(cf_error_msg()); }
+    int batch = c.train.batch_size;
+    cf_ctx ctx;
+    int rc = 0;
+    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, batch, ctx_len), 1 << 20)) { rc = fail(cf_error_msg()); goto out; }
+    ctx.grad_enabled = 0;
+    cf_eval_result r;
+    if (cf_eval_bpb(&m, &ctx, b.data, b.n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
+    else printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", r.bpb, (long long)r.bytes,
+                ctx_len, stride, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9));
+    cf_ctx_free(&ctx);
+out:
+    cf_bytes_close(&b);
+    cf_model_free(&m);
+    return rc;
+}
+
+static int cmd_sample(int argc, char **argv) {
+    const char *ckpt = NULL, *prompt = "";
+    int tokens = 256, top_k = 0, seed = 1;
+    float temperature = 1.0f;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--prompt") && v) { prompt = v; i++; }
+        else if (!strcmp(a, "--tokens")) { if (int_arg(a, v, &tokens) || tokens < 1) return fail("--tokens: must be >= 1"); i++; }
+        else if (!strcmp(a, "--top-k")) { if (int_arg(a, v, &top_k)) return 2; i++; }
+        else if (!strcmp(a, "--seed")) { if (int_arg(a, v, &seed)) return 2; i++; }
+        else if (!strcmp(a, "--temperature")) { if (float_arg(a, v, &temperature)) return 2; i++; }
+        else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: sample: unexpected argument \"%s\"\n", a); return 2; }
+        else ckpt = a;
+    }
+    if (!ckpt) return fail("sample: missing CKPT.h5");
+    cf_config c;
+    cf_model m;
+    if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    int n_prompt = (int)strlen(prompt);
+    if (n_prompt > 1000000) { cf_model_free(&m); return fail("--prompt: longer than 1000000 bytes"); }
+    int W = c.model.max_seq_len;
+    cf_ctx ctx;
+    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, 1, W), 1 << 20)) { cf_model_free(&m); return fail(cf_error_msg()); }
+    uint8_t *out = cf_xmalloc((size_t)n_prompt + (size_t)tokens);
+    memcpy(out, prompt, (size_t)n_prompt);
+    int rc = 0;
+    if (cf_sample(&m, &ctx, out, n_prompt, tokens, temperature, top_k, (uint64_t)seed)) rc = fail(cf_error_msg());
+    else {
+        /* an empty prompt starts from a newline that cf_sample counts among the new bytes */
+        fwrite(out, 1, (size_t)n_prompt + (size_t)tokens, stdout);
+        fputc('\n', stdout);
+    }
+    free(out);
+    cf_ctx_free(&ctx);
+    cf_model_free(&m);
+    return rc;
+}
+
+static int cmd_info(int argc, char **argv) {
+    const char *ckpt = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--help")) { usage(stdout); return 0; }
+        if (argv[i][0] == '-' || ckpt) { fprintf(stderr, "cformer: info: unexpected argument \"%s\"\n", argv[i]); return 2; }
+        ckpt = argv[i];
+    }
+    if (!ckpt) return fail("info: missing CKPT.h5");
+    cf_config c;
+    cf_model m;
+    cf_train_state s;
+    if (load_ckpt(ckpt, &c, &m, &s)) return 2;
+    printf("checkpoint   %s (%s version %d)\n", ckpt, CF_CKPT_FORMAT, CF_CKPT_VERSION);
+    printf("step         %lld of %d\n", (long long)s.step, c.train.steps);
+    printf("tokens seen  %lld\n", (long long)s.tokens_seen);
+    if (isfinite(s.best_valid_bpb)) printf("best valid   %.6f bpb\n", s.best_valid_bpb);
+    else printf("best valid   none (no validation yet)\n");
+    printf("sampler      %s, batch %d x %d, next batch %llu, seed %llu\n",
+           s.sampling == CF_SAMPLE_ORDERED ? "ordered" : "random", s.batch_size, s.seq_len,
+           (unsigned long long)s.next_batch, (unsigned long long)s.seed);
+    printf("parameters\n");
+    int64_t total = 0;
+    for (int i = 0; i < m.params.n; i++) {
+        const cf_tensor *t = m.params.t[i];
+        printf("  %-32s %-14s %10lld\n", t->name, cf_shape_str(t), (long long)t->numel);
+        total += t->numel;
+    }
+    printf("  %-32s %-14s %10lld\n", "total", "", (long long)total);
+    char *json = cf_config_to_json(&c);
+    printf("config\n%s\n", json);
+    free(json);
+    cf_model_free(&m);
     return 0;
 }
 
@@ -72,6 +215,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "--version")) { printf("cformer %s (gemm: %s)\n", CF_VERSION, cf_gemm_isa()); return 0; }
     if (!strcmp(cmd, "train")) return cmd_train_or_bench(argc - 2, argv + 2, 0);
     if (!strcmp(cmd, "bench")) return cmd_train_or_bench(argc - 2, argv + 2, 1);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
+    if (!strcmp(cmd, "sample")) return cmd_sample(argc - 2, argv + 2);
+    if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
     fprintf(stderr, "cformer: unknown command \"%s\" (see cformer --help)\n", cmd);
     return 2;
 }

@@ -55,8 +55,10 @@ int cf_h5_shape(hid_t f, const char *name, int *ndim, int64_t *shape) {
     return 0;
 }
 
+/* want_f32: a float dataset must be 4 bytes wide (parameters are float32, and a float64 one is
+ * a file made by something else); float64 reads accept any float width, widening being exact */
 static int read_any(hid_t f, const char *file, const char *name, hid_t memtype, void *dst, int64_t numel,
-                    int ndim, const int *shape, H5T_class_t want) {
+                    int ndim, const int *shape, H5T_class_t want, int want_f32) {
     if (!cf_h5_exists(f, name)) return cf_set_error("%s: missing dataset /%s", file, name);
     hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
     if (d < 0) return cf_set_error("%s: cannot open dataset /%s", file, name);
@@ -71,7 +73,7 @@ static int read_any(hid_t f, const char *file, const char *name, hid_t memtype, 
     }
     if (!rc && H5Tget_class(t) != want)
         rc = cf_set_error("%s: /%s: wrong type (expected %s)", file, name, want == H5T_FLOAT ? "float" : "integer");
-    if (!rc && want == H5T_FLOAT && H5Tget_size(t) != 4)
+    if (!rc && want == H5T_FLOAT && want_f32 && H5Tget_size(t) != 4)
         rc = cf_set_error("%s: /%s: wrong type (expected float32)", file, name);
     if (!rc && shape) {
         int ok = nd == ndim;
@@ -93,16 +95,16 @@ static int read_any(hid_t f, const char *file, const char *name, hid_t memtype, 
 }
 
 int cf_h5_read_f32(hid_t f, const char *file, const char *name, float *dst, int ndim, const int *shape, int64_t numel) {
-    return read_any(f, file, name, H5T_NATIVE_FLOAT, dst, numel, ndim, shape, H5T_FLOAT);
+    return read_any(f, file, name, H5T_NATIVE_FLOAT, dst, numel, ndim, shape, H5T_FLOAT, 1);
 }
 int cf_h5_read_i32(hid_t f, const char *file, const char *name, int32_t *dst, int64_t numel) {
-    return read_any(f, file, name, H5T_NATIVE_INT32, dst, numel, 0, NULL, H5T_INTEGER);
+    return read_any(f, file, name, H5T_NATIVE_INT32, dst, numel, 0, NULL, H5T_INTEGER, 0);
 }
 int cf_h5_read_u64(hid_t f, const char *file, const char *name, uint64_t *dst, int64_t n) {
-    return read_any(f, file, name, H5T_NATIVE_UINT64, dst, n, 0, NULL, H5T_INTEGER);
+    return read_any(f, file, name, H5T_NATIVE_UINT64, dst, n, 0, NULL, H5T_INTEGER, 0);
 }
 int cf_h5_read_i64(hid_t f, const char *file, const char *name, int64_t *dst, int64_t n) {
-    return read_any(f, file, name, H5T_NATIVE_INT64, dst, n, 0, NULL, H5T_INTEGER);
+    return read_any(f, file, name, H5T_NATIVE_INT64, dst, n, 0, NULL, H5T_INTEGER, 0);
 }
 
 static int write_any(hid_t f, const char *file, const char *name, hid_t filetype, hid_t memtype,
@@ -164,6 +166,7 @@ char *cf_h5_read_string(hid_t f, const char *file, const char *name) {
     } else if (H5Tis_variable_str(t) > 0) {
         hid_t mt = H5Tcopy(H5T_C_S1);
         H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(t));         /* HDF5 converts no character sets */
         char *s = NULL;
         herr_t e = is_attr ? H5Aread(o, mt, &s) : H5Dread(o, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, &s);
         if (e >= 0 && s) { out = strdup(s); H5free_memory(s); }
@@ -177,5 +180,134 @@ char *cf_h5_read_string(hid_t f, const char *file, const char *name) {
     }
     H5Tclose(t);
     if (is_attr) H5Aclose(o); else H5Dclose(o);
+    return out;
+}
+
+/* ---- additions for checkpoints ------------------------------------------------------------------ */
+int cf_h5_write_f64(hid_t f, const char *file, const char *name, const double *src, int64_t n) {
+    hsize_t dims[1] = {(hsize_t)n};
+    return write_any(f, file, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, src, 1, dims);
+}
+
+int cf_h5_read_f64(hid_t f, const char *file, const char *name, double *dst, int64_t n) {
+    return read_any(f, file, name, H5T_NATIVE_DOUBLE, dst, n, 0, NULL, H5T_FLOAT, 0);
+}
+
+/* the little-endian file type that stores a native one */
+static hid_t file_type_of(hid_t native) {
+    if (H5Tequal(native, H5T_NATIVE_INT64) > 0) return H5T_STD_I64LE;
+    if (H5Tequal(native, H5T_NATIVE_UINT64) > 0) return H5T_STD_U64LE;
+    if (H5Tequal(native, H5T_NATIVE_DOUBLE) > 0) return H5T_IEEE_F64LE;
+    if (H5Tequal(native, H5T_NATIVE_FLOAT) > 0) return H5T_IEEE_F32LE;
+    return -1;
+}
+
+int cf_h5_write_scalar(hid_t f, const char *file, const char *name, hid_t native_type, const void *v) {
+    hid_t ft = file_type_of(native_type);
+    CF_ASSERT(ft >= 0, "cf_h5_write_scalar(%s): unsupported type", name);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t d = H5Dcreate2(f, name, ft, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = 0;
+    if (d < 0 || H5Dwrite(d, native_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0)
+        rc = cf_set_error("%s: cannot write /%s (disk full?)", file, name);
+    if (d >= 0) H5Dclose(d);
+    H5Sclose(s);
+    H5Pclose(lcpl);
+    return rc;
+}
+
+int cf_h5_create_group(hid_t f, const char *file, const char *name) {
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(lcpl, 1);
+    hid_t g = H5Gcreate2(f, name, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    H5Pclose(lcpl);
+    if (g < 0) return cf_set_error("%s: cannot create group /%s (disk full?)", file, name);
+    H5Gclose(g);
+    return 0;
+}
+
+static int write_attr(hid_t f, const char *file, const char *obj_path, const char *name, hid_t ftype, hid_t mtype,
+                      const void *v) {
+    hid_t s = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate_by_name(f, obj_path, name, ftype, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int rc = 0;
+    if (a < 0 || H5Awrite(a, mtype, v) < 0)
+        rc = cf_set_error("%s: cannot write attribute %s of %s (disk full?)", file, name, obj_path);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(s);
+    return rc;
+}
+
+int cf_h5_write_attr_i64(hid_t f, const char *file, const char *obj_path, const char *name, int64_t v) {
+    return write_attr(f, file, obj_path, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &v);
+}
+
+int cf_h5_write_attr_string(hid_t f, const char *file, const char *obj_path, const char *name, const char *str) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    int rc = write_attr(f, file, obj_path, name, t, t, &str);
+    H5Tclose(t);
+    return rc;
+}
+
+/* the attribute, or -1 with a message when the object or the attribute is missing */
+static hid_t open_attr(hid_t f, const char *file, const char *obj_path, const char *name) {
+    if (H5Aexists_by_name(f, obj_path, name, H5P_DEFAULT) <= 0) {
+        cf_set_error("%s: missing attribute %s of %s", file, name, obj_path);
+        return -1;
+    }
+    hid_t a = H5Aopen_by_name(f, obj_path, name, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0) cf_set_error("%s: cannot open attribute %s of %s", file, name, obj_path);
+    return a;
+}
+
+int cf_h5_read_attr_i64(hid_t f, const char *file, const char *obj_path, const char *name, int64_t *v) {
+    hid_t a = open_attr(f, file, obj_path, name);
+    if (a < 0) return -1;
+    hid_t t = H5Aget_type(a), s = H5Aget_space(a);
+    int rc = 0;
+    if (H5Tget_class(t) != H5T_INTEGER)
+        rc = cf_set_error("%s: attribute %s of %s: wrong type (expected an integer)", file, name, obj_path);
+    else if (H5Sget_simple_extent_npoints(s) != 1)
+        rc = cf_set_error("%s: attribute %s of %s: expected one value", file, name, obj_path);
+    else if (H5Aread(a, H5T_NATIVE_INT64, v) < 0)
+        rc = cf_set_error("%s: attribute %s of %s: unreadable", file, name, obj_path);
+    H5Sclose(s);
+    H5Tclose(t);
+    H5Aclose(a);
+    return rc;
+}
+
+char *cf_h5_read_attr_string(hid_t f, const char *file, const char *obj_path, const char *name) {
+    hid_t a = open_attr(f, file, obj_path, name);
+    if (a < 0) return NULL;
+    hid_t t = H5Aget_type(a), s = H5Aget_space(a);
+    char *out = NULL;
+    if (H5Tget_class(t) != H5T_STRING || H5Sget_simple_extent_npoints(s) != 1) {
+        cf_set_error("%s: attribute %s of %s: not a string", file, name, obj_path);
+    } else if (H5Tis_variable_str(t) > 0) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        H5Tset_cset(mt, H5Tget_cset(t));   /* HDF5 converts no character sets: ask for the stored one */
+        char *str = NULL;
+        if (H5Aread(a, mt, &str) >= 0 && str) { out = strdup(str); H5free_memory(str); }
+        else cf_set_error("%s: attribute %s of %s: unreadable string", file, name, obj_path);
+        H5Tclose(mt);
+    } else {
+        /* fixed-length (numpy bytes from h5py): read as stored, NUL-terminate */
+        size_t n = H5Tget_size(t);
+        out = cf_xcalloc(n + 1, 1);
+        if (H5Aread(a, t, out) < 0) {
+            free(out);
+            out = NULL;
+            cf_set_error("%s: attribute %s of %s: unreadable string", file, name, obj_path);
+        }
+    }
+    H5Sclose(s);
+    H5Tclose(t);
+    H5Aclose(a);
     return out;
 }

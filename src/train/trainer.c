@@ -1,14 +1,21 @@
-/* The training loop: sample a batch, forward, backward, clip, AdamW; log, evaluate, stop on NaN.
- * Everything random is a function of (seed, step), so a run is bitwise repeatable at a fixed
- * thread count. */
+/* The training loop: sample a batch, forward, backward, clip, AdamW; log, evaluate, checkpoint,
+ * stop on NaN or on SIGINT/SIGTERM.
+ *
+ * Everything random is a function of (seed, batch index), so a run is bitwise repeatable at a fixed
+ * thread count, and a run resumed from a checkpoint (weights, AdamW moments and step, seed, next
+ * batch index) continues exactly as if it had never stopped. A resume is checked completely
+ * (checkpoint, model shape, step range) before anything is written, so bad input changes nothing
+ * on disk. */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include "cformer/checkpoint.h"
 #include "cformer/train.h"
 
 static double now_s(void) {
@@ -18,15 +25,54 @@ static double now_s(void) {
 }
 
 static int mkdir_p(const char *path) {
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", path);
+    char buf[1200];
+    if ((size_t)snprintf(buf, sizeof buf, "%s", path) >= sizeof buf) { errno = ENAMETOOLONG; return -1; }
     for (char *p = buf + 1; *p; p++)
         if (*p == '/') { *p = 0; if (mkdir(buf, 0755) && errno != EEXIST) return -1; *p = '/'; }
     return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
 }
 
+/* ---- signals: finish the step, checkpoint, stop --------------------------------------------------
+ * The handler only records the signal; the loop looks at it after each step. It also puts the
+ * default action back for both signals (sigaction is async-signal-safe), so a second SIGINT or
+ * SIGTERM kills at once; the atomic saves keep the last checkpoint intact whatever it interrupts.
+ * Both signals are blocked while the handler runs, so the second cannot slip in before the reset. */
+static volatile sig_atomic_t stop_requested;
+static struct sigaction default_action;
+
+static void on_stop_signal(int sig) {
+    stop_requested = sig;
+    sigaction(SIGINT, &default_action, NULL);
+    sigaction(SIGTERM, &default_action, NULL);
+}
+
+typedef struct { struct sigaction old_int, old_term; } saved_handlers;
+
+static void install_handlers(saved_handlers *h) {
+    memset(&default_action, 0, sizeof default_action);
+    default_action.sa_handler = SIG_DFL;
+    sigemptyset(&default_action.sa_mask);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaddset(&sa.sa_mask, SIGINT);
+    sigaddset(&sa.sa_mask, SIGTERM);
+    sa.sa_flags = SA_RESTART;   /* a checkpoint write in progress is not cut short by EINTR */
+    stop_requested = 0;
+    sigaction(SIGINT, &sa, &h->old_int);
+    sigaction(SIGTERM, &sa, &h->old_term);
+}
+
+static void restore_handlers(const saved_handlers *h) {
+    sigaction(SIGINT, &h->old_int, NULL);
+    sigaction(SIGTERM, &h->old_term, NULL);
+}
+
+/* ---- the run ------------------------------------------------------------------------------------ */
 typedef struct run {
-    const cf_config *c;
+    cf_config  cfg;            /* the effective config: the user's, with the checkpoint's seed on resume */
+    const cf_config *c;        /* = &cfg */
     cf_model   model;
     cf_adamw   opt;
     cf_ctx     ctx, eval_ctx;
@@ -34,10 +80,11 @@ typedef struct run {
     cf_sampler sampler;
     int32_t   *x, *y;
     FILE      *log;
-    char       dir[1024];
-    double     t_start;
-    int64_t    tokens_seen;
-    double     best_valid;
+    char       dir[1024], ckpt_dir[1100];
+    char       resume_path[1200], resume_dir[1024];   /* "" when not resuming */
+    double     t_start;        /* now_s() at step 0, so elapsed_s continues across resumes */
+    cf_train_state st;         /* step, tokens, RNG position, best validation bpb */
+    int64_t    saved_step;     /* step of the last checkpoint written by this process, -1: none */
 } run;
 
 static void run_free(run *r) {
@@ -52,44 +99,161 @@ static void run_free(run *r) {
     if (r->log) fclose(r->log);
 }
 
-static int run_open(run *r, const cf_config *c, const cf_train_opts *o) {
+/* Model keys that may change on resume: regularisation, which leaves the weights' meaning alone. */
+static const char *const free_model_keys[] = {"model.dropout", "model.attn_dropout", "model.emb_dropout",
+                                              "model.label_smoothing", NULL};
+
+/* Load the checkpoint into the run and check that it can continue under the new config. */
+static int resume_load(run *r, const cf_config *user, int last) {
+    cf_config saved;
+    if (cf_ckpt_read_config(r->resume_path, &saved)) return -1;
+    if (cf_ckpt_load(r->resume_path, &r->model, &r->opt, &r->st)) return -1;
+    char *model_diff = cf_ckpt_config_diff(&saved, user, "model.", free_model_keys);
+    if (model_diff) {
+        cf_set_error("%s: the model differs from the checkpoint's (%s); only dropout and label smoothing may change "
+                     "on resume", r->resume_path, model_diff);
+        free(model_diff);
+        return -1;
+    }
+    if (r->st.step >= last)
+        return cf_set_error("%s: the checkpoint is at step %lld, the run stops at step %d: nothing to train (raise "
+                            "train.steps or --until)", r->resume_path, (long long)r->st.step, last);
+    char *diff = cf_ckpt_config_diff(&saved, user, NULL, NULL);
+    fprintf(stderr, "cformer: resuming from %s at step %lld%s%s\n", r->resume_path, (long long)r->st.step,
+            diff ? "; changed keys: " : " (no config keys changed)", diff ? diff : "");
+    if (r->st.seed != user->train.seed)
+        fprintf(stderr, "cformer: train.seed stays %llu: batches and dropout continue the checkpoint's random "
+                        "streams\n", (unsigned long long)r->st.seed);
+    free(diff);
+    return 0;
+}
+
+/* Everything in memory, nothing on disk: data, model, optimizer, and the checkpoint when resuming. */
+static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int last) {
     memset(r, 0, sizeof *r);
-    r->c = c;
-    r->best_valid = INFINITY;
+    r->cfg = *c;
+    r->c = &r->cfg;
+    r->saved_step = -1;
+    cf_train_state_init(&r->st, c);
+    if (o->resume && cf_ckpt_resolve(o->resume, r->resume_path, sizeof r->resume_path, r->resume_dir,
+                                     sizeof r->resume_dir))
+        return -1;
     if (cf_bytes_open(&r->train, c->data.train)) return -1;
     if (c->data.valid[0] && cf_bytes_open(&r->valid, c->data.valid)) return -1;
     if (c->data.test[0] && cf_bytes_open(&r->test, c->data.test)) return -1;
     int B = c->train.batch_size, T = c->train.seq_len;
-    if (cf_sampler_init(&r->sampler, &r->train, B, T, c->train.sampling == CF_SAMPLE_ORDERED, c->train.seed)) return -1;
     if (cf_model_init(&r->model, &c->model, c->train.seed)) return -1;
     cf_model_set_checkpointing(&r->model, c->train.grad_checkpoint);
     cf_adamw_init(&r->opt, &r->model.params);
+    if (r->resume_path[0]) {
+        if (resume_load(r, c, last)) return -1;
+        r->cfg.train.seed = r->st.seed;
+        /* the geometry is the new config's; with it unchanged, next_batch is the exact stream position */
+        r->st.sampling = c->train.sampling;
+        r->st.batch_size = B;
+        r->st.seq_len = T;
+    }
+    if (cf_sampler_init(&r->sampler, &r->train, B, T, c->train.sampling == CF_SAMPLE_ORDERED, r->cfg.train.seed))
+        return -1;
     if (cf_ctx_init(&r->ctx, cf_model_arena_bytes(&c->model, B, T), 1 << 20)) return -1;
-    r->ctx.seed = c->train.seed;
+    r->ctx.seed = r->cfg.train.seed;
     r->ctx.training = 1;
     if (cf_ctx_init(&r->eval_ctx, cf_model_arena_bytes(&c->model, B, c->eval.ctx), 1 << 20)) return -1;
     r->eval_ctx.grad_enabled = 0;
     r->x = cf_xmalloc(sizeof(int32_t) * (size_t)B * T);
     r->y = cf_xmalloc(sizeof(int32_t) * (size_t)B * T);
+    return 0;
+}
 
+/* write path through a temporary name and a rename, so a crash leaves the old or the new file */
+static int write_file_atomic(const char *path, const char *text) {
+    char tmp[1300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return cf_set_error("%s: cannot write: %s", path, strerror(errno));
+    int bad = fputs(text, f) < 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path)) {
+        int e = errno;
+        unlink(tmp);
+        return cf_set_error("%s: cannot write: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+/* Drop log lines of steps after the checkpoint: a run killed after logging step k > checkpoint
+ * step will log those steps again, and log.jsonl keeps one line per step. */
+static int trim_log(const char *path, int64_t step) {
+    FILE *in = fopen(path, "r");
+    if (!in) return 0;
+    char tmp[1300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *out = fopen(tmp, "w");
+    if (!out) { fclose(in); return cf_set_error("%s: cannot rewrite: %s", path, strerror(errno)); }
+    char *line = NULL;
+    size_t cap = 0;
+    int dropped = 0, bad = 0;
+    while (getline(&line, &cap, in) > 0) {
+        long long s;
+        if (sscanf(line, "{\"step\": %lld", &s) == 1 && s > step) { dropped++; continue; }
+        bad |= fputs(line, out) < 0;
+    }
+    free(line);
+    fclose(in);
+    bad |= fclose(out) != 0;
+    if (bad || !dropped) {
+        unlink(tmp);
+        return bad ? cf_set_error("%s: cannot rewrite", path) : 0;
+    }
+    if (rename(tmp, path)) { unlink(tmp); return cf_set_error("%s: cannot rewrite: %s", path, strerror(errno)); }
+    fprintf(stderr, "cformer: %s: dropped %d lines after step %lld (they will be logged again)\n", path, dropped,
+            (long long)step);
+    return 0;
+}
+
+/* The run directory: created (or reused on resume) only once everything else has been checked. */
+static int run_create_dir(run *r, const cf_train_opts *o) {
+    const cf_config *c = r->c;
     if (o->out_dir) snprintf(r->dir, sizeof r->dir, "%s", o->out_dir);
+    else if (r->resume_dir[0]) snprintf(r->dir, sizeof r->dir, "%s", r->resume_dir);
     else {
         char stamp[32];
         time_t t = time(NULL);
         strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", localtime(&t));
         snprintf(r->dir, sizeof r->dir, "runs/%s-%s", c->name[0] ? c->name : "run", stamp);
     }
-    if (mkdir_p(r->dir) || access(r->dir, W_OK))
+    snprintf(r->ckpt_dir, sizeof r->ckpt_dir, "%s/ckpt", r->dir);
+    if (mkdir_p(r->ckpt_dir) || access(r->ckpt_dir, W_OK))
         return cf_set_error("--out: cannot create or write the run directory \"%s\": %s", r->dir, strerror(errno));
+    int stale = cf_ckpt_remove_temps(r->ckpt_dir);
+    if (stale) fprintf(stderr, "cformer: %s: removed %d unfinished checkpoint file(s) of an interrupted save\n",
+                       r->ckpt_dir, stale);
     char path[1200];
     snprintf(path, sizeof path, "%s/config.json", r->dir);
     char *json = cf_config_to_json(c);
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(json, f) < 0 || fclose(f)) { free(json); return cf_set_error("%s: cannot write: %s", path, strerror(errno)); }
+    int rc = write_file_atomic(path, json);
     free(json);
+    if (rc) return -1;
     snprintf(path, sizeof path, "%s/log.jsonl", r->dir);
+    if (r->st.step > 0 && trim_log(path, r->st.step)) return -1;
     r->log = fopen(path, "a");
     if (!r->log) return cf_set_error("%s: cannot write: %s", path, strerror(errno));
+    return 0;
+}
+
+/* RUN/ckpt/step_<N>.h5, then latest.h5, then the oldest step files beyond train.keep_checkpoints:
+ * nothing is deleted before the new checkpoint is complete under both names. */
+static int save_checkpoint(run *r) {
+    char path[1300], latest[1300];
+    int64_t step = r->st.step;
+    snprintf(path, sizeof path, "%s/step_%lld.h5", r->ckpt_dir, (long long)step);
+    snprintf(latest, sizeof latest, "%s/latest.h5", r->ckpt_dir);
+    r->st.elapsed_s = now_s() - r->t_start;
+    if (cf_ckpt_save(path, r->c, &r->model, &r->opt, &r->st)) return -1;
+    if (cf_ckpt_publish(path, latest)) return -1;
+    r->saved_step = step;
+    if (cf_ckpt_rotate(r->ckpt_dir, step, r->c->train.keep_checkpoints))
+        fprintf(stderr, "cformer: warning: %s\n", cf_error_msg());   /* an old file left behind harms nothing */
     return 0;
 }
 
@@ -100,22 +264,22 @@ static int evaluate(run *r, const cf_bytes *b, size_t limit, cf_eval_result *res
     return cf_eval_bpb(&r->model, &r->eval_ctx, b->data, n, c->eval.ctx, c->eval.stride, c->train.batch_size, res);
 }
 
-static void log_eval(run *r, int step, const char *split, const cf_eval_result *e) {
-    fprintf(r->log, "{\"step\": %d, \"split\": \"%s\", \"eval_bpb\": %.6f, \"bytes\": %lld, \"elapsed_s\": %.3f}\n",
-            step, split, e->bpb, (long long)e->bytes, now_s() - r->t_start);
+static void log_eval(run *r, int64_t step, const char *split, const cf_eval_result *e) {
+    fprintf(r->log, "{\"step\": %lld, \"split\": \"%s\", \"eval_bpb\": %.6f, \"bytes\": %lld, \"elapsed_s\": %.3f}\n",
+            (long long)step, split, e->bpb, (long long)e->bytes, now_s() - r->t_start);
     fflush(r->log);
-    fprintf(stderr, "%sstep %d  %s bpb %.4f  (%lld bytes, %.1fs)\n", isatty(2) ? "\r\033[K" : "", step, split, e->bpb,
-            (long long)e->bytes, e->seconds);
+    fprintf(stderr, "%sstep %lld  %s bpb %.4f  (%lld bytes, %.1fs)\n", isatty(2) ? "\r\033[K" : "", (long long)step,
+            split, e->bpb, (long long)e->bytes, e->seconds);
 }
 
-/* one optimiser step; returns the mean loss over the micro-batches */
-static float train_step(run *r, int s, float lr, float *grad_norm) {
+/* One optimiser step on micro-batches first_batch, first_batch + 1, ...; returns the mean loss. */
+static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm) {
     const cf_train_config *t = &r->c->train;
     int B = t->batch_size, T = t->seq_len;
     cf_params_zero_grad(&r->model.params);
     float seed = 1.0f / (float)t->grad_accum, total = 0;
     for (int a = 0; a < t->grad_accum; a++) {
-        uint64_t index = (uint64_t)s * t->grad_accum + a;
+        uint64_t index = first_batch + (uint64_t)a;
         cf_sampler_batch(&r->sampler, index, r->x, r->y);
         cf_ctx_begin(&r->ctx, index);
         cf_tensor *loss = cf_model_loss(&r->model, &r->ctx, r->x, r->y, B, T, NULL);
@@ -129,27 +293,39 @@ static float train_step(run *r, int s, float lr, float *grad_norm) {
     return total / (float)t->grad_accum;
 }
 
+static const char *signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
+
 int cf_train(const cf_config *c, const cf_train_opts *o) {
-    run r;
-    if (run_open(&r, c, o)) { run_free(&r); return -1; }
+    if (o->stop_signal) *o->stop_signal = 0;
     const cf_train_config *t = &c->train;
     int last = o->until > 0 && o->until < t->steps ? o->until : t->steps;
-    int tty = isatty(2) && !o->quiet, rc = 0;
-    int64_t tokens_per_step = (int64_t)t->batch_size * t->seq_len * t->grad_accum;
-    fprintf(stderr, "cformer: training %s: %lld parameters, %d steps of %lld tokens, %d threads, run %s\n",
-            c->name, (long long)r.model.params.numel, t->steps, (long long)tokens_per_step, cf_num_threads(), r.dir);
-    r.t_start = now_s();
-    double t_window = r.t_start;
+    run r;
+    if (run_prepare(&r, c, o, last) || run_create_dir(&r, o)) { run_free(&r); return -1; }
+    int tty = isatty(2) && !o->quiet, rc = 0, stop = 0;
+    int64_t tokens_per_step = (int64_t)t->batch_size * t->seq_len * t->grad_accum, n_params = 0;
+    for (int i = 0; i < r.model.params.n; i++) n_params += r.model.params.t[i]->numel;   /* the slab pads */
+    fprintf(stderr, "cformer: training %s: %lld parameters, steps %lld..%d of %d, %lld tokens per step, %d threads, "
+                    "run %s\n", c->name, (long long)n_params, (long long)r.st.step + 1, last, t->steps,
+            (long long)tokens_per_step, cf_num_threads(), r.dir);
+    saved_handlers handlers;
+    install_handlers(&handlers);
+    r.t_start = now_s() - r.st.elapsed_s;
+    double t_window = now_s();
     int window_steps = 0;
-    for (int s = 0; s < last; s++) {
+    for (int s = (int)r.st.step; s < last; s++) {
         float lr = cf_lr_at(t, s), gnorm = 0;
-        float loss = train_step(&r, s, lr, &gnorm);
+        float loss = train_step(&r, r.st.next_batch, lr, &gnorm);
         if (!isfinite(loss)) {
-            rc = cf_set_error("step %d: loss is %s (gradient norm %g); stopping, the last checkpoint is kept", s + 1,
-                              isnan(loss) ? "NaN" : "infinite", gnorm);
+            char kept[1400] = "no checkpoint was written";
+            if (r.saved_step >= 0) snprintf(kept, sizeof kept, "the last checkpoint (%s/step_%lld.h5) is kept", r.ckpt_dir, (long long)r.saved_step);
+            else if (r.resume_path[0]) snprintf(kept, sizeof kept, "the checkpoint resumed from (%s) is kept", r.resume_path);
+            rc = cf_set_error("step %d: loss is %s (gradient norm %g); stopping, %s", s + 1,
+                              isnan(loss) ? "NaN" : "infinite", gnorm, kept);
             break;
         }
-        r.tokens_seen += tokens_per_step;
+        r.st.step = s + 1;
+        r.st.tokens_seen += tokens_per_step;
+        r.st.next_batch += (uint64_t)t->grad_accum;
         window_steps++;
         int step = s + 1;
         if (step % t->log_every == 0 || step == last) {
@@ -159,32 +335,49 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
                     step, loss, loss / M_LN2, lr, gnorm, tps, now - r.t_start);
             fflush(r.log);
             double left = (last - step) * tokens_per_step / tps;
-            fprintf(stderr, "%sstep %d/%d  loss %.4f  bpb %.4f  lr %.2e  %.0f tok/s  %.0fs left%s",
-                    tty ? "\r\033[K" : "", step, last, loss, loss / M_LN2, lr, tps, left, tty ? "" : "\n");
+            if (!o->quiet)
+                fprintf(stderr, "%sstep %d/%d  loss %.4f  bpb %.4f  lr %.2e  %.0f tok/s  %.0fs left%s",
+                        tty ? "\r\033[K" : "", step, last, loss, loss / M_LN2, lr, tps, left, tty ? "" : "\n");
             t_window = now;
             window_steps = 0;
         }
-        if (r.valid.n && t->eval_every > 0 && step % t->eval_every == 0 && step != last) {
+        if (r.valid.n && t->eval_every > 0 && step % t->eval_every == 0 && step != last && !stop_requested) {
             cf_eval_result e;
             if ((rc = evaluate(&r, &r.valid, (size_t)t->eval_tokens, &e))) break;
-            if (e.bpb < r.best_valid) r.best_valid = e.bpb;
+            if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
             log_eval(&r, step, "valid", &e);
         }
+        if (t->checkpoint_every > 0 && step % t->checkpoint_every == 0 && step != last && (rc = save_checkpoint(&r)))
+            break;
+        if ((stop = stop_requested)) break;
     }
-    if (!rc) {
-        if (tty) fputc('\n', stderr);
+    if (tty) fputc('\n', stderr);
+    if (!rc && !stop) {
         cf_eval_result e;
         if (r.valid.n && !(rc = evaluate(&r, &r.valid, 0, &e))) {
-            log_eval(&r, last, "valid", &e);
+            if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
+            log_eval(&r, r.st.step, "valid", &e);
             printf("BENCH eval split=valid bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", e.bpb,
                    (long long)e.bytes, c->eval.ctx, c->eval.stride, e.bytes / e.seconds);
         }
-        if (!rc && last == t->steps && r.test.n && !(rc = evaluate(&r, &r.test, 0, &e))) {
+    }
+    if (!rc && r.saved_step != r.st.step) rc = save_checkpoint(&r);
+    if (!rc && !stop) stop = stop_requested;   /* a signal during the final evaluation or save */
+    if (!rc && !stop && last == t->steps && r.test.n) {
+        cf_eval_result e;
+        if (!(rc = evaluate(&r, &r.test, 0, &e))) {
             log_eval(&r, last, "test", &e);
             printf("BENCH eval split=test bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", e.bpb,
                    (long long)e.bytes, c->eval.ctx, c->eval.stride, e.bytes / e.seconds);
         }
     }
+    if (!rc && stop) {
+        fprintf(stderr, "cformer: %s: stopped after step %lld; checkpoint %s/step_%lld.h5 (continue with --resume %s)\n",
+                signal_name(stop), (long long)r.st.step, r.ckpt_dir, (long long)r.st.step, r.dir);
+        if (o->stop_signal) *o->stop_signal = stop;
+        rc = 1;
+    }
+    restore_handlers(&handlers);
     run_free(&r);
     return rc;
 }

@@ -1,0 +1,578 @@
+/* HDF5 checkpoints (checkpoint.h, DESIGN.md section 6).
+ *
+ * Saving never exposes a partial file under a checkpoint's name: the file is built under a
+ * dot-prefixed temporary name in the target's directory (rename is atomic only within one file
+ * system), flushed and closed, fsync'ed through a fresh descriptor (HDF5 does not fsync), renamed,
+ * and the directory is fsync'ed so the rename itself survives a power cut. Loading checks every
+ * name, shape, type and value before the caller uses anything, and never opens the file for
+ * writing. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cjson/cJSON.h>
+#include "cformer/checkpoint.h"
+#include "cformer/h5io.h"
+
+void cf_train_state_init(cf_train_state *s, const cf_config *c) {
+    memset(s, 0, sizeof *s);
+    s->seed = c->train.seed;
+    s->sampling = c->train.sampling;
+    s->batch_size = c->train.batch_size;
+    s->seq_len = c->train.seq_len;
+    s->best_valid_bpb = INFINITY;
+}
+
+/* ---- paths ---------------------------------------------------------------------------------------- */
+static void split_path(const char *path, char *dir, size_t dn, char *base, size_t bn) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        snprintf(dir, dn, ".");
+        snprintf(base, bn, "%s", path);
+    } else {
+        int len = slash == path ? 1 : (int)(slash - path);   /* "/x.h5" lives in "/" */
+        snprintf(dir, dn, "%.*s", len, path);
+        snprintf(base, bn, "%s", slash + 1);
+    }
+}
+
+/* ".<base>.tmp.<pid>" beside path: never a checkpoint's name (those do not start with a dot) */
+static int temp_name(const char *path, char *tmp, size_t n, char *dir, size_t dn) {
+    char base[512];
+    split_path(path, dir, dn, base, sizeof base);
+    if (!base[0]) return cf_set_error("%s: not a file name", path);
+    if ((size_t)snprintf(tmp, n, "%s/.%s.tmp.%ld", dir, base, (long)getpid()) >= n)
+        return cf_set_error("%s: path too long", path);
+    return 0;
+}
+
+static int fsync_path(const char *path, const char *label, int is_dir) {
+    int fd = open(path, (is_dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0) return cf_set_error("%s: cannot open %s for fsync: %s", label, path, strerror(errno));
+    int rc = fsync(fd), e = errno;
+    close(fd);
+    /* some file systems cannot fsync a directory (EINVAL); the rename is then as durable as they allow */
+    if (rc && !(is_dir && (e == EINVAL || e == ENOTSUP)))
+        return cf_set_error("%s: fsync of %s failed: %s", label, path, strerror(e));
+    return 0;
+}
+
+/* ---- fault injection (tests) ---------------------------------------------------------------------- */
+static long n_writes;   /* datasets and attributes written by the current save */
+
+static long env_long(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? strtol(v, NULL, 10) : 0;
+}
+
+/* called before each write: CF_CKPT_FAIL_WRITE makes its write fail the way ENOSPC would */
+static int pre_write(const char *file, const char *what) {
+    long fail = env_long("CF_CKPT_FAIL_WRITE");
+    if (fail > 0 && n_writes + 1 == fail) {
+        n_writes++;
+        return cf_set_error("%s: cannot write %s: %s (CF_CKPT_FAIL_WRITE)", file, what, strerror(ENOSPC));
+    }
+    return 0;
+}
+
+/* called after each write: CF_CKPT_FAIL_AFTER kills the writer with the file half written */
+static void post_write(void) {
+    n_writes++;
+    long after = env_long("CF_CKPT_FAIL_AFTER");
+    if (after > 0 && n_writes == after) {
+        fprintf(stderr, "cformer: CF_CKPT_FAIL_AFTER=%ld: aborting in the middle of a checkpoint write\n", after);
+        abort();
+    }
+}
+
+#define WRITE(what, call) do { if (pre_write(file, what) || (call)) return -1; post_write(); } while (0)
+
+/* ---- save ----------------------------------------------------------------------------------------- */
+static int write_tensors(hid_t f, const char *file, const char *group, const cf_params *p, const float *base) {
+    for (int i = 0; i < p->n; i++) {
+        const cf_tensor *t = p->t[i];
+        char name[512];
+        int64_t shape[CF_MAX_DIMS];
+        for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
+        snprintf(name, sizeof name, "/%s/%s", group, t->name);
+        WRITE(name, cf_h5_write_f32(f, file, name + 1, base + p->offset[i], t->ndim, shape));
+    }
+    return 0;
+}
+
+static int write_all(hid_t f, const char *file, const cf_config *c, const cf_model *m, const cf_adamw *o,
+                     const cf_train_state *s) {
+    WRITE("attribute format", cf_h5_write_attr_string(f, file, "/", "format", CF_CKPT_FORMAT));
+    WRITE("attribute format_version", cf_h5_write_attr_i64(f, file, "/", "format_version", CF_CKPT_VERSION));
+    WRITE("attribute step", cf_h5_write_attr_i64(f, file, "/", "step", s->step));
+    WRITE("attribute tokens_seen", cf_h5_write_attr_i64(f, file, "/", "tokens_seen", s->tokens_seen));
+    char *json = cf_config_to_json(c);
+    int rc = pre_write(file, "/config") || cf_h5_write_string(f, file, "config", json);
+    free(json);
+    if (rc) return -1;
+    post_write();
+    if (write_tensors(f, file, "params", &m->params, m->params.values)) return -1;
+    int64_t t = o->t;
+    WRITE("/optimizer/t", cf_h5_write_scalar(f, file, "optimizer/t", H5T_NATIVE_INT64, &t));
+    if (write_tensors(f, file, "optimizer/m", &m->params, o->m)) return -1;
+    if (write_tensors(f, file, "optimizer/v", &m->params, o->v)) return -1;
+    int64_t bs = s->batch_size, sl = s->seq_len;
+    WRITE("/state/seed", cf_h5_write_scalar(f, file, "state/seed", H5T_NATIVE_UINT64, &s->seed));
+    WRITE("/state/next_batch", cf_h5_write_scalar(f, file, "state/next_batch", H5T_NATIVE_UINT64, &s->next_batch));
+    WRITE("/state/best_valid_bpb",
+          cf_h5_write_scalar(f, file, "state/best_valid_bpb", H5T_NATIVE_DOUBLE, &s->best_valid_bpb));
+    WRITE("/state/elapsed_s", cf_h5_write_scalar(f, file, "state/elapsed_s", H5T_NATIVE_DOUBLE, &s->elapsed_s));
+    WRITE("/state/sampler/mode", cf_h5_write_string(f, file, "state/sampler/mode",
+                                                    s->sampling == CF_SAMPLE_ORDERED ? "ordered" : "random"));
+    WRITE("/state/sampler/batch_size", cf_h5_write_scalar(f, file, "state/sampler/batch_size", H5T_NATIVE_INT64, &bs));
+    WRITE("/state/sampler/seq_len", cf_h5_write_scalar(f, file, "state/sampler/seq_len", H5T_NATIVE_INT64, &sl));
+    WRITE("/state/attention", cf_h5_create_group(f, file, "state/attention"));
+    return 0;
+}
+
+/* the first non-finite element of n floats, or -1 */
+static int64_t first_non_finite(const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return -1;
+}
+
+int cf_ckpt_save(const char *path, const cf_config *c, const cf_model *m, const cf_adamw *o,
+                 const cf_train_state *s) {
+    CF_ASSERT(m && o && s && o->numel == m->params.numel, "cf_ckpt_save: model, optimizer and state are required");
+    const char *file = path;
+    for (int i = 0; i < m->params.n; i++) {
+        const cf_tensor *t = m->params.t[i];
+        int64_t j = first_non_finite(t->data, t->numel);
+        if (j >= 0)
+            return cf_set_error("%s: not saved: parameter %s holds %s at element %lld (the previous checkpoint is kept)",
+                                file, t->name, isnan(t->data[j]) ? "NaN" : "inf", (long long)j);
+    }
+    char tmp[1400], dir[1024];
+    if (temp_name(path, tmp, sizeof tmp, dir, sizeof dir)) return -1;
+    /* create it ourselves first: errno then says exactly why a directory refuses it */
+    n_writes = 0;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return cf_set_error("%s: cannot write in \"%s\": %s", file, dir, strerror(errno));
+    close(fd);
+    cf_h5_quiet();
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) {
+        unlink(tmp);
+        return cf_set_error("%s: cannot create the HDF5 file %s", file, tmp);
+    }
+    int rc = write_all(f, file, c, m, o, s);
+    if (!rc && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = cf_set_error("%s: flushing %s failed (disk full?)", file, tmp);
+    if (H5Fclose(f) < 0 && !rc) rc = cf_set_error("%s: closing %s failed (disk full?)", file, tmp);
+    if (!rc) rc = fsync_path(tmp, file, 0);
+    if (!rc && rename(tmp, path)) rc = cf_set_error("%s: cannot rename %s into place: %s", file, tmp, strerror(errno));
+    if (rc) {
+        unlink(tmp);
+        return -1;
+    }
+    return fsync_path(dir, file, 1);
+}
+
+/* copy src to dst (created), fsync'ed; for file systems without hard links */
+static int copy_file(const char *src, const char *dst, const char *label) {
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0) return cf_set_error("%s: cannot read %s: %s", label, src, strerror(errno));
+    int out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) {
+        int e = errno;
+        close(in);
+        return cf_set_error("%s: cannot create %s: %s", label, dst, strerror(e));
+    }
+    char buf[1 << 16];
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { rc = cf_set_error("%s: reading %s: %s", label, src, strerror(errno)); break; }
+        if (n == 0) break;
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(out, buf + off, (size_t)(n - off));
+            if (w < 0 && errno == EINTR) continue;
+            if (w < 0) { rc = cf_set_error("%s: writing %s: %s", label, dst, strerror(errno)); break; }
+            off += w;
+        }
+        if (rc) break;
+    }
+    if (!rc && fsync(out)) rc = cf_set_error("%s: fsync of %s failed: %s", label, dst, strerror(errno));
+    close(in);
+    if (close(out) && !rc) rc = cf_set_error("%s: writing %s: %s", label, dst, strerror(errno));
+    return rc;
+}
+
+int cf_ckpt_publish(const char *src, const char *dst) {
+    char tmp[1400], dir[1024];
+    if (temp_name(dst, tmp, sizeof tmp, dir, sizeof dir)) return -1;
+    unlink(tmp);
+    /* a second name for the same bytes costs nothing and is as durable as the first */
+    if (link(src, tmp) && copy_file(src, tmp, dst)) {
+        unlink(tmp);
+        return -1;
+    }
+    if (rename(tmp, dst)) {
+        int e = errno;
+        unlink(tmp);
+        return cf_set_error("%s: cannot rename %s into place: %s", dst, tmp, strerror(e));
+    }
+    return fsync_path(dir, dst, 1);
+}
+
+/* ---- load ----------------------------------------------------------------------------------------- */
+/* Open read-only and check that this is a checkpoint of a format this build reads. */
+static hid_t ckpt_open(const char *path) {
+    struct stat st;
+    if (stat(path, &st)) { cf_set_error("%s: cannot open: %s", path, strerror(errno)); return -1; }
+    if (!S_ISREG(st.st_mode)) { cf_set_error("%s: not a regular file", path); return -1; }
+    cf_h5_quiet();
+    if (H5Fis_hdf5(path) <= 0) { cf_set_error("%s: not an HDF5 file (or its header is damaged)", path); return -1; }
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) { cf_set_error("%s: cannot open as HDF5 (truncated or damaged file)", path); return -1; }
+    if (H5Aexists(f, "format") <= 0) {
+        cf_set_error("%s: not a cformer checkpoint (no \"format\" attribute on /)", path);
+        H5Fclose(f);
+        return -1;
+    }
+    char *fmt = cf_h5_read_attr_string(f, path, "/", "format");
+    int64_t version = 0;
+    int rc = fmt ? 0 : -1;
+    if (!rc && strcmp(fmt, CF_CKPT_FORMAT))
+        rc = cf_set_error("%s: not a cformer checkpoint (format \"%s\", expected \"%s\")", path, fmt, CF_CKPT_FORMAT);
+    if (!rc) rc = cf_h5_read_attr_i64(f, path, "/", "format_version", &version);
+    if (!rc && version != CF_CKPT_VERSION)
+        rc = cf_set_error("%s: format_version %lld is not supported (this build reads version %d)", path,
+                          (long long)version, CF_CKPT_VERSION);
+    free(fmt);
+    if (rc) { H5Fclose(f); return -1; }
+    return f;
+}
+
+static const char *shape_str(int nd, const int64_t *d, char *buf, size_t n) {
+    buf[0] = 0;
+    for (int i = 0; i < nd; i++) snprintf(buf + strlen(buf), n - strlen(buf), i ? ", %lld" : "%lld", (long long)d[i]);
+    return buf;
+}
+
+/* read group/<name> of every parameter into base (the params slab or a moment buffer) */
+static int read_tensors(hid_t f, const char *path, const char *group, const cf_params *p, float *base, int moments) {
+    for (int i = 0; i < p->n; i++) {
+        const cf_tensor *t = p->t[i];
+        char name[512], a[96], b[96];
+        snprintf(name, sizeof name, "%s/%s", group, t->name);
+        int64_t dims[CF_MAX_DIMS], want[CF_MAX_DIMS];
+        int nd = 0;
+        for (int d = 0; d < t->ndim; d++) want[d] = t->shape[d];
+        if (!cf_h5_exists(f, name))
+            return cf_set_error("%s: /%s: missing (the model has parameter %s; was the checkpoint made for another "
+                                "model shape?)", path, name, t->name);
+        if (cf_h5_shape(f, name, &nd, dims))
+            return cf_set_error("%s: /%s: not a dataset of at most %d dimensions", path, name, CF_MAX_DIMS);
+        int same = nd == t->ndim;
+        for (int d = 0; same && d < nd; d++) same = dims[d] == want[d];
+        if (!same)
+            return cf_set_error("%s: /%s: shape (%s) in the checkpoint, (%s) in the model: the model's shape must "
+                                "match the checkpoint's", path, name, shape_str(nd, dims, a, sizeof a),
+                                shape_str(t->ndim, want, b, sizeof b));
+        float *dst = base + p->offset[i];
+        if (cf_h5_read_f32(f, path, name, dst, t->ndim, t->shape, t->numel)) return -1;
+        int64_t j = first_non_finite(dst, t->numel);
+        if (j >= 0)
+            return cf_set_error("%s: /%s: element %lld is %s", path, name, (long long)j, isnan(dst[j]) ? "NaN" : "infinite");
+        if (moments == 2)
+            for (int64_t k = 0; k < t->numel; k++)
+                if (dst[k] < 0) return cf_set_error("%s: /%s: element %lld is negative (a second moment)", path, name, (long long)k);
+    }
+    return 0;
+}
+
+typedef struct { const cf_params *p; char extra[512]; } extra_arg;
+
+static herr_t find_extra(hid_t g, const char *name, const H5L_info_t *info, void *arg) {
+    (void)g; (void)info;
+    extra_arg *e = arg;
+    if (cf_params_find(e->p, name)) return 0;
+    snprintf(e->extra, sizeof e->extra, "%s", name);
+    return 1;   /* stop at the first */
+}
+
+/* names in group that the model has no parameter for */
+static int check_no_extra(hid_t f, const char *path, const char *group, const cf_params *p) {
+    extra_arg e = {.p = p};
+    hsize_t idx = 0;
+    if (H5Literate_by_name(f, group, H5_INDEX_NAME, H5_ITER_INC, &idx, find_extra, &e, H5P_DEFAULT) < 0)
+        return cf_set_error("%s: /%s: cannot list its members", path, group);
+    if (e.extra[0])
+        return cf_set_error("%s: /%s/%s: in the checkpoint but not in the model (was the checkpoint made for "
+                            "another model shape?)", path, group, e.extra);
+    return 0;
+}
+
+static int read_scalar_u64(hid_t f, const char *path, const char *name, uint64_t *v) {
+    return cf_h5_read_u64(f, path, name, v, 1);
+}
+
+static int load_state(hid_t f, const char *path, cf_train_state *s) {
+    memset(s, 0, sizeof *s);
+    int64_t bs = 0, sl = 0;
+    if (cf_h5_read_attr_i64(f, path, "/", "step", &s->step)) return -1;
+    if (cf_h5_read_attr_i64(f, path, "/", "tokens_seen", &s->tokens_seen)) return -1;
+    if (s->step < 0 || s->step > 2147483647 || s->tokens_seen < 0)
+        return cf_set_error("%s: step %lld / tokens_seen %lld out of range", path, (long long)s->step,
+                            (long long)s->tokens_seen);
+    if (read_scalar_u64(f, path, "state/seed", &s->seed)) return -1;
+    if (read_scalar_u64(f, path, "state/next_batch", &s->next_batch)) return -1;
+    if (cf_h5_read_f64(f, path, "state/best_valid_bpb", &s->best_valid_bpb, 1)) return -1;
+    if (cf_h5_read_f64(f, path, "state/elapsed_s", &s->elapsed_s, 1)) return -1;
+    if (isnan(s->best_valid_bpb) || s->best_valid_bpb < 0)
+        return cf_set_error("%s: /state/best_valid_bpb: %g is not a bits-per-byte value", path, s->best_valid_bpb);
+    if (!isfinite(s->elapsed_s) || s->elapsed_s < 0) s->elapsed_s = 0;   /* informational only */
+    char *mode = cf_h5_read_string(f, path, "state/sampler/mode");
+    if (!mode) return -1;
+    int ordered = !strcmp(mode, "ordered");
+    if (!ordered && strcmp(mode, "random")) {
+        cf_set_error("%s: /state/sampler/mode: \"%s\", expected \"random\" or \"ordered\"", path, mode);
+        free(mode);
+        return -1;
+    }
+    free(mode);
+    s->sampling = ordered ? CF_SAMPLE_ORDERED : CF_SAMPLE_RANDOM;
+    if (cf_h5_read_i64(f, path, "state/sampler/batch_size", &bs, 1)) return -1;
+    if (cf_h5_read_i64(f, path, "state/sampler/seq_len", &sl, 1)) return -1;
+    if (bs < 1 || bs > (1 << 20) || sl < 1 || sl > (1 << 20))
+        return cf_set_error("%s: /state/sampler: batch_size %lld, seq_len %lld out of range", path, (long long)bs,
+                            (long long)sl);
+    s->batch_size = (int)bs;
+    s->seq_len = (int)sl;
+    return 0;
+}
+
+/* No attention variant of this build carries state: the group must exist and be empty. */
+static int check_attention_state(hid_t f, const char *path) {
+    if (!cf_h5_exists(f, "state/attention")) return cf_set_error("%s: missing group /state/attention", path);
+    H5G_info_t info;
+    if (H5Gget_info_by_name(f, "state/attention", &info, H5P_DEFAULT) < 0)
+        return cf_set_error("%s: /state/attention: not a group", path);
+    if (info.nlinks > 0) {
+        char name[256] = "?";
+        H5Lget_name_by_idx(f, "state/attention", H5_INDEX_NAME, H5_ITER_INC, 0, name, sizeof name, H5P_DEFAULT);
+        return cf_set_error("%s: /state/attention/%s: recurrent attention state, but no layer of this model keeps "
+                            "any", path, name);
+    }
+    return 0;
+}
+
+int cf_ckpt_load(const char *path, cf_model *m, cf_adamw *o, cf_train_state *s) {
+    hid_t f = ckpt_open(path);
+    if (f < 0) return -1;
+    int rc = read_tensors(f, path, "params", &m->params, m->params.values, 0);
+    if (!rc) rc = check_no_extra(f, path, "params", &m->params);
+    if (!rc && o) {
+        CF_ASSERT(o->numel == m->params.numel, "cf_ckpt_load: optimizer not initialised for this model");
+        int64_t t = 0;
+        rc = cf_h5_read_i64(f, path, "optimizer/t", &t, 1);
+        if (!rc && t < 0) rc = cf_set_error("%s: /optimizer/t: %lld is negative", path, (long long)t);
+        o->t = t;
+        if (!rc) rc = read_tensors(f, path, "optimizer/m", &m->params, o->m, 1);
+        if (!rc) rc = check_no_extra(f, path, "optimizer/m", &m->params);
+        if (!rc) rc = read_tensors(f, path, "optimizer/v", &m->params, o->v, 2);
+        if (!rc) rc = check_no_extra(f, path, "optimizer/v", &m->params);
+    }
+    if (!rc && s) rc = load_state(f, path, s);
+    if (!rc) rc = check_attention_state(f, path);
+    H5Fclose(f);
+    return rc;
+}
+
+int cf_ckpt_read_config(const char *path, cf_config *c) {
+    hid_t f = ckpt_open(path);
+    if (f < 0) return -1;
+    char *json = cf_h5_read_string(f, path, "config");
+    H5Fclose(f);
+    if (!json) return -1;
+    int rc = cf_config_parse(c, json, NULL, 0, 0);
+    free(json);
+    if (rc) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", cf_error_msg());
+        return cf_set_error("%s: /config: %s", path, msg);
+    }
+    char dir[1024], base[256];
+    split_path(path, dir, sizeof dir, base, sizeof base);
+    char *dot = strrchr(base, '.');
+    if (dot && dot != base) *dot = 0;
+    memset(c->name, 0, sizeof c->name);
+    snprintf(c->name, sizeof c->name, "%s", base);
+    return 0;
+}
+
+int cf_ckpt_load_model(const char *path, cf_config *c, cf_model *m, cf_train_state *s) {
+    memset(m, 0, sizeof *m);
+    if (cf_ckpt_read_config(path, c)) return -1;
+    if (cf_model_init(m, &c->model, c->train.seed)) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", cf_error_msg());
+        cf_model_free(m);
+        return cf_set_error("%s: /config: %s", path, msg);
+    }
+    if (cf_ckpt_load(path, m, NULL, s)) {
+        cf_model_free(m);
+        return -1;
+    }
+    return 0;
+}
+
+int cf_ckpt_resolve(const char *arg, char *path, size_t path_size, char *run_dir, size_t run_dir_size) {
+    struct stat st;
+    if (stat(arg, &st)) return cf_set_error("resume: \"%s\": %s", arg, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) {
+        if ((size_t)snprintf(path, path_size, "%s", arg) >= path_size) return cf_set_error("resume: \"%s\": path too long", arg);
+        run_dir[0] = 0;
+        return 0;
+    }
+    size_t n = strlen(arg);
+    while (n > 1 && arg[n - 1] == '/') n--;   /* "run/" and "run" are the same directory */
+    if ((size_t)snprintf(path, path_size, "%.*s/ckpt/latest.h5", (int)n, arg) >= path_size ||
+        (size_t)snprintf(run_dir, run_dir_size, "%.*s", (int)n, arg) >= run_dir_size)
+        return cf_set_error("resume: \"%s\": path too long", arg);
+    if (stat(path, &st)) return cf_set_error("resume: run directory \"%s\" has no checkpoint (%s: %s)", run_dir, path,
+                                            strerror(errno));
+    return 0;
+}
+
+/* ---- config differences ------------------------------------------------------------------------------ */
+typedef struct { char *buf; size_t len, cap; const char *prefix; const char *const *skip; } diff_out;
+
+static void diff_add(diff_out *d, const char *key, const cJSON *a, const cJSON *b) {
+    if (d->prefix && strncmp(key, d->prefix, strlen(d->prefix))) return;
+    for (int i = 0; d->skip && d->skip[i]; i++)
+        if (!strcmp(key, d->skip[i])) return;
+    char *sa = a ? cJSON_PrintUnformatted(a) : NULL, *sb = b ? cJSON_PrintUnformatted(b) : NULL;
+    size_t need = strlen(key) + (sa ? strlen(sa) : 6) + (sb ? strlen(sb) : 6) + 16;
+    if (d->len + need >= d->cap) {
+        d->cap = (d->len + need) * 2;
+        char *nb = realloc(d->buf, d->cap);
+        CF_ASSERT(nb, "out of memory");
+        d->buf = nb;
+    }
+    d->len += (size_t)sprintf(d->buf + d->len, "%s%s: %s -> %s", d->len ? ", " : "", key, sa ? sa : "(none)",
+                              sb ? sb : "(none)");
+    free(sa);
+    free(sb);
+}
+
+static void diff_walk(diff_out *d, const char *key, const cJSON *a, const cJSON *b) {
+    char sub[512];
+    if (a && b && cJSON_IsObject(a) && cJSON_IsObject(b)) {
+        for (const cJSON *x = a->child; x; x = x->next) {
+            snprintf(sub, sizeof sub, "%s%s%s", key, key[0] ? "." : "", x->string);
+            diff_walk(d, sub, x, cJSON_GetObjectItemCaseSensitive(b, x->string));
+        }
+        for (const cJSON *y = b->child; y; y = y->next)
+            if (!cJSON_GetObjectItemCaseSensitive(a, y->string)) {
+                snprintf(sub, sizeof sub, "%s%s%s", key, key[0] ? "." : "", y->string);
+                diff_add(d, sub, NULL, y);
+            }
+        return;
+    }
+    if (a && b && cJSON_IsArray(a) && cJSON_IsArray(b) && cJSON_GetArraySize(a) == cJSON_GetArraySize(b)) {
+        int i = 0;
+        for (const cJSON *x = a->child, *y = b->child; x && y; x = x->next, y = y->next, i++) {
+            snprintf(sub, sizeof sub, "%s[%d]", key, i);
+            diff_walk(d, sub, x, y);
+        }
+        return;
+    }
+    if (a && b && cJSON_Compare(a, b, 1)) return;
+    diff_add(d, key, a, b);
+}
+
+char *cf_ckpt_config_diff(const cf_config *saved, const cf_config *now, const char *prefix, const char *const *skip) {
+    char *ja = cf_config_to_json(saved), *jb = cf_config_to_json(now);
+    cJSON *a = cJSON_Parse(ja), *b = cJSON_Parse(jb);
+    CF_ASSERT(a && b, "cf_ckpt_config_diff: cf_config_to_json gave invalid JSON");
+    diff_out d = {.prefix = prefix, .skip = skip};
+    diff_walk(&d, "", a, b);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    free(ja);
+    free(jb);
+    return d.buf;
+}
+
+/* ---- directory housekeeping ------------------------------------------------------------------------- */
+/* ".<name>.tmp.<digits>": the temporary names of temp_name() */
+static int is_temp_name(const char *n) {
+    const char *t = strstr(n, ".tmp.");
+    if (n[0] != '.' || !t || !t[5]) return 0;
+    for (const char *p = t + 5; *p; p++)
+        if (*p < '0' || *p > '9') return 0;
+    return 1;
+}
+
+int cf_ckpt_remove_temps(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!is_temp_name(e->d_name)) continue;
+        char p[1400];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (!unlink(p)) removed++;
+    }
+    closedir(d);
+    return removed;
+}
+
+/* N of "step_<N>.h5" (digits only), or -1 */
+static int64_t step_of(const char *n) {
+    if (strncmp(n, "step_", 5)) return -1;
+    const char *p = n + 5;
+    int64_t v = 0;
+    if (*p < '0' || *p > '9') return -1;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (INT64_MAX - 9) / 10) return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return strcmp(p, ".h5") ? -1 : v;
+}
+
+static int cmp_desc_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x < y) - (x > y);
+}
+
+int cf_ckpt_rotate(const char *ckpt_dir, int64_t newest_step, int keep) {
+    DIR *d = opendir(ckpt_dir);
+    if (!d) return cf_set_error("%s: cannot list: %s", ckpt_dir, strerror(errno));
+    int64_t *older = NULL;
+    int n = 0, cap = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        int64_t s = step_of(e->d_name);
+        if (s < 0 || s >= newest_step) continue;   /* later steps (an earlier run went further) are kept */
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            int64_t *t = realloc(older, (size_t)cap * sizeof *older);
+            CF_ASSERT(t, "out of memory");
+            older = t;
+        }
+        older[n++] = s;
+    }
+    closedir(d);
+    if (n > 1) qsort(older, (size_t)n, sizeof *older, cmp_desc_i64);   /* older is NULL when n == 0 */
+    int rc = 0;
+    for (int i = keep - 1 > 0 ? keep - 1 : 0; i < n; i++) {
+        char p[1400];
+        snprintf(p, sizeof p, "%s/step_%lld.h5", ckpt_dir, (long long)older[i]);
+        if (unlink(p) && errno != ENOENT) rc = cf_set_error("%s: cannot delete: %s", p, strerror(errno));
+    }
+    free(older);
+    return rc;
+}

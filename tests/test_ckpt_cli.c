@@ -1,0 +1,217 @@
+/* The checkpoint commands of the cformer binary (DESIGN.md section 4): train --until / --resume,
+ * info, eval, sample on checkpoints; exit status 2 with one line on stderr for bad input (and
+ * nothing written); SIGINT stops training with status 130 after a checkpoint.
+ *
+ * The binary is the one built beside this test (BUILD/cformer, made by `make all`, which
+ * `make test` runs first). Everything lives in a fresh directory under /tmp. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libgen.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include "test.h"
+
+static char root[256], bin[1024], cfg[300], valid[300], out_path[300], err_path[300];
+
+static void write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    CF_ASSERT(f && fwrite(data, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
+}
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return strdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = calloc((size_t)n + 1, 1);
+    size_t got = fread(b, 1, (size_t)n, f);
+    b[got] = 0;
+    fclose(f);
+    return b;
+}
+
+static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
+
+static int count_lines(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+/* start `cformer args...` with stdout and stderr into files */
+static pid_t spawn(const char *const *args) {
+    const char *argv[32] = {bin};
+    int n = 1;
+    for (; args[n - 1]; n++) argv[n] = args[n - 1];
+    argv[n] = NULL;
+    fflush(stdout);
+    pid_t p = fork();
+    CF_ASSERT(p >= 0, "fork: %s", strerror(errno));
+    if (p == 0) {
+        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(o, 1);
+        dup2(e, 2);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    return p;
+}
+
+/* run to the end; the exit status (or 128 + signal) */
+static int run(const char *const *args) {
+    int st;
+    waitpid(spawn(args), &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* exit status 2 and exactly one stderr line "cformer: ...want..." */
+static void expect_bad(const char *what, const char *const *args, const char *want) {
+    int rc = run(args);
+    char *err = read_text(err_path);
+    CHECK(rc == 2 && count_lines(err) == 1 && !strncmp(err, "cformer: ", 9) && strstr(err, want),
+          "%s: status %d, stderr \"%s\" (want exit 2 and one line containing \"%s\")", what, rc, err, want);
+    printf("bad input %-22s -> exit %d: %s", what, rc, err);
+    free(err);
+}
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    char self[1024];
+    snprintf(self, sizeof self, "%s", argv[0]);
+    snprintf(bin, sizeof bin, "%s/../cformer", dirname(self));   /* BUILD/tests/x -> BUILD/cformer */
+    if (access(bin, X_OK)) {
+        CHECK(0, "%s is not built: run `make BUILD=<dir>` (make test does) before this test", bin);
+        TEST_MAIN_END();
+    }
+    snprintf(root, sizeof root, "/tmp/cf_test_ckpt_cli_XXXXXX");
+    CF_ASSERT(mkdtemp(root), "mkdtemp: %s", strerror(errno));
+    snprintf(out_path, sizeof out_path, "%s/stdout", root);
+    snprintf(err_path, sizeof err_path, "%s/stderr", root);
+
+    /* data: a repetitive text, and a tiny config */
+    char train[300], text[20000];
+    for (size_t i = 0; i < sizeof text; i++) text[i] = "the cat sat on the mat. "[i % 24] ^ (char)(i % 97 == 0);
+    snprintf(train, sizeof train, "%s/train.bin", root);
+    snprintf(valid, sizeof valid, "%s/valid.bin", root);
+    write_bytes(train, text, sizeof text);
+    write_bytes(valid, text + 1000, 2000);
+    snprintf(cfg, sizeof cfg, "%s/tiny.json", root);
+    char json[1024];
+    int n = snprintf(json, sizeof json,
+                     "{\"model\": {\"d_model\": 32, \"n_layers\": 2, \"n_heads\": 2, \"d_ff\": 64, \"max_seq_len\": 32},"
+                     " \"train\": {\"batch_size\": 2, \"seq_len\": 32, \"steps\": 8, \"lr\": 3e-3, \"warmup_steps\": 2,"
+                     " \"min_lr\": 3e-4, \"log_every\": 1, \"eval_every\": 0, \"checkpoint_every\": 2},"
+                     " \"data\": {\"train\": \"%s\", \"valid\": \"%s\"}}", train, valid);
+    write_bytes(cfg, json, (size_t)n);
+
+    char rdir[300], ckpt[400];
+    snprintf(rdir, sizeof rdir, "%s/run", root);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt/latest.h5", rdir);
+    int rc = run((const char *[]){"train", cfg, "--out", rdir, "--until", "4", "--quiet", NULL});
+    CHECK(rc == 0 && exists(ckpt), "train --until 4: status %d: %s", rc, read_text(err_path));
+    rc = run((const char *[]){"train", cfg, "--resume", rdir, "--quiet", NULL});
+    char *err = read_text(err_path);
+    CHECK(rc == 0 && strstr(err, "resuming from") && strstr(err, "at step 4"), "train --resume: status %d: %s", rc, err);
+    free(err);
+
+    rc = run((const char *[]){"info", ckpt, NULL});
+    char *out = read_text(out_path);
+    CHECK(rc == 0 && strstr(out, "step         8 of 8") && strstr(out, "tokens seen  512") &&
+          strstr(out, "blocks.1.mlp.fc.weight") && strstr(out, "  total") && strstr(out, "\"d_model\": 32"),
+          "info: status %d: %s", rc, out);
+    free(out);
+
+    rc = run((const char *[]){"eval", ckpt, "--data", valid, NULL});
+    out = read_text(out_path);
+    CHECK(rc == 0 && !strncmp(out, "BENCH eval bpb=", 15) && strstr(out, "bytes=1999 ctx=32 stride=16 tokens_per_s="),
+          "eval: status %d: %s", rc, out);
+    printf("eval: %s", out);
+    free(out);
+    rc = run((const char *[]){"eval", ckpt, "--data", valid, "--ctx", "16", "--stride", "4", NULL});
+    out = read_text(out_path);
+    CHECK(rc == 0 && strstr(out, "ctx=16 stride=4"), "eval --ctx 16 --stride 4: status %d: %s", rc, out);
+    free(out);
+
+    const char *sample[] = {"sample", ckpt, "--prompt", "the ", "--tokens", "20", "--temperature", "0.8", "--top-k",
+                            "10", "--seed", "3", NULL};
+    rc = run(sample);
+    char *s1 = read_text(out_path);
+    rc |= run(sample);
+    char *s2 = read_text(out_path);
+    CHECK(rc == 0 && strlen(s1) == 4 + 20 + 1 && !strncmp(s1, "the ", 4) && !strcmp(s1, s2),
+          "sample: status %d, \"%s\" then \"%s\"", rc, s1, s2);
+    free(s1);
+    free(s2);
+
+    /* bad input: exit 2, one line, nothing written */
+    char bad[300], trunc[300], empty[300], file[300], under[400];
+    snprintf(bad, sizeof bad, "%s/text.h5", root);
+    write_bytes(bad, "hello\n", 6);
+    snprintf(trunc, sizeof trunc, "%s/trunc.h5", root);
+    char *full = read_text(ckpt);
+    write_bytes(trunc, full, 600);
+    free(full);
+    snprintf(empty, sizeof empty, "%s/empty-run", root);
+    mkdir(empty, 0755);
+    snprintf(file, sizeof file, "%s/a-file", root);
+    write_bytes(file, "x", 1);
+    snprintf(under, sizeof under, "%s/run", file);
+    expect_bad("info text file", (const char *[]){"info", bad, NULL}, "not an HDF5 file");
+    expect_bad("info missing file", (const char *[]){"info", "/nonexistent/x.h5", NULL}, "No such file");
+    expect_bad("info truncated", (const char *[]){"info", trunc, NULL}, trunc);
+    expect_bad("info no argument", (const char *[]){"info", NULL}, "missing CKPT.h5");
+    expect_bad("eval without --data", (const char *[]){"eval", ckpt, NULL}, "missing --data");
+    expect_bad("eval --ctx too long", (const char *[]){"eval", ckpt, "--data", valid, "--ctx", "64", NULL}, "max_seq_len");
+    expect_bad("eval missing data", (const char *[]){"eval", ckpt, "--data", "/nonexistent.bin", NULL}, "/nonexistent.bin");
+    expect_bad("sample --tokens 0", (const char *[]){"sample", ckpt, "--tokens", "0", NULL}, "--tokens");
+    expect_bad("sample text file", (const char *[]){"sample", bad, NULL}, "not an HDF5 file");
+    expect_bad("resume empty dir", (const char *[]){"train", cfg, "--resume", empty, NULL}, "has no checkpoint");
+    CHECK(rmdir(empty) == 0, "resume from an empty run directory wrote into it");
+    expect_bad("resume text file", (const char *[]){"train", cfg, "--resume", bad, NULL}, "not an HDF5 file");
+    expect_bad("resume finished run", (const char *[]){"train", cfg, "--resume", rdir, NULL}, "nothing to train");
+    expect_bad("resume other shape", (const char *[]){"train", cfg, "--resume", rdir, "--set", "model.d_model=64", NULL},
+               "/params/tok_emb.weight: shape (256, 32) in the checkpoint, (256, 64) in the model");
+    expect_bad("unwritable --out", (const char *[]){"train", cfg, "--out", under, NULL}, "cannot create");
+    CHECK(!exists(under), "a run directory appeared under a file");
+
+    /* SIGINT: finish the step, checkpoint, exit 130, say where */
+    char srun[300], slog[400], slatest[400];
+    snprintf(srun, sizeof srun, "%s/sigint", root);
+    snprintf(slog, sizeof slog, "%s/log.jsonl", srun);
+    snprintf(slatest, sizeof slatest, "%s/ckpt/latest.h5", srun);
+    pid_t p = spawn((const char *[]){"train", cfg, "--out", srun, "--quiet", "--set", "train.steps=1000000", "--set",
+                                     "train.checkpoint_every=0", NULL});
+    int started = 0;
+    for (int i = 0; i < 6000 && !started; i++) {
+        char *log = read_text(slog);
+        started = count_lines(log) >= 2;
+        free(log);
+        if (!started) nanosleep(&(struct timespec){0, 10000000}, NULL);
+    }
+    CHECK(started, "train did not start");
+    kill(p, SIGINT);
+    int st;
+    waitpid(p, &st, 0);
+    err = read_text(err_path);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 130 && strstr(err, "SIGINT") && strstr(err, "--resume"),
+          "SIGINT: status %d: %s", st, err);
+    printf("SIGINT -> exit %d: %s", WIFEXITED(st) ? WEXITSTATUS(st) : -1, strstr(err, "cformer: SIGINT") ? strstr(err, "cformer: SIGINT") : err);
+    free(err);
+    rc = run((const char *[]){"info", slatest, NULL});
+    CHECK(rc == 0, "info on the SIGINT checkpoint: status %d: %s", rc, read_text(err_path));
+
+    if (t_failed == 0) nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    else printf("scratch directory kept for inspection: %s\n", root);
+    TEST_MAIN_END();
+}
