@@ -35,19 +35,22 @@ all: $(LIB) $(BUILD)/cformer
 
 $(BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@ar rcs $@ $^
 
 # Programs link the objects themselves (not the archive), so every definition is seen at once.
 $(BUILD)/cformer: $(CLI_OBJ) $(LIB_OBJ) | $(LIB)
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	@echo "LD $@"
+	@$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests $< $(LIB_OBJ) -o $@ $(LDLIBS)
+	@echo "LD $@"
+	@$(CC) $(CFLAGS) -Itests $< $(LIB_OBJ) -o $@ $(LDLIBS)
 
 # Every test binary runs at 1 thread and at 2; the last line is "N passed, M failed".
 test: all $(TEST_BIN) data/tiny/train.bin
@@ -64,7 +67,8 @@ ifneq ($(strip $(BLAS_LIBS)),)
 endif
 $(BUILD)/bench/%: tools/bench/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(BENCH_BLAS) $< $(LIB_OBJ) -o $@ $(LDLIBS) $(BLAS_LIBS)
+	@echo "LD $@"
+	@$(CC) $(CFLAGS) $(BENCH_BLAS) $< $(LIB_OBJ) -o $@ $(LDLIBS) $(BLAS_LIBS)
 
 BENCH_BIN := $(patsubst tools/bench/%.c,$(BUILD)/bench/%,$(wildcard tools/bench/*.c))
 bench: all $(BENCH_BIN)

@@ -78,12 +78,13 @@ typedef struct cf_attn_opts {
     int            causal;         /* key j visible to query i only when j <= i + (Tk - Tq) */
     float          scale;          /* 0 means 1/sqrt(Dh) */
     float          dropout;        /* on the attention probabilities (training only) */
-    const uint8_t *key_keep;       /* [B, Tk], nonzero = real token; NULL = all (padding masks) */
+    const uint8_t *key_keep;       /* [B, Tk], nonzero = real token; NULL = all (padding masks);
+                                      borrowed: keep it valid until backward has run */
 } cf_attn_opts;
 /* Fused multi-head scaled-dot-product attention, tiled so that no T x T matrix is stored: backward
  * recomputes probabilities from the saved per-row log-sum-exp. q [B, Tq, H*Dh], k and v
  * [B, Tk, H*Dh] (heads are contiguous column blocks, as after a fused qkv projection); returns
- * [B, Tq, H*Dh] with heads merged back in the same layout. */
+ * [B, Tq, H*Dh] with heads merged back in the same layout. o may be NULL (all defaults). */
 cf_tensor *cf_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v, int n_heads,
                         const cf_attn_opts *o);
 /* The same on a fused projection qkv [B, T, 3*H*Dh] (all q columns, then k, then v), reading q,

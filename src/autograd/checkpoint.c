@@ -12,26 +12,26 @@ typedef struct region {
 
 cf_tensor *cf_checkpoint(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x) {
     if (!cf_needs_grad(ctx, 1, &x)) return fn(ctx, closure, x);
-    uint64_t calls = ctx->rng_calls;
+    /* the record sits below the mark so that it survives the rewind */
+    region *r = cf_arena_alloc(&ctx->arena, sizeof *r);
+    r->rng_calls = ctx->rng_calls;
     size_t mark = cf_arena_mark(&ctx->arena);
     ctx->grad_enabled = 0;
     cf_tensor *y = fn(ctx, closure, x);
     ctx->grad_enabled = 1;
-    /* Keep only y: move it down to the mark over the region's intermediates. The new header and
-     * data sit at or below y's old addresses, so memmove is safe. */
+    /* Keep only y: move it down to the mark over the region's intermediates. Allocation order
+     * (header, then data) puts the new data at or below y's when y was made in the region, so
+     * memmove is safe; a y outside the region (x itself, say) does not overlap at all. */
     int ndim = y->ndim, shape[CF_MAX_DIMS];
     memcpy(shape, y->shape, sizeof shape);
     float *src = y->data;
     cf_arena_rewind(&ctx->arena, mark);
-    region *r = cf_arena_alloc(&ctx->arena, sizeof *r);
     cf_tensor *out = cf_tensor_new(ctx, ndim, shape);
-    CF_ASSERT((char *)out->data <= (char *)src || (char *)src < ctx->arena.base ||
-              (char *)src >= ctx->arena.base + ctx->arena.cap,
-              "checkpoint: region output below its own start");
+    int inside = (char *)src >= ctx->arena.base + mark && (char *)src < ctx->arena.base + ctx->arena.cap;
+    CF_ASSERT(!inside || (char *)out->data <= (char *)src, "checkpoint: region output below its own start");
     memmove(out->data, src, (size_t)out->numel * sizeof(float));
     r->fn = fn;
     r->closure = closure;
-    r->rng_calls = calls;
     cf_node *n = cf_record(ctx, CF_OP_CHECKPOINT, out, 1, &x);
     n->ptr = r;
     return out;

@@ -1,0 +1,717 @@
+/* Fused multi-head scaled-dot-product attention, flash-attention style (ALGORITHMS.md section 0).
+ *
+ * Forward, per (batch, head, block of BQ queries): walk the key blocks of BK keys, compute the
+ * score block S = scale Q K^T as a small register-tiled GEMM, and fold it into a running row max m,
+ * row sum l and unnormalised output with the online softmax. Only the output O and the per-row
+ * log-sum-exp L = m + log l [B, H, Tq] are kept; no T x T matrix ever exists.
+ *
+ * Backward recomputes P = exp(S - L) block by block, with D_i = dO_i . O_i:
+ *   dV += P'^T dO,  dP' = dO V^T,  dP = dP' Z/(1-p),  dS = P (dP - D),  dQ = scale dS K,
+ *   dK = scale dS^T Q.
+ * Two drivers, chosen by how well the heads fill the threads (use_per_head):
+ *   per head:   one thread owns a (batch, head) and accumulates its dQ, dK and dV alone
+ *               (five block GEMMs per block pair);
+ *   two passes: pass 1 over key blocks computes dK, dV; pass 2 over query blocks computes dQ
+ *               (seven block GEMMs per pair, since S and dP are recomputed, but B*H*blocks items).
+ * Both sum every gradient element over the other axis in ascending block order with the same
+ * kernels and the same start values, so they give bitwise the same result: the output and all
+ * gradients are independent of the thread count, and no reduction between threads is needed.
+ *
+ * Layout: row r of q, k or v starts at r * stride and head h is columns [h*Dh, (h+1)*Dh); the fused
+ * qkv tensor [B, T, 3C] is read in place with stride 3C and column offsets 0, C, 2C, and its
+ * gradient goes to the one qkv gradient buffer the same way.
+ *
+ * Dropout on P is inverted and counter-based: element (b, h, i, j) keeps with the uniform
+ * cf_rng_uniform(key, ((b H + h) Tq + i) Tk + j) >= p, where key is drawn once per call, so
+ * backward (and a checkpointed recomputation) regenerates exactly the forward's mask.
+ *
+ * Memory: besides O and L, a call takes from the arena, and gives back before it returns, packed
+ * copies of Q, K^T and V (backward: Q, dO, D, K^T, V^T and K), O(T) each, plus one workspace per
+ * thread (the per-head backward's holds that head's dQ, Tq x Dh). With AVX-512 the block kernels
+ * are intrinsics; otherwise they are plain loops that gcc vectorises. */
+#include <math.h>
+#include <string.h>
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+#include "cformer/ops.h"
+#include "backward.h"
+
+/* 64 x 64 blocks: the packed K^T block (Dh x 64 floats, 16 KB at Dh 64) stays in L1 while the score
+ * tile is built, and a 64-wide score row is four AVX-512 vectors. BQ = 32 measured 3-6% slower in
+ * both directions (n 2048, Dh 64, one thread): more passes over each K^T and V^T block. */
+#define BQ 64
+#define BK 64
+
+/* Scores are kept in base 2 (Q is packed times scale log2(e)), so every exponential is a 2^x with
+ * no extra multiply; L is saved in base 2 too, and dK, which is summed against that packed Q,
+ * takes the factor ln 2 back when it is written out. */
+#define LOG2E 1.44269504088896341f
+
+typedef struct geom {
+    int B, H, Tq, Tk, Dh;
+    int nqb, nkb;                    /* query and key blocks per head */
+    int64_t sq, sk, sv, so;          /* row strides of q, k, v and of the output (elements) */
+    const float *q, *k, *v;          /* column 0 of head 0, row 0 */
+    float *dq, *dk, *dv;             /* gradient buffers with the same layout; NULL: not needed */
+    const float *o, *dout;           /* output and its gradient (backward) */
+    float *lse;                      /* [B, H, Tq] */
+    const uint8_t *keep;             /* [B, Tk] or NULL */
+    int causal, off;                 /* off = Tk - Tq */
+    float scale;
+    int dropout;                     /* 1 when training with p > 0 */
+    float p, inv_keep;               /* drop probability, 1 / (1 - p) */
+    uint64_t key;
+    /* Packed once per call (arena, given back on return), so that no block is repacked for each
+     * pair it meets. Padding rows of qs, dos, dd and padding columns of kt, vt are zero. */
+    float *qs, *dos;                 /* [B*H, nqb*BQ, Dh] scale log2(e) Q, and dO (backward) */
+    float *dd;                       /* [B*H, nqb*BQ] D = dO . O (backward) */
+    float *kt, *vt;                  /* [B*H, nkb, Dh, BK] K^T and V^T (V^T backward) */
+    float *rows;                     /* [B*H, nkb, BK, Dh] V (forward) or K (backward), rows of Dh */
+} geom;
+
+/* one thread's workspace; every array starts on a 64-byte boundary */
+typedef struct ws {
+    float *p, *ds;                   /* [BQ, BK] probabilities (dropped), dS */
+    float *z;                        /* [BK] dropout multipliers of one row */
+    float *m, *mnew, *l, *alpha;     /* [BQ] running max, new max, running sum, rescaling factor */
+    float *dkacc, *dvacc;            /* [BK, Dh] */
+    float *acc;                      /* [acc_rows, Dh]: output (forward) or dQ (backward) */
+} ws;
+
+static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+static size_t ws_floats(int dh, int acc_rows) {
+    return 2 * up16(BQ * BK) + up16(BK) + 4 * up16(BQ) + 2 * up16((size_t)BK * dh) + up16((size_t)acc_rows * dh);
+}
+
+static ws ws_carve(float *base, int dh, int acc_rows) {
+    ws w;
+    float *x = base;
+#define TAKE(field, n) (w.field = x, x += up16(n))
+    TAKE(p, BQ * BK); TAKE(ds, BQ * BK); TAKE(z, BK);
+    TAKE(m, BQ); TAKE(mnew, BQ); TAKE(l, BQ); TAKE(alpha, BQ);
+    TAKE(dkacc, (size_t)BK * dh); TAKE(dvacc, (size_t)BK * dh);
+    TAKE(acc, (size_t)acc_rows * dh);
+#undef TAKE
+    return w;
+}
+
+/* ---- block kernels ------------------------------------------------------------------------- */
+
+/* S[r][0..BK) = sum_d A[r*lda + d] Bt[d][0..BK) for r < rows (a multiple of 4). Bt is a packed
+ * transposed block, so a score row is built from broadcasts of A and vector loads of Bt: the
+ * 4 x 64 tile stays in 16 registers for the whole d loop. */
+static void nt_block(int rows, int dh, const float *a, int lda, const float *bt, float *s) {
+#ifdef __AVX512F__
+    for (int r = 0; r < rows; r += 4) {
+        const float *a0 = a + (int64_t)r * lda;
+        __m512 c[4][4];
+        for (int i = 0; i < 4; i++)
+            for (int v = 0; v < 4; v++) c[i][v] = _mm512_setzero_ps();
+        for (int d = 0; d < dh; d++) {
+            const float *b = bt + (int64_t)d * BK;
+            __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+            __m512 b2 = _mm512_load_ps(b + 32), b3 = _mm512_load_ps(b + 48);
+            for (int i = 0; i < 4; i++) {
+                __m512 x = _mm512_set1_ps(a0[(int64_t)i * lda + d]);
+                c[i][0] = _mm512_fmadd_ps(x, b0, c[i][0]);
+                c[i][1] = _mm512_fmadd_ps(x, b1, c[i][1]);
+                c[i][2] = _mm512_fmadd_ps(x, b2, c[i][2]);
+                c[i][3] = _mm512_fmadd_ps(x, b3, c[i][3]);
+            }
+        }
+        for (int i = 0; i < 4; i++)
+            for (int v = 0; v < 4; v++) _mm512_store_ps(s + (int64_t)(r + i) * BK + 16 * v, c[i][v]);
+    }
+#else
+    for (int r = 0; r < rows; r++) {
+        float *sr = s + (int64_t)r * BK;
+        for (int j = 0; j < BK; j++) sr[j] = 0;
+        for (int d = 0; d < dh; d++) {
+            float x = a[(int64_t)r * lda + d];
+            const float *b = bt + (int64_t)d * BK;
+            for (int j = 0; j < BK; j++) sr[j] += x * b[j];
+        }
+    }
+#endif
+}
+
+#ifdef __AVX512F__
+/* A 4-row tile of nn_block over one chunk of at most 64 columns (nv vectors, the last one masked
+ * by tail). Inlined with a constant nv, so the 4 x nv accumulators stay in registers. */
+static inline __attribute__((always_inline)) void nn_tile(int nv, __mmask16 tail, const float *a, int64_t ars,
+                                                          int64_t ans, int nn, const float *b, int64_t ldb,
+                                                          float *c, int64_t ldc, const float *cs) {
+    __m512 acc[4][4];
+    __mmask16 mk[4];
+    for (int v = 0; v < nv; v++) mk[v] = v == nv - 1 ? tail : 0xFFFF;
+    for (int i = 0; i < 4; i++)
+        for (int v = 0; v < nv; v++) {
+            acc[i][v] = _mm512_maskz_loadu_ps(mk[v], c + i * ldc + 16 * v);
+            if (cs) acc[i][v] = _mm512_mul_ps(acc[i][v], _mm512_set1_ps(cs[i]));
+        }
+    for (int n = 0; n < nn; n++) {
+        __m512 bv[4];
+        for (int v = 0; v < nv; v++) bv[v] = _mm512_maskz_loadu_ps(mk[v], b + n * ldb + 16 * v);
+        for (int i = 0; i < 4; i++) {
+            __m512 x = _mm512_set1_ps(a[i * ars + n * ans]);
+            for (int v = 0; v < nv; v++) acc[i][v] = _mm512_fmadd_ps(x, bv[v], acc[i][v]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int v = 0; v < nv; v++) _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mk[v], acc[i][v]);
+}
+#endif
+
+/* C[r][0..dh) = cs[r] C[r][0..dh) + sum_{n < nn} A(r, n) B[n][0..dh) for r < rows (a multiple of
+ * 4), where A(r, n) = a[r*ars + n*ans]: swapping the strides reads A^T (P^T dO, dS^T Q) without a
+ * copy. cs == NULL means 1 (then C keeps its exact old value); the forward passes the online-
+ * softmax rescaling there, so the output accumulator is not swept separately. Each C element
+ * gets the terms in ascending n, one fused multiply-add each. */
+static void nn_block(int rows, int dh, const float *a, int64_t ars, int64_t ans, int nn, const float *b,
+                     int64_t ldb, float *c, int64_t ldc, const float *cs) {
+#ifdef __AVX512F__
+    for (int r = 0; r < rows; r += 4)
+        for (int c0 = 0; c0 < dh; c0 += 64) {
+            int w = dh - c0 < 64 ? dh - c0 : 64, nv = (w + 15) / 16;
+            __mmask16 tail = (__mmask16)((1u << (w - 16 * (nv - 1))) - 1);
+            const float *ar = a + r * ars, *bc = b + c0, *csr = cs ? cs + r : NULL;
+            float *cr = c + r * ldc + c0;
+            switch (nv) {
+            case 1: nn_tile(1, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
+            case 2: nn_tile(2, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
+            case 3: nn_tile(3, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
+            default: nn_tile(4, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
+            }
+        }
+#else
+    for (int r = 0; r < rows; r++) {
+        float *cr = c + r * ldc;
+        if (cs)
+            for (int j = 0; j < dh; j++) cr[j] *= cs[r];
+        for (int n = 0; n < nn; n++) {
+            float x = a[r * ars + n * ans];
+            const float *bn = b + n * ldb;
+            for (int j = 0; j < dh; j++) cr[j] += x * bn[j];
+        }
+    }
+#endif
+}
+
+#ifdef __AVX512F__
+/* 2^t on 16 lanes: t = n + f with n = round(t) and |f| <= 1/2, 2^f by a degree-6 polynomial fitted
+ * for relative error on [-1/2, 1/2] (about 1e-7 in float), times 2^n by vscalefps, which goes
+ * smoothly to 0 far below -126. t must not be infinite: callers mask or clamp. */
+static inline __m512 exp2_16(__m512 t) {
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    __m512 y = _mm512_set1_ps(1.5370706387e-4f);
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3399848249e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6183735877e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5503290147e-2f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022647738e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718246e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+}
+#endif
+
+/* ---- masks and packing ------------------------------------------------------------------------ */
+
+/* bit j: key k0 + j exists and is not padding */
+static uint64_t keep_bits(const geom *g, int b, int k0, int nk) {
+    uint64_t bits = nk == 64 ? ~0ull : (1ull << nk) - 1;
+    if (g->keep) {
+        const uint8_t *kp = g->keep + (int64_t)b * g->Tk + k0;
+        for (int j = 0; j < nk; j++)
+            if (!kp[j]) bits &= ~(1ull << j);
+    }
+    return bits;
+}
+
+/* bits of the keys of the block at k0 that query qi may see */
+static uint64_t row_bits(const geom *g, uint64_t keep, int qi, int k0) {
+    if (!g->causal) return keep;
+    int64_t lim = (int64_t)qi + g->off - k0;   /* the last visible column */
+    if (lim < 0) return 0;
+    if (lim >= BK - 1) return keep;
+    return keep & ((1ull << (lim + 1)) - 1);
+}
+
+/* does any query of [q0, q0 + nq) see any key of the block? (the same test in every driver) */
+static int pair_live(const geom *g, uint64_t keep, int q0, int nq, int k0) {
+    return keep && (!g->causal || (int64_t)k0 <= (int64_t)q0 + nq - 1 + g->off);
+}
+
+static int blen(int t, int at, int bs) { return t - at < bs ? t - at : bs; }
+
+/* the packed blocks of (b*H + h, block) */
+static float *qblk(const geom *g, float *base, int64_t bh, int qb) {
+    return base + (bh * g->nqb + qb) * (int64_t)BQ * g->Dh;
+}
+static float *kblk(const geom *g, float *base, int64_t bh, int kb) {
+    return base + (bh * g->nkb + kb) * (int64_t)BK * g->Dh;
+}
+
+/* query block qb of head bh: scale Q (and with dO, also dO and D), padding rows zero */
+static void pack_q(const geom *g, int64_t bh, int qb, int with_do) {
+    int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
+    int64_t r0 = (int64_t)b * g->Tq + q0;
+    float *qs = qblk(g, g->qs, bh, qb);
+    memset(qs, 0, sizeof(float) * BQ * dh);
+    for (int i = 0; i < nq; i++) {
+        const float *src = g->q + (r0 + i) * g->sq + (int64_t)h * dh;
+        for (int d = 0; d < dh; d++) qs[(int64_t)i * dh + d] = g->scale * LOG2E * src[d];
+    }
+    if (!with_do) return;
+    float *dos = qblk(g, g->dos, bh, qb), *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    memset(dos, 0, sizeof(float) * BQ * dh);
+    memset(dd, 0, sizeof(float) * BQ);
+    for (int i = 0; i < nq; i++) {
+        const float *go = g->dout + (r0 + i) * g->so + (int64_t)h * dh, *o = g->o + (r0 + i) * g->so + (int64_t)h * dh;
+        float s = 0;
+        #pragma omp simd reduction(+ : s)
+        for (int d = 0; d < dh; d++) s += go[d] * o[d];
+        memcpy(dos + (int64_t)i * dh, go, sizeof(float) * dh);
+        dd[i] = s;
+    }
+}
+
+/* dst[d][j] = row j of src, column d; columns [n, BK) zero */
+static void pack_t(float *dst, const float *src, int64_t stride, int n, int dh) {
+    if (n < BK)
+        for (int d = 0; d < dh; d++) memset(dst + (int64_t)d * BK + n, 0, sizeof(float) * (BK - n));
+    for (int j = 0; j < n; j++)
+        for (int d = 0; d < dh; d++) dst[(int64_t)d * BK + j] = src[j * stride + d];
+}
+
+/* Key block kb of head bh: K^T, and the rows the output-side product reads (forward V for P V;
+ * backward V^T and K for dS K). Rows are copied even though the source rows could be read in
+ * place: at a row stride of 3C or C floats (a multiple of 1 KB for C a multiple of 256) the 64 rows
+ * of a block fall into a quarter of the L1 sets and evict each other between 4-row tiles; alone,
+ * the 64 x 64 x 64 product ran at best about 15% slower at stride 768 than on contiguous rows. */
+static void pack_k(const geom *g, int64_t bh, int kb, int backward) {
+    int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
+    int64_t r0 = (int64_t)b * g->Tk + k0, c0 = (int64_t)h * dh;
+    const float *k = g->k + r0 * g->sk + c0, *v = g->v + r0 * g->sv + c0, *src = backward ? k : v;
+    int64_t stride = backward ? g->sk : g->sv;
+    pack_t(kblk(g, g->kt, bh, kb), k, g->sk, nk, dh);
+    if (backward) pack_t(kblk(g, g->vt, bh, kb), v, g->sv, nk, dh);
+    float *dst = kblk(g, g->rows, bh, kb);
+    for (int j = 0; j < nk; j++) memcpy(dst + (int64_t)j * dh, src + j * stride, sizeof(float) * dh);
+}
+
+/* every block of every head, inside a parallel region (each item writes its own blocks) */
+static void pack_all(const geom *g, int backward) {
+    int64_t bh = (int64_t)g->B * g->H;
+    #pragma omp for schedule(static)
+    for (int64_t i = 0; i < bh * g->nqb; i++) pack_q(g, i / g->nqb, (int)(i % g->nqb), backward);
+    #pragma omp for schedule(static)
+    for (int64_t i = 0; i < bh * g->nkb; i++) pack_k(g, i / g->nkb, (int)(i % g->nkb), backward);
+}
+
+/* z[j] = 1/(1-p) when element (bh, qi, k0 + j) is kept, else 0: exactly cf_rng_uniform(key, idx)
+ * >= p, with idx * 0xd1b5... stepped by addition (the same value modulo 2^64, one vector multiply
+ * fewer per element) and the uniform compared as the integer it is (24 bits over 2^24). */
+static void dropout_row(const geom *g, float *z, int64_t bh, int qi, int k0) {
+    const uint64_t mul = 0xd1b54a32d192ed03ull;
+    uint64_t idx = (uint64_t)((bh * g->Tq + qi) * g->Tk + k0), key = g->key, h = idx * mul;
+    uint64_t thr = (uint64_t)ceilf(g->p * 16777216.0f);
+    float s = g->inv_keep;
+    for (int j = 0; j < BK; j++, h += mul) z[j] = cf_mix64(key ^ h) >> 40 >= thr ? s : 0.0f;
+}
+
+static int round4(int n) { return (n + 3) & ~3; }
+
+/* ---- forward --------------------------------------------------------------------------------- */
+
+/* Fold the score block in w->p (rows [0, nq), in base-2 units) into each row's running max m and
+ * sum l: w->alpha gets the factor 2^(m_old - m_new) by which the row's output accumulator must
+ * shrink (1 for padding rows), and w->p the (dropped) probabilities 2^(s - m_new), padding rows
+ * zero. The maxima come first, then all the row factors in one vector pass. */
+static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, int q0, int nq, int rows, int k0, uint64_t keep) {
+    for (int i = 0; i < nq; i++) {
+        const float *s = w->p + (int64_t)i * BK;
+        uint64_t vis = row_bits(g, keep, q0 + i, k0);
+        float mx = -INFINITY;
+#ifdef __AVX512F__
+        if (vis) {
+            __m512 ninf = _mm512_set1_ps(-INFINITY), m4 = ninf;
+            for (int v = 0; v < 4; v++)
+                m4 = _mm512_mask_max_ps(m4, (__mmask16)(vis >> (16 * v)), m4, _mm512_load_ps(s + 16 * v));
+            mx = _mm512_reduce_max_ps(m4);
+        }
+#else
+        for (int j = 0; j < BK; j++)
+            if ((vis >> j) & 1 && s[j] > mx) mx = s[j];
+#endif
+        w->mnew[i] = fmaxf(w->m[i], mx);
+    }
+    for (int i = nq; i < rows; i++) w->alpha[i] = 1.0f;
+#ifdef __AVX512F__
+    for (int i = 0; i < nq; i += 16) {
+        __mmask16 live = (__mmask16)(nq - i >= 16 ? 0xFFFF : (1u << (nq - i)) - 1);
+        __m512 mo = _mm512_maskz_loadu_ps(live, w->m + i), mn = _mm512_maskz_loadu_ps(live, w->mnew + i);
+        /* no visible key yet (m_new = -inf): factor 1, the accumulator is still zero anyway */
+        __mmask16 empty = _mm512_cmp_ps_mask(mn, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
+        __m512 t = _mm512_max_ps(_mm512_maskz_sub_ps((__mmask16)~empty, mo, mn), _mm512_set1_ps(-200.0f));
+        _mm512_mask_storeu_ps(w->alpha + i, live, exp2_16(t));
+    }
+#else
+    for (int i = 0; i < nq; i++)
+        w->alpha[i] = w->mnew[i] == -INFINITY ? 1.0f : exp2f(w->m[i] - w->mnew[i]);
+#endif
+    for (int i = 0; i < nq; i++) {
+        float *s = w->p + (int64_t)i * BK, m = w->mnew[i], rowsum = 0;
+        uint64_t vis = row_bits(g, keep, q0 + i, k0);
+        w->m[i] = m;
+        if (!vis) {
+            memset(s, 0, BK * sizeof(float));
+            w->l[i] *= w->alpha[i];
+            continue;
+        }
+        if (g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
+#ifdef __AVX512F__
+        __m512 mv = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+        for (int v = 0; v < 4; v++) {
+            __m512 pv = _mm512_maskz_mov_ps((__mmask16)(vis >> (16 * v)),
+                                            exp2_16(_mm512_sub_ps(_mm512_load_ps(s + 16 * v), mv)));
+            sum = _mm512_add_ps(sum, pv);
+            if (g->dropout) pv = _mm512_mul_ps(pv, _mm512_load_ps(w->z + 16 * v));
+            _mm512_store_ps(s + 16 * v, pv);
+        }
+        rowsum = _mm512_reduce_add_ps(sum);
+#else
+        for (int j = 0; j < BK; j++) {
+            float pj = (vis >> j) & 1 ? exp2f(s[j] - m) : 0.0f;
+            rowsum += pj;
+            s[j] = g->dropout ? pj * w->z[j] : pj;
+        }
+#endif
+        w->l[i] = w->l[i] * w->alpha[i] + rowsum;
+    }
+    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
+}
+
+static void fwd_block(const geom *g, ws *w, int64_t bh, int qb, float *out) {
+    int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
+    int rows = round4(nq);
+    const float *qs = qblk(g, g->qs, bh, qb);
+    for (int i = 0; i < nq; i++) { w->m[i] = -INFINITY; w->l[i] = 0; }
+    memset(w->acc, 0, (size_t)rows * dh * sizeof(float));
+    for (int kb = 0; kb < g->nkb; kb++) {
+        int k0 = kb * BK, nk = blen(g->Tk, k0, BK);
+        uint64_t keep = keep_bits(g, b, k0, nk);
+        if (!pair_live(g, keep, q0, nq, k0)) continue;
+        nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
+        fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
+        nn_block(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
+    }
+    for (int i = 0; i < nq; i++) {
+        float *o = out + ((int64_t)b * g->Tq + q0 + i) * g->so + (int64_t)h * dh;
+        const float *a = w->acc + (int64_t)i * dh;
+        float l = w->l[i];
+        if (l > 0) {
+            float inv = 1.0f / l;
+            for (int d = 0; d < dh; d++) o[d] = a[d] * inv;
+            g->lse[bh * g->Tq + q0 + i] = w->m[i] + log2f(l);
+        } else {   /* no visible key: zero output, and L = inf makes every recomputed P zero */
+            memset(o, 0, (size_t)dh * sizeof(float));
+            g->lse[bh * g->Tq + q0 + i] = INFINITY;
+        }
+    }
+}
+
+/* ---- backward -------------------------------------------------------------------------------- */
+
+/* One (query block, key block) pair: recompute P, form dS, and add P'^T dO and dS^T (scale Q)
+ * into the dV and dK accumulators (want_kv) and dS K into dqacc (when not NULL). */
+static void bwd_pair(const geom *g, ws *w, int64_t bh, int qb, int kb, uint64_t keep, int want_kv, float *dqacc) {
+    int dh = g->Dh;
+    int q0 = qb * BQ, nq = blen(g->Tq, q0, BQ), rows = round4(nq), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
+    const float *qs = qblk(g, g->qs, bh, qb), *dos = qblk(g, g->dos, bh, qb);
+    const float *lse = g->lse + bh * g->Tq + q0, *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
+    nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
+    for (int i = 0; i < nq; i++) {
+        float *s = w->p + (int64_t)i * BK, *dp = w->ds + (int64_t)i * BK;
+        uint64_t vis = row_bits(g, keep, q0 + i, k0);
+        if (!vis) {
+            memset(s, 0, BK * sizeof(float));
+            memset(dp, 0, BK * sizeof(float));
+            continue;
+        }
+        if (g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
+#ifdef __AVX512F__
+        __m512 lv = _mm512_set1_ps(lse[i]), dv = _mm512_set1_ps(dd[i]);
+        for (int v = 0; v < 4; v++) {
+            __m512 pv = _mm512_maskz_mov_ps((__mmask16)(vis >> (16 * v)),
+                                            exp2_16(_mm512_sub_ps(_mm512_load_ps(s + 16 * v), lv)));
+            __m512 gv = _mm512_load_ps(dp + 16 * v), pd = pv;
+            if (g->dropout) {
+                __m512 zv = _mm512_load_ps(w->z + 16 * v);
+                pd = _mm512_mul_ps(pv, zv);
+                gv = _mm512_mul_ps(gv, zv);
+            }
+            _mm512_store_ps(s + 16 * v, pd);
+            _mm512_store_ps(dp + 16 * v, _mm512_mul_ps(pv, _mm512_sub_ps(gv, dv)));
+        }
+#else
+        float L = lse[i], D = dd[i];
+        for (int j = 0; j < BK; j++) {
+            float pj = (vis >> j) & 1 ? exp2f(s[j] - L) : 0.0f, gj = dp[j], pd = pj;
+            if (g->dropout) { pd = pj * w->z[j]; gj *= w->z[j]; }
+            s[j] = pd;
+            dp[j] = pj * (gj - D);
+        }
+#endif
+    }
+    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
+    memset(w->ds + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
+    if (want_kv) {
+        int krows = round4(nk);
+        nn_block(krows, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
+        nn_block(krows, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
+    }
+    if (dqacc)
+        nn_block(rows, dh, w->ds, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, dqacc, dh, NULL);
+}
+
+/* grad rows [r0, r0 + n) of head h += s * acc */
+static void add_rows(float *grad, int64_t stride, int64_t r0, int n, int h, int dh, const float *acc, float s) {
+    for (int i = 0; i < n; i++) {
+        float *gr = grad + (r0 + i) * stride + (int64_t)h * dh;
+        const float *a = acc + (int64_t)i * dh;
+        for (int d = 0; d < dh; d++) gr[d] += s * a[d];
+    }
+}
+
+/* Below this many multiply-adds per matrix product (B H Tq Tk Dh, about 0.1 ms of work) the op runs
+ * on the calling thread: waking the team would cost more than it saves. Results do not depend on
+ * the thread count, so this changes speed only. */
+#define PAR_MIN_WORK (1 << 18)
+
+static int team_size(const geom *g) {
+    double work = (double)g->B * g->H * g->Tq * g->Tk * g->Dh;
+    return work < PAR_MIN_WORK ? 1 : cf_num_threads();
+}
+
+/* first query block whose rows may see key k0 (causal), else 0 */
+static int first_qb(const geom *g, int k0) {
+    if (!g->causal) return 0;
+    int64_t i = (int64_t)k0 - g->off;
+    return i <= 0 ? 0 : (int)(i / BQ);
+}
+
+/* dK, dV of key block kb: the sum over query blocks in ascending order; with dqacc_head (the
+ * per-head driver), dS K goes into the head's dQ accumulator on the way */
+static void bwd_kv_block(const geom *g, ws *w, int64_t bh, int kb, int want_kv, float *dqacc_head) {
+    int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
+    uint64_t keep = keep_bits(g, b, k0, nk);
+    if (want_kv) {
+        memset(w->dkacc, 0, (size_t)BK * dh * sizeof(float));
+        memset(w->dvacc, 0, (size_t)BK * dh * sizeof(float));
+    }
+    if (keep)
+        for (int qb = first_qb(g, k0); qb < g->nqb; qb++) {
+            int q0 = qb * BQ;
+            if (!pair_live(g, keep, q0, blen(g->Tq, q0, BQ), k0)) continue;
+            bwd_pair(g, w, bh, qb, kb, keep, want_kv, dqacc_head ? dqacc_head + (int64_t)q0 * dh : NULL);
+        }
+    if (!want_kv) return;
+    int64_t r0 = (int64_t)b * g->Tk + k0;
+    if (g->dk) add_rows(g->dk, g->sk, r0, nk, h, dh, w->dkacc, 1.0f / LOG2E);
+    if (g->dv) add_rows(g->dv, g->sv, r0, nk, h, dh, w->dvacc, 1.0f);
+}
+
+/* dQ of query block qb: the sum over key blocks in ascending order */
+static void bwd_q_block(const geom *g, ws *w, int64_t bh, int qb) {
+    int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
+    memset(w->acc, 0, (size_t)round4(nq) * dh * sizeof(float));
+    for (int kb = 0; kb < g->nkb; kb++) {
+        int k0 = kb * BK;
+        uint64_t keep = keep_bits(g, b, k0, blen(g->Tk, k0, BK));
+        if (!pair_live(g, keep, q0, nq, k0)) continue;
+        bwd_pair(g, w, bh, qb, kb, keep, 0, w->acc);
+    }
+    add_rows(g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, dh, w->acc, g->scale);
+}
+
+/* The per-head driver does 5 block GEMMs per pair, the two-pass one 7 but over many more work
+ * items. Per head is used when its load imbalance (B*H heads dealt to the threads in rounds)
+ * costs less than the two-pass driver's extra recomputation. Measured on a quiet 16-core Xeon
+ * (causal, n 2048, Dh 64, B 1): at one thread per head is 1.40-1.44x faster (the 7/5); at
+ * 2, 4 and 8 threads with H from 1 to 8 this rule picked the faster driver in every case but one
+ * near tie (H 3 at 2 threads, 4% apart). */
+static int use_per_head(int bh, int nt) {
+    if (nt <= 1) return 1;
+    int rounds = (bh + nt - 1) / nt;
+    return 7.0 * bh >= 5.0 * rounds * nt;
+}
+
+static void backward_run(cf_ctx *ctx, geom *g) {
+    int nt = team_size(g), bh = g->B * g->H, per_head = use_per_head(bh, nt), kv = g->dk || g->dv;
+    int acc_rows = per_head ? g->nqb * BQ : BQ;
+    size_t per = ws_floats(g->Dh, acc_rows), mark = cf_arena_mark(&ctx->arena);
+    size_t qn = (size_t)bh * g->nqb * BQ, kn = (size_t)bh * g->nkb * BK;
+    g->qs = cf_scratch(ctx, qn * g->Dh * sizeof(float));
+    g->dos = cf_scratch(ctx, qn * g->Dh * sizeof(float));
+    g->dd = cf_scratch(ctx, qn * sizeof(float));
+    g->kt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+    g->vt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+    g->rows = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g->Dh, acc_rows);
+        pack_all(g, 1);
+        if (per_head) {
+            /* dynamic: padding can make heads unequal; results do not depend on who runs what */
+            #pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < bh; i++) {
+                float *dq = g->dq ? w.acc : NULL;
+                if (dq) memset(dq, 0, (size_t)acc_rows * g->Dh * sizeof(float));
+                for (int kb = 0; kb < g->nkb; kb++) bwd_kv_block(g, &w, i, kb, kv, dq);
+                if (dq) add_rows(g->dq, g->sq, (int64_t)(i / g->H) * g->Tq, g->Tq, i % g->H, g->Dh, dq, g->scale);
+            }
+        } else {
+            if (kv) {
+                #pragma omp for schedule(dynamic, 1)
+                for (int64_t i = 0; i < (int64_t)bh * g->nkb; i++) bwd_kv_block(g, &w, i / g->nkb, (int)(i % g->nkb), 1, NULL);
+            }
+            if (g->dq) {
+                #pragma omp for schedule(dynamic, 1)
+                for (int64_t i = 0; i < (int64_t)bh * g->nqb; i++) bwd_q_block(g, &w, i / g->nqb, (int)(i % g->nqb));
+            }
+        }
+    }
+    cf_arena_rewind(&ctx->arena, mark);
+}
+
+/* ---- the op ---------------------------------------------------------------------------------- */
+
+/* the geometry of inputs in[0..n_in) (q, k, v or one fused qkv) */
+static geom geom_of(int n_in, cf_tensor **in, int n_heads, int causal, float scale) {
+    geom g;
+    memset(&g, 0, sizeof g);
+    cf_tensor *q = in[0];
+    g.B = q->shape[0];
+    g.Tq = q->shape[1];
+    g.H = n_heads;
+    if (n_in == 1) {
+        int c = q->shape[2] / 3;
+        g.Tk = g.Tq;
+        g.sq = g.sk = g.sv = 3 * (int64_t)c;
+        g.q = q->data;
+        g.k = q->data + c;
+        g.v = q->data + 2 * c;
+        g.so = c;
+    } else {
+        g.Tk = in[1]->shape[1];
+        g.sq = g.sk = g.sv = g.so = q->shape[2];
+        g.q = q->data;
+        g.k = in[1]->data;
+        g.v = in[2]->data;
+    }
+    g.Dh = (int)(g.so / n_heads);
+    g.causal = causal;
+    g.off = g.Tk - g.Tq;
+    g.scale = scale != 0 ? scale : 1.0f / sqrtf((float)g.Dh);
+    g.nqb = (g.Tq + BQ - 1) / BQ;
+    g.nkb = (g.Tk + BK - 1) / BK;
+    return g;
+}
+
+static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, const cf_attn_opts *o) {
+    static const cf_attn_opts defaults = {0};
+    if (!o) o = &defaults;
+    CF_ASSERT(o->dropout >= 0 && o->dropout < 1, "attention: dropout %g outside [0, 1)", o->dropout);
+    geom g = geom_of(n_in, in, n_heads, o->causal != 0, o->scale);
+    g.keep = o->key_keep;
+    g.dropout = ctx->training && o->dropout > 0;
+    if (g.dropout) {
+        g.p = o->dropout;
+        g.inv_keep = 1.0f / (1.0f - o->dropout);
+        g.key = cf_rng_key(ctx->seed, ctx->step, ctx->rng_calls++);
+    }
+    cf_tensor *out = cf_tensor_3d(ctx, g.B, g.Tq, (int)g.so);
+    int record = cf_needs_grad(ctx, n_in, in);
+    size_t lse_bytes = (size_t)g.B * g.H * g.Tq * sizeof(float);
+    float *lse = record ? cf_scratch(ctx, lse_bytes) : NULL;
+    size_t mark = cf_arena_mark(&ctx->arena);
+    g.lse = record ? lse : cf_scratch(ctx, lse_bytes);
+    int nt = team_size(&g);
+    size_t per = ws_floats(g.Dh, BQ), bh = (size_t)g.B * g.H;
+    g.qs = cf_scratch(ctx, bh * g.nqb * BQ * g.Dh * sizeof(float));
+    g.kt = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
+    g.rows = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
+    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    int64_t items = (int64_t)bh * g.nqb;
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g.Dh, BQ);
+        pack_all(&g, 0);
+        /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < items; i++) fwd_block(&g, &w, i / g.nqb, (int)(i % g.nqb), out->data);
+    }
+    cf_arena_rewind(&ctx->arena, mark);
+    cf_node *n = cf_record(ctx, CF_OP_ATTENTION, out, n_in, in);
+    if (n) {
+        n->saved = lse;
+        n->ptr = o->key_keep;
+        n->iarg[0] = n_heads;
+        n->iarg[1] = g.causal;
+        n->iarg[2] = g.dropout;
+        n->iarg[3] = (int64_t)g.key;
+        n->farg[0] = g.scale;
+        n->farg[1] = g.p;
+    }
+    return out;
+}
+
+/* key_keep is borrowed: it must stay valid until backward has run */
+cf_tensor *cf_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v, int n_heads, const cf_attn_opts *o) {
+    CF_ASSERT(q->ndim == 3 && k->ndim == 3 && v->ndim == 3, "attention: q %s, k %s, v %s must be [B, T, H*Dh]",
+              cf_shape_str(q), cf_shape_str(k), cf_shape_str(v));
+    CF_ASSERT(k->shape[0] == q->shape[0] && v->shape[0] == q->shape[0] && k->shape[2] == q->shape[2] &&
+              v->shape[2] == q->shape[2] && v->shape[1] == k->shape[1],
+              "attention: q %s, k %s, v %s do not match", cf_shape_str(q), cf_shape_str(k), cf_shape_str(v));
+    CF_ASSERT(n_heads > 0 && q->shape[2] % n_heads == 0 && q->shape[1] > 0 && k->shape[1] > 0,
+              "attention: %d heads do not divide q %s", n_heads, cf_shape_str(q));
+    return attention(ctx, 3, (cf_tensor *[]){q, k, v}, n_heads, o);
+}
+
+cf_tensor *cf_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, const cf_attn_opts *o) {
+    CF_ASSERT(qkv->ndim == 3 && n_heads > 0 && qkv->shape[2] % (3 * n_heads) == 0 && qkv->shape[1] > 0,
+              "attention_qkv: qkv %s is not [B, T, 3*H*Dh] with H = %d", cf_shape_str(qkv), n_heads);
+    return attention(ctx, 1, &qkv, n_heads, o);
+}
+
+void cf_attention_backward(cf_ctx *ctx, cf_node *n) {
+    geom g = geom_of(n->n_in, n->in, (int)n->iarg[0], (int)n->iarg[1], n->farg[0]);
+    g.keep = n->ptr;
+    g.dropout = (int)n->iarg[2];
+    g.key = (uint64_t)n->iarg[3];
+    g.p = n->farg[1];
+    g.inv_keep = g.dropout ? 1.0f / (1.0f - g.p) : 0.0f;
+    g.lse = n->saved;
+    g.o = n->out->data;
+    g.dout = n->out->grad;
+    if (n->n_in == 1) {
+        float *gq = cf_grad(ctx, n->in[0]);
+        int64_t c = g.so;
+        g.dq = gq;
+        g.dk = gq + c;
+        g.dv = gq + 2 * c;
+    } else {
+        /* the same tensor may be passed as two of q, k, v: cf_grad then hands out one buffer, and
+         * the drivers never write one row of a head from two threads at once */
+        if (n->in[0]->requires_grad) g.dq = cf_grad(ctx, n->in[0]);
+        if (n->in[1]->requires_grad) g.dk = cf_grad(ctx, n->in[1]);
+        if (n->in[2]->requires_grad) g.dv = cf_grad(ctx, n->in[2]);
+    }
+    backward_run(ctx, &g);
+}
