@@ -30,7 +30,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/libcformer.a
 
-.PHONY: all test bench clean deps
+.PHONY: all test bench clean deps quickstart
 all: $(LIB) $(BUILD)/cformer
 
 $(BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h)
@@ -73,6 +73,11 @@ $(BUILD)/bench/%: tools/bench/%.c $(LIB_OBJ)
 BENCH_BIN := $(patsubst tools/bench/%.c,$(BUILD)/bench/%,$(wildcard tools/bench/*.c))
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done
+
+# the README's first command: install, build, prepare data, train ~2 minutes, evaluate, sample
+quickstart: deps
+	@$(MAKE) --no-print-directory -j2 all
+	@sh tools/quickstart.sh $(BUILD)
 
 deps:
 	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

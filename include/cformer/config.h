@@ -93,6 +93,7 @@ typedef struct cf_data_config {
 typedef struct cf_eval_config {
     int ctx;                    /* 0 = train.seq_len */
     int stride;                 /* 0 = ctx / 2 */
+    int bytes;                  /* final evaluations score the first `bytes` of each split; 0 = all */
 } cf_eval_config;
 
 typedef struct cf_config {

@@ -6,6 +6,7 @@
 #include <string.h>
 #include "cformer/cformer.h"
 #include "cformer/checkpoint.h"
+#include "cformer/pairs.h"
 #include "cformer/train.h"
 
 #define MAX_SETS 64
@@ -14,9 +15,11 @@ static void usage(FILE *f) {
     fprintf(f,
         "usage: cformer <command> [options]\n"
         "  train CONFIG.json [--out DIR] [--resume CKPT.h5|RUN_DIR] [--until STEP] [--set key.path=value]... [--threads N]\n"
-        "  eval  CKPT.h5 --data FILE [--ctx N] [--stride S]      bits per byte of FILE\n"
+        "  eval  CKPT.h5 --data FILE [--ctx N] [--stride S] [--bytes N]      bits per byte of FILE\n"
         "  sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
         "  info  CKPT.h5                                        config, step, parameter counts\n"
+        "  translate CKPT.h5 [--input TEXT] [--beam K] [--max-len N]   encoder-decoder: one line per input line\n"
+        "        (stdin without --input); input and output use the escapes \\t \\n \\\\ of pair files\n"
         "  bench CONFIG.json [--steps N] [--set key=value]... [--threads N]   training-step speed and memory\n"
         "  --help, --version\n"
         "Exit status: 0 done, 2 bad usage or input, 1 internal failure, 130/143 stopped by SIGINT/SIGTERM\n"
@@ -90,13 +93,113 @@ static int load_ckpt(const char *path, cf_config *c, cf_model *m, cf_train_state
     return 0;
 }
 
+/* ---- encoder-decoder models (encdec.h, pairs.h) ------------------------------------------------------ */
+/* eval on a pair file: bits per target token and greedy exact match; limit > 0 stops after that many
+ * target tokens */
+static int eval_pairs(const cf_config *c, cf_model *m, const char *data, int limit) {
+    int batch = c->train.batch_size, T = c->train.seq_len;
+    cf_pairs p;
+    if (cf_pairs_load(&p, data, T)) return fail(cf_error_msg());
+    cf_ctx ctx;
+    int rc = 0;
+    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c->model, batch, T), 1 << 20)) {
+        cf_pairs_free(&p);
+        return fail(cf_error_msg());
+    }
+    cf_eval_result r;
+    if (cf_s2s_eval(m, &ctx, &p, limit, batch, T, &r)) rc = fail(cf_error_msg());
+    else printf("BENCH eval bpb=%.6f exact_match=%.4f pairs=%lld tokens=%lld seconds=%.1f\n", r.bpb, r.exact,
+                (long long)r.pairs, (long long)r.bytes, r.seconds);
+    cf_ctx_free(&ctx);
+    cf_pairs_free(&p);
+    return rc;
+}
+
+/* translate one source (escaped as in pair files) and print the escaped result as one line */
+static int translate_one(const cf_config *c, cf_model *m, cf_ctx *ctx, const char *text, size_t n, int beam,
+                         int max_len, uint8_t *out, char *esc, const char *where) {
+    uint8_t *src = cf_xmalloc(n ? n : 1);
+    size_t bad = 0;
+    int64_t len = cf_pairs_unescape(text, n, src, &bad);
+    if (len < 0) {
+        free(src);
+        fprintf(stderr, "cformer: translate: %s, byte %zu: bad escape (only \\t, \\n and \\\\ exist)\n", where, bad + 1);
+        return 2;
+    }
+    int max_src = c->train.seq_len - 1, out_len = 0, src_len = len > 1000000000 ? 1000000000 : (int)len, rc;
+    if (src_len > max_src)
+        fprintf(stderr, "cformer: translate: %s: %d bytes, cut to %d (train.seq_len - 1) as in training\n", where,
+                src_len, max_src);
+    const uint8_t *sp = src;
+    if (beam > 1) rc = cf_translate_beam(m, ctx, src, src_len, max_src, beam, max_len, out, &out_len, NULL);
+    else rc = cf_translate_greedy(m, ctx, &sp, &src_len, 1, max_src, max_len, &out, &out_len);
+    free(src);
+    if (rc) return fail(cf_error_msg());
+    cf_pairs_escape(out, (size_t)out_len, esc);
+    printf("%s\n", esc);
+    fflush(stdout);
+    return 0;
+}
+
+static int cmd_translate(int argc, char **argv) {
+    const char *ckpt = NULL, *input = NULL;
+    int beam = 1, max_len = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--input") && v) { input = v; i++; }
+        else if (!strcmp(a, "--beam")) { if (int_arg(a, v, &beam) || beam < 1 || beam > 256) return fail("--beam: must be in 1..256"); i++; }
+        else if (!strcmp(a, "--max-len")) { if (int_arg(a, v, &max_len) || max_len < 1) return fail("--max-len: must be >= 1"); i++; }
+        else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: translate: unexpected argument \"%s\"\n", a); return 2; }
+        else ckpt = a;
+    }
+    if (!ckpt) return fail("translate: missing CKPT.h5");
+    cf_config c;
+    cf_model m;
+    if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    int rc = 0;
+    char msg[256] = "";
+    /* output tokens (bytes and the EOS) per input: training's limit unless --max-len says otherwise */
+    if (!max_len) max_len = c.train.seq_len;
+    if (!m.ed) snprintf(msg, sizeof msg, "translate: %s is a decoder-only model (use cformer sample)", ckpt);
+    else if (c.model.position != CF_POS_NONE && max_len > c.model.max_seq_len)
+        snprintf(msg, sizeof msg, "--max-len: %d exceeds the model's max_seq_len %d", max_len, c.model.max_seq_len);
+    if (msg[0]) { cf_model_free(&m); return fail(msg); }
+    cf_ctx ctx;
+    if (cf_ctx_init(&ctx, cf_encdec_arena_bytes(&c.model, beam, c.train.seq_len, max_len), 1 << 20)) {
+        cf_model_free(&m);
+        return fail(cf_error_msg());
+    }
+    uint8_t *out = cf_xmalloc((size_t)max_len);
+    char *esc = cf_xmalloc(2 * (size_t)max_len + 1);
+    if (input) {
+        rc = translate_one(&c, &m, &ctx, input, strlen(input), beam, max_len, out, esc, "--input");
+    } else {
+        char *line = NULL, where[64];
+        size_t cap = 0;
+        ssize_t n;
+        for (long no = 1; !rc && (n = getline(&line, &cap, stdin)) >= 0; no++) {
+            if (n > 0 && line[n - 1] == '\n') n--;
+            snprintf(where, sizeof where, "stdin line %ld", no);
+            rc = translate_one(&c, &m, &ctx, line, (size_t)n, beam, max_len, out, esc, where);
+        }
+        free(line);
+    }
+    free(out);
+    free(esc);
+    cf_ctx_free(&ctx);
+    cf_model_free(&m);
+    return rc;
+}
+
 static int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
-    int ctx_len = 0, stride = 0;
+    int ctx_len = 0, stride = 0, limit = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--data") && v) { data = v; i++; }
+        else if (!strcmp(a, "--bytes")) { if (int_arg(a, v, &limit) || limit < 2) return fail("--bytes: must be >= 2"); i++; }
         else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, &ctx_len) || ctx_len < 1) return fail("--ctx: must be >= 1"); i++; }
         else if (!strcmp(a, "--stride")) { if (int_arg(a, v, &stride) || stride < 1) return fail("--stride: must be >= 1"); i++; }
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: eval: unexpected argument \"%s\"\n", a); return 2; }
@@ -107,6 +210,12 @@ static int cmd_eval(int argc, char **argv) {
     cf_config c;
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    if (m.ed) {   /* an encoder-decoder scores pairs (section above) */
+        int rc = ctx_len || stride ? fail("eval: --ctx and --stride are for decoder models; an encoder-decoder scores pairs")
+                                   : eval_pairs(&c, &m, data, limit);
+        cf_model_free(&m);
+        return rc;
+    }
     /* defaults: the checkpoint's eval.ctx and eval.stride; a new --ctx halves into the stride */
     if (!ctx_len) ctx_len = c.eval.ctx;
     if (!stride) stride = ctx_len == c.eval.ctx ? c.eval.stride : (ctx_len > 1 ? ctx_len / 2 : 1);
@@ -124,7 +233,8 @@ static int cmd_eval(int argc, char **argv) {
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, batch, ctx_len), 1 << 20)) { rc = fail(cf_error_msg()); goto out; }
     ctx.grad_enabled = 0;
     cf_eval_result r;
-    if (cf_eval_bpb(&m, &ctx, b.data, b.n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
+    size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
+    if (cf_eval_bpb(&m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
     else printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", r.bpb, (long long)r.bytes,
                 ctx_len, stride, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9));
     cf_ctx_free(&ctx);
@@ -153,6 +263,7 @@ static int cmd_sample(int argc, char **argv) {
     cf_config c;
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    if (m.ed) { cf_model_free(&m); return fail("sample: an encoder-decoder model generates with cformer translate"); }
     int n_prompt = (int)strlen(prompt);
     if (n_prompt > 1000000) { cf_model_free(&m); return fail("--prompt: longer than 1000000 bytes"); }
     int W = c.model.max_seq_len;
@@ -218,6 +329,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "sample")) return cmd_sample(argc - 2, argv + 2);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(cmd, "translate")) return cmd_translate(argc - 2, argv + 2);
     fprintf(stderr, "cformer: unknown command \"%s\" (see cformer --help)\n", cmd);
     return 2;
 }

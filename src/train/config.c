@@ -146,6 +146,7 @@ static const key_def data_keys[] = {
 static const key_def eval_keys[] = {
     KEY(cf_eval_config, ctx, K_INT, NULL),
     KEY(cf_eval_config, stride, K_INT, NULL),
+    KEY(cf_eval_config, bytes, K_INT, NULL),
 };
 
 /* ---- defaults ------------------------------------------------------------------------------------ */
@@ -623,6 +624,7 @@ static int validate(parse_state *st) {
     TRY(check_int("train.log_every", t->log_every, 1, INT_MAX));
     TRY(check_int("train.eval_every", t->eval_every, 0, INT_MAX));
     TRY(check_int("train.eval_tokens", t->eval_tokens, 0, INT_MAX));
+    TRY(check_int("eval.bytes", c->eval.bytes, 0, INT_MAX));
     TRY(check_int("train.checkpoint_every", t->checkpoint_every, 0, INT_MAX));
     TRY(check_int("train.keep_checkpoints", t->keep_checkpoints, 1, INT_MAX));
     TRY(check_int("train.threads", t->threads, 0, 4096));
