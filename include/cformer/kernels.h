@@ -11,9 +11,11 @@
  *   forward     Y  = X  W^T : cf_gemm(0, 1, ...)
  *   grad input  dX = dY W   : cf_gemm(0, 0, ...)
  *   grad weight dW = dY^T X : cf_gemm(1, 0, ...)
- * Packed, cache-blocked, register-blocked SIMD micro-kernel (AVX-512 or AVX2+FMA chosen at run
- * time, portable C otherwise), OpenMP over macro-tiles. Deterministic for a fixed thread count:
- * each element of C is summed by one thread in a fixed order. */
+ * Packed, cache-blocked, register-blocked SIMD micro-kernel (AVX-512 9x48 or AVX2+FMA 6x16,
+ * chosen at compile time by -march; portable C with PORTABLE=1), OpenMP over macro-tiles.
+ * Deterministic at any thread count: each element of C is summed by one thread in a fixed k
+ * order. Safe to call from several threads at once (it then runs single-threaded inside).
+ * alpha == 0 or k == 0 follow BLAS: C = beta C without reading A or B. */
 void cf_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
              const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 /* Same contract, a plain triple loop (double accumulation): the reference for tests. */
