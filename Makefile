@@ -73,6 +73,7 @@ $(BUILD)/bench/%: tools/bench/%.c $(LIB_OBJ)
 BENCH_BIN := $(patsubst tools/bench/%.c,$(BUILD)/bench/%,$(wildcard tools/bench/*.c))
 bench: all $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done
+	@sh tools/bench/grad_checkpoint.sh $(BUILD)
 
 # the README's first command: install, build, prepare data, train ~2 minutes, evaluate, sample
 quickstart: deps

@@ -1,0 +1,17 @@
+#!/bin/sh
+# BENCH grad_checkpoint lines (issue: gradient checkpointing for deep stacks): peak RSS and step
+# time of the training step with and without recomputation, for 64- and 128-layer stacks of the
+# kdoc-small width (d 256, 4 heads) at seq 1024, batch 1. Each case runs in its own process, so
+# peak RSS is that case's alone.
+# Usage: tools/bench/grad_checkpoint.sh [BUILD_DIR] [LAYERS...]
+set -eu
+bin=${1:-build}/cformer
+shift || true
+layers=${*:-64 128}
+for L in $layers; do
+  for mode in none blocks; do
+    "$bin" bench configs/kdoc-small.json --steps 3 --set model.n_layers=$L --set model.max_seq_len=1024 \
+      --set train.seq_len=1024 --set train.batch_size=1 --set eval.ctx=1024 --set "train.grad_checkpoint=\"$mode\"" \
+      | sed -n "s/^BENCH train_step config=[^ ]* /BENCH grad_checkpoint layers=$L mode=$mode /p"
+  done
+done
