@@ -96,6 +96,9 @@ typedef enum cf_op_kind {
     CF_OP_MEAN,
     CF_OP_ATTENTION,       /* fused scaled-dot-product attention (tiled, O(T) memory) */
     CF_OP_CHECKPOINT,      /* a recomputed region (gradient checkpointing) */
+    CF_OP_MASKED_ATTENTION, /* softmax attention under a window or sparse pattern (src/attention/masked.c) */
+    CF_OP_KERNEL_ATTENTION, /* linear / performer attention by prefix sums (src/attention/linear.c) */
+    CF_OP_FAVOR,           /* Performer FAVOR+ random features (src/attention/performer.c) */
     CF_OP_COUNT
 } cf_op_kind;
 

@@ -19,6 +19,14 @@ typedef struct cf_attn_layer {
     int   causal;
     float dropout;               /* on the attention probabilities */
     cf_attn_config cfg;          /* the variant and its settings */
+    /* Set by cf_attn_decl from the name prefix (DESIGN.md section 6 puts the block index in it:
+     * "blocks.3.attn", "encoder.blocks.3.attn"): */
+    int      layer;              /* the block index: sparse "alternate" takes part 1 or 2 by its parity */
+    uint64_t layer_key;          /* a hash of the whole prefix: keys the performer's random features */
+    /* performer: the draw of the random features the layer last trained with (train.seed and the
+     * redraw index), used outside training; draw_index -1 = none yet (see cf_attn_set_step) */
+    uint64_t draw_seed;
+    int64_t  draw_index;
 } cf_attn_layer;
 
 typedef struct cf_block {
@@ -42,6 +50,9 @@ cf_tensor *cf_mlp_apply(cf_ctx *ctx, const cf_mlp_layer *m, cf_tensor *x);
 void       cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
                         float dropout, const cf_attn_config *cfg, int bias);
 cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x);
+/* the same with a key padding mask [B, T] (nonzero = real token; NULL = none) for every variant,
+ * borrowed until backward has run (an encoder's padded source) */
+cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep);
 /* src/nn/block.c; one transformer block, pre- or post-norm */
 void       cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model_config *m,
                          const cf_attn_config *attn, int causal);

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cformer/encdec.h"
+#include "cformer/attention.h"
 #include "cformer/model.h"
 
 static int ends_with(const char *s, const char *suffix) {
@@ -30,11 +32,13 @@ static void init_weights(cf_model *m, uint64_t seed) {
 
 int cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     memset(m, 0, sizeof *m);
-    if (c->arch != CF_ARCH_DECODER) return cf_set_error("model.arch: encoder_decoder is not available yet");
-    for (int i = 0; i < c->n_layers; i++) {
-        const cf_attn_config *a = cf_config_layer_attn(c, i);
-        if (a->type != CF_ATTN_FULL)
-            return cf_set_error("model.attention.type: \"%s\" is not available yet (layer %d)", cf_attn_kind_name(a->type), i);
+    if (c->arch == CF_ARCH_ENCODER_DECODER) return cf_encdec_init(m, c, seed);
+    for (int i = 0; i < c->n_attn; i++) {
+        /* xl and infini are refused here (not available yet); the others checked for this shape */
+        char path[64];
+        if (c->n_attn > 1) snprintf(path, sizeof path, "model.attention[%d]", i);
+        else snprintf(path, sizeof path, "model.attention");
+        if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model)) return -1;
     }
     m->cfg = *c;
     cf_params_init(&m->params);
@@ -86,6 +90,7 @@ void cf_model_free(cf_model *m) {
     free(m->blocks);
     free(m->pos_table);
     free(m->regions);
+    cf_encdec_free(m->ed);
     memset(m, 0, sizeof *m);
 }
 
@@ -97,6 +102,7 @@ static cf_tensor *run_region(cf_ctx *ctx, void *closure, cf_tensor *x) {
 
 cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, int T) {
     const cf_model_config *c = &m->cfg;
+    CF_ASSERT(!m->ed, "cf_model_logits: an encoder-decoder model (encdec.h: cf_encdec_logits)");
     CF_ASSERT(c->position == CF_POS_NONE || T <= c->max_seq_len, "model: %d tokens exceed max_seq_len %d", T, c->max_seq_len);
     int D = c->d_model;
     cf_tensor *h = cf_embedding(ctx, m->tok_emb, ids, 2, (int[]){B, T});            /* (B, T, D) */
@@ -127,6 +133,7 @@ cf_tensor *cf_model_loss(cf_model *m, cf_ctx *ctx, const int32_t *ids, const int
 }
 
 size_t cf_model_arena_bytes(const cf_model_config *c, int B, int T) {
+    if (c->arch == CF_ARCH_ENCODER_DECODER) return cf_encdec_arena_bytes(c, B, T, T);
     /* per block: about 16 D-wide and 3 F-wide activations and their gradients per token, plus
      * attention's log-sum-exp; then logits and their gradient */
     double tok = (double)B * T;

@@ -1,8 +1,25 @@
-/* Multi-head self-attention layer: fused qkv projection, a variant core, output projection.
- * The variant cores of the literature (window, sparse, linear, performer, xl, infini) plug in
- * here through cfg.type; the full softmax core is the fused tiled kernel of ops/attention.c. */
+/* Multi-head self-attention layer: fused qkv projection, a variant core, output projection; and
+ * the variant interface of cformer/attention.h (cf_attn_core), which picks the core by cfg.type:
+ * the fused full-softmax kernel (ops/attention.c), the masked flash kernel for window and sparse
+ * patterns (attention/masked.c), or the prefix-sum kernel for linear and Performer attention
+ * (attention/linear.c, attention/performer.c). */
 #include <stdio.h>
-#include "cformer/nn.h"
+#include <stdlib.h>
+#include <string.h>
+#include "cformer/attention.h"
+
+/* the block index in a name like "blocks.3.attn" or "decoder.blocks.3.attn" (0 if there is none) */
+static int layer_of(const char *prefix) {
+    const char *at = NULL;
+    for (const char *p = strstr(prefix, "blocks."); p; p = strstr(p + 1, "blocks.")) at = p;
+    return at ? atoi(at + 7) : 0;
+}
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
 
 void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
                   float dropout, const cf_attn_config *cfg, int bias) {
@@ -11,16 +28,117 @@ void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int
     a->causal = causal;
     a->dropout = dropout;
     a->cfg = *cfg;
+    a->layer = layer_of(prefix);
+    a->layer_key = fnv1a(prefix);
+    a->draw_seed = 0;
+    a->draw_index = -1;
     snprintf(name, sizeof name, "%s.qkv", prefix);
     cf_linear_decl(&a->qkv, p, name, d, 3 * d, bias);
     snprintf(name, sizeof name, "%s.proj", prefix);
     cf_linear_decl(&a->proj, p, name, d, d, bias);
 }
 
-cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x) {
+cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep) {
     cf_tensor *qkv = cf_linear_apply(ctx, &a->qkv, x);                  /* (B, T, 3D) */
-    cf_attn_opts o = {.causal = a->causal, .dropout = a->dropout};
-    CF_ASSERT(a->cfg.type == CF_ATTN_FULL, "attention type %s has no core yet", cf_attn_kind_name(a->cfg.type));
-    cf_tensor *y = cf_attention_qkv(ctx, qkv, a->n_heads, &o);          /* (B, T, D) */
+    cf_tensor *y = cf_attn_core(ctx, a, qkv, key_keep);                 /* (B, T, D) */
     return cf_linear_apply(ctx, &a->proj, y);
+}
+
+cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x) {
+    return cf_attn_apply_keep(ctx, a, x, NULL);
+}
+
+/* ---- the variant interface ------------------------------------------------------------------------ */
+
+cf_attn_pattern cf_attn_pattern_of(const cf_attn_config *c, int layer) {
+    cf_attn_pattern p = {.type = c->type, .window = c->window, .stride = c->stride, .c = c->c};
+    if (!strcmp(c->combine, "heads")) p.split_heads = 1;
+    else if (!strcmp(c->combine, "merged")) p.parts = 3;
+    else p.parts = layer % 2 ? 2 : 1;                                     /* "alternate" */
+    return p;
+}
+
+int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model) {
+    switch (c->type) {
+    case CF_ATTN_FULL:
+    case CF_ATTN_WINDOW:
+    case CF_ATTN_LINEAR:
+        return 0;
+    case CF_ATTN_SPARSE_STRIDED:
+    case CF_ATTN_SPARSE_FIXED:
+        if (c->stride < 1) return cf_set_error("%s.stride: must be >= 1 (got %d)", path, c->stride);
+        if (c->type == CF_ATTN_SPARSE_FIXED && (c->c < 1 || c->c > c->stride))
+            return cf_set_error("%s.c: must be in [1, stride %d] (got %d)", path, c->stride, c->c);
+        if (!strcmp(c->combine, "heads") && n_heads < 2)
+            return cf_set_error("%s.combine: \"heads\" splits the two parts between heads and needs at least 2 "
+                                "heads (model.n_heads is %d)", path, n_heads);
+        return 0;
+    case CF_ATTN_PERFORMER:
+        if (c->features < 1) return cf_set_error("%s.features: must be >= 1 (got %d)", path, c->features);
+        if (c->redraw_every < 1) return cf_set_error("%s.redraw_every: must be >= 1 (got %d)", path, c->redraw_every);
+        (void)d_model;
+        return 0;
+    default:
+        return cf_set_error("%s.type: \"%s\" is not available yet", path, cf_attn_kind_name(c->type));
+    }
+}
+
+void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step) {
+    a->draw_seed = seed;
+    a->draw_index = a->cfg.redraw_every > 0 ? (int64_t)(step / (uint64_t)a->cfg.redraw_every) : 0;
+}
+
+/* The performer's random features for this call: in training a pure function of (train.seed,
+ * layer, ctx->step / redraw_every), remembered in the layer; outside training the remembered draw,
+ * so evaluation and sampling use the features the weights were last trained with. */
+static float *performer_w(cf_ctx *ctx, const cf_attn_layer *a, int m, int d) {
+    uint64_t seed;
+    int64_t index;
+    if (ctx->training) {
+        seed = ctx->seed;
+        index = (int64_t)(ctx->step / (uint64_t)a->cfg.redraw_every);
+        /* the layer is const to its callers because its parameters do not change here; the draw
+         * record is a note of the training step, not a parameter (the object is never const) */
+        cf_attn_layer *rec = (cf_attn_layer *)a;
+        rec->draw_seed = seed;
+        rec->draw_index = index;
+    } else if (a->draw_index >= 0) {
+        seed = a->draw_seed;
+        index = a->draw_index;
+    } else {
+        seed = ctx->seed;
+        index = 0;
+    }
+    float *w = cf_scratch(ctx, (size_t)m * d * sizeof(float));
+    cf_performer_draw(ctx, w, m, d, seed, a->layer_key, (uint64_t)index);
+    return w;
+}
+
+cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, const uint8_t *key_keep) {
+    CF_ASSERT(qkv->ndim == 3 && qkv->shape[2] % (3 * a->n_heads) == 0,
+              "attention core: qkv %s is not [B, T, 3D] with %d heads", cf_shape_str(qkv), a->n_heads);
+    cf_attn_opts o = {.causal = a->causal, .dropout = a->dropout, .key_keep = key_keep};
+    switch (a->cfg.type) {
+    case CF_ATTN_FULL:
+        return cf_attention_qkv(ctx, qkv, a->n_heads, &o);
+    case CF_ATTN_WINDOW:
+    case CF_ATTN_SPARSE_STRIDED:
+    case CF_ATTN_SPARSE_FIXED: {
+        cf_attn_pattern p = cf_attn_pattern_of(&a->cfg, a->layer);
+        return cf_masked_attention_qkv(ctx, qkv, a->n_heads, &p, &o);
+    }
+    case CF_ATTN_LINEAR:
+        return cf_linear_attention_qkv(ctx, qkv, a->n_heads, a->causal, key_keep);
+    case CF_ATTN_PERFORMER: {
+        int m = a->cfg.features, d = qkv->shape[2] / 3 / a->n_heads, relu = !strcmp(a->cfg.kernel, "relu");
+        float *w = performer_w(ctx, a, m, d);
+        cf_tensor *fq = cf_favor_features(ctx, qkv, 0, a->n_heads, w, m, relu, NULL);
+        cf_tensor *fk = cf_favor_features(ctx, qkv, 1, a->n_heads, w, m, relu, key_keep);
+        /* no eps: the features are positive (their own eps terms), so the denominator is too */
+        return cf_kernel_attention(ctx, fq, fk, qkv, a->n_heads, a->causal, 0.0f, key_keep);
+    }
+    default:
+        CF_ASSERT(0, "attention type %s has no core yet", cf_attn_kind_name(a->cfg.type));
+    }
+    return NULL;
 }

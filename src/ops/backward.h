@@ -28,5 +28,8 @@ void cf_sum_backward(cf_ctx *ctx, cf_node *n);           /* ops/reduce.c */
 void cf_mean_backward(cf_ctx *ctx, cf_node *n);          /* ops/reduce.c */
 void cf_attention_backward(cf_ctx *ctx, cf_node *n);     /* ops/attention.c */
 void cf_checkpoint_backward(cf_ctx *ctx, cf_node *n);    /* autograd/checkpoint.c */
+void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/masked.c */
+void cf_kernel_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/linear.c */
+void cf_favor_backward(cf_ctx *ctx, cf_node *n);         /* attention/performer.c */
 
 #endif

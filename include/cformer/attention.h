@@ -1,0 +1,97 @@
+/* Attention variants (DESIGN.md section 3, ALGORITHMS.md sections 2-5) behind one interface.
+ *
+ * An attention layer (nn.h: cf_attn_layer) is projections around a core; cf_attn_core runs the
+ * core its config names on a fused projection qkv [B, T, 3D] (all q columns, then k, then v; head
+ * h is columns [h*Dh, (h+1)*Dh) of each) and returns [B, T, D] with the heads in the same layout.
+ * It dispatches to one op per family:
+ *
+ *   full                        cf_attention_qkv (src/ops/attention.c)
+ *   window, sparse_strided,     cf_masked_attention_qkv (src/attention/masked.c): flash attention
+ *   sparse_fixed                over the blocks a pattern can see (window.c, sparse.c say which)
+ *   linear                      cf_linear_attention_qkv (src/attention/linear.c): elu(x)+1 features
+ *   performer                   cf_favor_features twice, then cf_kernel_attention (performer.c,
+ *                               linear.c): FAVOR+ random features, the same prefix-sum kernel
+ *
+ * None of them keeps a T x T matrix: window and sparse keep the output and a log-sum-exp per row
+ * and head, linear and performer the output and a denominator per row and head (plus, for the
+ * performer, the features, O(T m)). */
+#ifndef CFORMER_ATTENTION_H
+#define CFORMER_ATTENTION_H
+
+#include <stdint.h>
+#include "nn.h"
+
+/* The core of layer a on qkv [B, T, 3D] -> [B, T, D]. key_keep [B, T] (nonzero = real token) or
+ * NULL masks padded keys (an encoder's padding); borrowed until backward has run. Attention dropout
+ * (a->dropout, training only) applies to the softmax variants (full, window, sparse); linear and
+ * performer have no probabilities to drop. */
+cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, const uint8_t *key_keep);
+
+/* Can a layer of n_heads heads over d_model columns run this config? 0, or -1 with cf_error_msg()
+ * naming the key ("model.attention.combine: \"heads\" needs at least 2 heads"). path is the key
+ * path of the config ("model.attention" or "model.attention[1]"). */
+int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model);
+
+/* Outside training the performer uses the random features of the step it last trained at (so that
+ * evaluation sees the features the weights were fitted to). A layer fresh from a checkpoint has
+ * not trained yet: this tells it the step (and train.seed) it was saved at. */
+void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step);
+
+/* ---- masked softmax attention: window and sparse (src/attention/masked.c) -------------------------
+ * Conventions (ALGORITHMS.md sections 2.1 and 3), for query i and key j, l = stride:
+ *   window          causal i - window <= j <= i;   bidirectional |i - j| <= window
+ *   strided part 1  causal i - l < j <= i;         bidirectional |i - j| < l        ("local")
+ *   strided part 2  (i - j) mod l == 0, with j <= i when causal                     ("strided")
+ *   fixed part 1    floor(j / l) == floor(i / l), with j <= i when causal           ("own block")
+ *   fixed part 2    j mod l >= l - c, with j <= i when causal                       ("summary")
+ * combine (sparse only): "alternate": even layers part 1, odd layers part 2; "heads": even heads
+ * part 1, odd heads part 2; "merged": every head the union of both parts. */
+typedef struct cf_attn_pattern {
+    cf_attn_kind type;          /* CF_ATTN_WINDOW, CF_ATTN_SPARSE_STRIDED or CF_ATTN_SPARSE_FIXED */
+    int window;                 /* window */
+    int stride, c;              /* sparse: l >= 1, and 1 <= c <= l (fixed) */
+    int parts;                  /* sparse: 1 = part 1, 2 = part 2, 3 = both (merged) */
+    int split_heads;            /* sparse: even heads part 1, odd heads part 2 (parts is ignored) */
+} cf_attn_pattern;
+
+/* the pattern that layer `layer` (its index in the stack) of config c uses */
+cf_attn_pattern cf_attn_pattern_of(const cf_attn_config *c, int layer);
+
+/* Softmax attention restricted to a pattern, with the options of cf_attention (causal, scale,
+ * dropout on the probabilities, key padding). Equal to dense attention under the pattern's mask up
+ * to float rounding; a query that sees no key gets a zero output. Costs O(T w) for a window,
+ * O(T sqrt T) for the sparse patterns at l ~ sqrt T. */
+cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, const cf_attn_pattern *p,
+                                   const cf_attn_opts *o);
+
+/* ---- kernelised (linear) attention (src/attention/linear.c) ------------------------------------------
+ * out_i = phi(q_i)^T S_i / (phi(q_i) . z_i + eps) with S_i = sum_j phi(k_j) v_j^T and
+ * z_i = sum_j phi(k_j) over j <= i (causal) or all j, padded keys excluded. A zero denominator (no
+ * visible key) gives a zero output. */
+
+/* Katharopoulos et al. 2020: phi(x) = elu(x) + 1 on the q and k columns of qkv, eps = 1e-6 */
+cf_tensor *cf_linear_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, int causal, const uint8_t *key_keep);
+/* The same on features given as tensors: fq and fk [B, T, H*F] (head h is columns [h*F, (h+1)*F)),
+ * values from the v columns of qkv [B, T, 3*H*Dv]; gradients reach fq, fk and those columns. */
+cf_tensor *cf_kernel_attention(cf_ctx *ctx, cf_tensor *fq, cf_tensor *fk, cf_tensor *qkv, int n_heads, int causal,
+                               float eps, const uint8_t *key_keep);
+
+/* ---- Performer FAVOR+ (src/attention/performer.c) -----------------------------------------------------
+ * w [m, d]: m random features for heads of d (one matrix shared by the heads of a layer, as in the
+ * reference implementations). Drawn by orthogonal blocks: each block of d rows is a Gaussian d x d
+ * matrix orthonormalised by Gram-Schmidt (the Q of its QR), and row r is then scaled by the norm of
+ * an independent N(0, I_d) vector, so each row is marginally N(0, I_d) ("scaling = 0" of the
+ * reference). A pure function of (seed, layer_key, draw): no state to checkpoint. Scratch from ctx. */
+void cf_performer_draw(cf_ctx *ctx, float *w, int m, int d, uint64_t seed, uint64_t layer_key, uint64_t draw);
+
+/* Features of the q (which = 0) or k (which = 1) columns of qkv [B, T, 3*H*d] -> [B, T, H*m].
+ * Softmax kernel (relu = 0): with x^ = x d^(-1/4), u = W x^, h = |x^|^2 / 2,
+ *   query: m^(-1/2) (exp(u_r - h - max_r' u_r') + 1e-6)
+ *   key:   m^(-1/2) (exp(u_r - h - M) + 1e-6), M = max of u over the (unpadded) rows and features
+ *          of the sequence and head,
+ * the maxima are constants for the gradient (they cancel between numerator and denominator).
+ * ReLU kernel (relu = 1): relu(m^(-1/2) W x) + 1e-3. Padded keys get zero features. */
+cf_tensor *cf_favor_features(cf_ctx *ctx, cf_tensor *qkv, int which, int n_heads, const float *w, int m, int relu,
+                             const uint8_t *key_keep);
+
+#endif

@@ -1,0 +1,268 @@
+/* Performer, FAVOR+ (Choromanski et al. 2020; ALGORITHMS.md section 5): random features whose dot
+ * products estimate the softmax kernel exp(q . k / sqrt(d)) (positive orthogonal random features),
+ * or the generalised ReLU kernel; the attention itself is the prefix-sum kernel of linear.c on
+ * these features (cf_kernel_attention), so no T x T matrix and O(T m) memory.
+ *
+ * The random matrix W [m, d] is not a parameter: it has no gradient and is never stored. It is a
+ * pure function of (train.seed, the layer, the redraw index step / redraw_every), drawn again
+ * whenever a layer runs (a few d x d Gram-Schmidt passes, nothing beside the attention). A
+ * checkpoint therefore needs nothing extra to resume with the same features: the step it stores
+ * determines them. Gradients flow through the feature map into q and k.
+ *
+ * The softmax features follow google-research's fast_attention and performer-pytorch:
+ *   x^ = x d^(-1/4),  u = W x^,  h = |x^|^2 / 2,
+ *   query: phi_r = m^(-1/2) (exp(u_r - h - max_r' u_r') + eps)   (the row's own maximum)
+ *   key:   phi_r = m^(-1/2) (exp(u_r - h - M) + eps)              (M: maximum over the sequence and
+ *                                                                 features, per batch row and head)
+ * with eps = 1e-6. The maxima only keep exp in range: a query's factor cancels between numerator
+ * and denominator, the key factor cancels for every query; they are constants for the gradient
+ * (performer-pytorch detaches them). As in those implementations M spans the whole sequence in the
+ * causal case too, so a later key can reach an earlier query only through the eps terms.
+ * ReLU features (TF relu_kernel_transformation): phi_r = relu(m^(-1/2) w_r . x) + 1e-3.
+ *
+ * Backward of the softmax features (M constant): e_r = m^(-1/2) exp(u_r - h - M),
+ *   du_r = dphi_r e_r,  dx = d^(-1/4) W^T du - d^(-1/2) (sum_r du_r) x;
+ * of the ReLU features: dx = m^(-1/2) W^T (dphi [u > 0]). u is recomputed (one GEMM) rather than
+ * kept. The products with W run through cf_gemm, which is deterministic for a thread count. */
+#include <math.h>
+#include <string.h>
+#include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+#include "cformer/attention.h"
+#include "cformer/kernels.h"
+#include "../ops/backward.h"
+
+#define FAVOR_EPS 1e-6f
+#define RELU_EPS 1e-3f
+
+void cf_performer_draw(cf_ctx *ctx, float *w, int m, int d, uint64_t seed, uint64_t layer_key, uint64_t draw) {
+    CF_ASSERT(m >= 1 && d >= 1, "performer draw: m %d, d %d", m, d);
+    cf_rng r;
+    cf_rng_seed(&r, cf_rng_key(seed, layer_key, draw));
+    size_t mark = cf_arena_mark(&ctx->arena);
+    double *G = cf_scratch(ctx, (size_t)d * d * sizeof(double));
+    for (int r0 = 0; r0 < m; r0 += d) {
+        for (int64_t i = 0; i < (int64_t)d * d; i++) G[i] = cf_rng_normal(&r);
+        /* modified Gram-Schmidt on the rows, twice ("twice is enough"): the rows of Q^T of G's QR */
+        for (int pass = 0; pass < 2; pass++)
+            for (int i = 0; i < d; i++) {
+                double *gi = G + (int64_t)i * d;
+                for (int j = 0; j < i; j++) {
+                    const double *gj = G + (int64_t)j * d;
+                    double dot = 0;
+                    for (int x = 0; x < d; x++) dot += gi[x] * gj[x];
+                    for (int x = 0; x < d; x++) gi[x] -= dot * gj[x];
+                }
+                double nrm = 0;
+                for (int x = 0; x < d; x++) nrm += gi[x] * gi[x];
+                nrm = sqrt(nrm);
+                CF_ASSERT(nrm > 0, "performer draw: degenerate Gaussian block");
+                for (int x = 0; x < d; x++) gi[x] /= nrm;
+            }
+        int rows = m - r0 < d ? m - r0 : d;
+        for (int i = 0; i < rows; i++)
+            for (int x = 0; x < d; x++) w[(int64_t)(r0 + i) * d + x] = (float)G[(int64_t)i * d + x];
+    }
+    /* row norms of independent Gaussian vectors: each row is then marginally N(0, I_d) */
+    for (int i = 0; i < m; i++) {
+        double nrm = 0;
+        for (int x = 0; x < d; x++) {
+            double g = cf_rng_normal(&r);
+            nrm += g * g;
+        }
+        nrm = sqrt(nrm);
+        for (int x = 0; x < d; x++) w[(int64_t)i * d + x] = (float)(w[(int64_t)i * d + x] * nrm);
+    }
+    cf_arena_rewind(&ctx->arena, mark);
+}
+
+/* out[r] = c (exp(u[r] - shift) + add) for r < m */
+static void exp_shift(const float *u, float shift, float c, float add, float *out, int m) {
+    int r = 0;
+#ifdef __AVX512F__
+    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), sv = _mm512_set1_ps(shift);
+    const __m512 cv = _mm512_set1_ps(c), av = _mm512_set1_ps(add), lo = _mm512_set1_ps(-200.0f);
+    for (; r + 16 <= m; r += 16) {
+        __m512 t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(u + r), sv), l2e), lo);
+        __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 f = _mm512_sub_ps(t, n);
+        __m512 y = _mm512_set1_ps(1.5370706387e-4f);
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3399848249e-3f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6183735877e-3f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5503290147e-2f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022647738e-1f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718246e-1f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
+        _mm512_storeu_ps(out + r, _mm512_mul_ps(cv, _mm512_add_ps(_mm512_scalef_ps(y, n), av)));
+    }
+#endif
+    for (; r < m; r++) out[r] = c * (expf(u[r] - shift) + add);
+}
+
+typedef struct fgeom {
+    int B, T, H, d, m, which, relu;
+    int64_t C;
+    const float *x;                 /* the q or k columns of qkv, head 0, row 0; row stride 3C */
+    const float *w;                 /* [m, d] */
+    const uint8_t *keep;            /* keys only */
+    float alpha;                    /* u = alpha W x: d^(-1/4) (softmax) or m^(-1/2) (relu) */
+} fgeom;
+
+static fgeom fgeom_of(cf_tensor *qkv, int which, int n_heads, const float *w, int m, int relu, const uint8_t *keep) {
+    fgeom g = {qkv->shape[0], qkv->shape[1], n_heads, 0, m, which, relu, qkv->shape[2] / 3, NULL, w, NULL, 0};
+    g.d = (int)(g.C / n_heads);
+    g.x = qkv->data + which * g.C;
+    g.keep = which ? keep : NULL;
+    g.alpha = relu ? 1.0f / sqrtf((float)m) : 1.0f / sqrtf(sqrtf((float)g.d));
+    return g;
+}
+
+/* u = alpha W x for every row and head: [B*T, H*m] */
+static void project(const fgeom *g, float *u) {
+    int rows = g->B * g->T;
+    for (int h = 0; h < g->H; h++)
+        cf_gemm(0, 1, rows, g->m, g->d, g->alpha, g->x + (int64_t)h * g->d, (int)(3 * g->C), g->w, g->d, 0.0f,
+                u + (int64_t)h * g->m, g->H * g->m);
+}
+
+static int row_kept(const fgeom *g, int64_t row) { return !g->keep || g->keep[row]; }
+
+/* h = |x^|^2 / 2 of row, head */
+static float half_norm(const fgeom *g, int64_t row, int h) {
+    const float *x = g->x + row * 3 * g->C + (int64_t)h * g->d;
+    float s = 0;
+    for (int i = 0; i < g->d; i++) s += x[i] * x[i];
+    return 0.5f * g->alpha * g->alpha * s;
+}
+
+static float row_max(const float *u, int m) {
+    float mx = -INFINITY;
+    for (int r = 0; r < m; r++) mx = u[r] > mx ? u[r] : mx;
+    return mx;
+}
+
+/* The stabilisers: per (row, head) for queries, per (batch row, head) for keys, written to stab
+ * ([B*T*H] or [B*H]); u holds the projections. Maxima do not depend on the order of the scan. */
+static void stabilisers(const fgeom *g, const float *u, float *stab, float *rowmax) {
+    int64_t n = (int64_t)g->B * g->T * g->H;
+    float *dst = g->which ? rowmax : stab;
+    #pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) dst[i] = row_max(u + i * g->m, g->m);
+    if (!g->which) return;
+    for (int b = 0; b < g->B; b++)
+        for (int h = 0; h < g->H; h++) {
+            float M = -INFINITY;
+            for (int t = 0; t < g->T; t++) {
+                int64_t row = (int64_t)b * g->T + t;
+                if (row_kept(g, row) && rowmax[row * g->H + h] > M) M = rowmax[row * g->H + h];
+            }
+            stab[b * g->H + h] = M == -INFINITY ? 0.0f : M;   /* every key padded: no feature is used */
+        }
+}
+
+static float stab_of(const fgeom *g, const float *stab, int64_t row, int h) {
+    return g->which ? stab[(row / g->T) * g->H + h] : stab[row * g->H + h];
+}
+
+typedef struct fsaved { float *stab; const float *w; const uint8_t *keep; int which, H, m, relu; } fsaved;
+
+cf_tensor *cf_favor_features(cf_ctx *ctx, cf_tensor *qkv, int which, int n_heads, const float *w, int m, int relu,
+                             const uint8_t *key_keep) {
+    CF_ASSERT(qkv->ndim == 3 && n_heads > 0 && qkv->shape[2] % (3 * n_heads) == 0 && qkv->shape[1] > 0,
+              "favor features: qkv %s is not [B, T, 3*H*d] with H = %d", cf_shape_str(qkv), n_heads);
+    CF_ASSERT((which == 0 || which == 1) && m >= 1 && w, "favor features: which %d, m %d", which, m);
+    fgeom g = fgeom_of(qkv, which, n_heads, w, m, relu, key_keep);
+    cf_tensor *out = cf_tensor_3d(ctx, g.B, g.T, g.H * m);
+    int record = cf_needs_grad(ctx, 1, &qkv);
+    size_t nstab = relu ? 1 : which ? (size_t)g.B * g.H : (size_t)g.B * g.T * g.H;
+    fsaved *sv = record ? cf_scratch(ctx, sizeof *sv) : NULL;
+    float *stab = record ? cf_scratch(ctx, nstab * sizeof(float)) : NULL;
+    size_t mark = cf_arena_mark(&ctx->arena);
+    if (!stab) stab = cf_scratch(ctx, nstab * sizeof(float));
+    project(&g, out->data);
+    int64_t n = (int64_t)g.B * g.T * g.H;
+    float c = 1.0f / sqrtf((float)m);
+    if (relu) {
+        #pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            float *u = out->data + i * m;
+            int kept = row_kept(&g, i / g.H);
+            for (int r = 0; r < m; r++) u[r] = kept ? (u[r] > 0 ? u[r] : 0.0f) + RELU_EPS : 0.0f;
+        }
+    } else {
+        float *rowmax = which ? cf_scratch(ctx, (size_t)n * sizeof(float)) : NULL;
+        stabilisers(&g, out->data, stab, rowmax);
+        #pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            int64_t row = i / g.H;
+            int h = (int)(i % g.H);
+            float *u = out->data + i * m;
+            if (!row_kept(&g, row)) {
+                memset(u, 0, sizeof(float) * m);
+                continue;
+            }
+            exp_shift(u, half_norm(&g, row, h) + stab_of(&g, stab, row, h), c, FAVOR_EPS, u, m);
+        }
+    }
+    cf_arena_rewind(&ctx->arena, mark);
+    cf_node *nd = cf_record(ctx, CF_OP_FAVOR, out, 1, &qkv);
+    if (nd) {
+        *sv = (fsaved){stab, w, key_keep, which, n_heads, m, relu};
+        nd->saved = sv;
+    }
+    return out;
+}
+
+void cf_favor_backward(cf_ctx *ctx, cf_node *n) {
+    const fsaved *sv = n->saved;
+    cf_tensor *qkv = n->in[0];
+    fgeom g = fgeom_of(qkv, sv->which, sv->H, sv->w, sv->m, sv->relu, sv->keep);
+    int m = g.m;
+    int64_t nr = (int64_t)g.B * g.T * g.H;
+    const float *dphi = n->out->grad;
+    size_t mark = cf_arena_mark(&ctx->arena);
+    float *du = cf_scratch(ctx, (size_t)nr * m * sizeof(float));
+    float *ssum = g.relu ? NULL : cf_scratch(ctx, (size_t)nr * sizeof(float));
+    project(&g, du);
+    float c = 1.0f / sqrtf((float)m);
+    #pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < nr; i++) {
+        int64_t row = i / g.H;
+        int h = (int)(i % g.H);
+        float *u = du + i * m;
+        const float *dp = dphi + i * m;
+        if (!row_kept(&g, row)) {
+            memset(u, 0, sizeof(float) * m);
+            if (ssum) ssum[i] = 0;
+            continue;
+        }
+        if (g.relu) {
+            for (int r = 0; r < m; r++) u[r] = u[r] > 0 ? dp[r] : 0.0f;
+            continue;
+        }
+        exp_shift(u, half_norm(&g, row, h) + stab_of(&g, sv->stab, row, h), c, 0.0f, u, m);
+        float s = 0;
+        for (int r = 0; r < m; r++) {
+            u[r] *= dp[r];
+            s += u[r];
+        }
+        ssum[i] = s;
+    }
+    float *gx = cf_grad(ctx, qkv) + sv->which * g.C;
+    int rows = g.B * g.T;
+    for (int h = 0; h < g.H; h++)
+        cf_gemm(0, 0, rows, g.d, m, g.alpha, du + (int64_t)h * m, g.H * m, g.w, g.d, 1.0f, gx + (int64_t)h * g.d,
+                (int)(3 * g.C));
+    if (ssum) {
+        float a2 = g.alpha * g.alpha;
+        #pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < nr; i++) {
+            int64_t row = i / g.H, at = row * 3 * g.C + (i % g.H) * g.d;
+            float s = a2 * ssum[i];
+            for (int x = 0; x < g.d; x++) gx[at + x] -= s * g.x[at + x];
+        }
+    }
+    cf_arena_rewind(&ctx->arena, mark);
+}
