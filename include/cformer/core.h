@@ -45,6 +45,7 @@ typedef struct cf_tensor {
     float   *grad;                 /* NULL until backward first touches it (cf_grad) */
     unsigned requires_grad : 1;    /* a gradient must flow into this tensor */
     unsigned is_param : 1;         /* data/grad live in a cf_params slab */
+    unsigned grad_owned : 1;       /* grad came from cf_grad, so backward may recycle it */
     const char *name;              /* parameters only */
 } cf_tensor;
 
@@ -99,6 +100,7 @@ typedef enum cf_op_kind {
     CF_OP_MASKED_ATTENTION, /* softmax attention under a window or sparse pattern (src/attention/masked.c) */
     CF_OP_KERNEL_ATTENTION, /* linear / performer attention by prefix sums (src/attention/linear.c) */
     CF_OP_FAVOR,           /* Performer FAVOR+ random features (src/attention/performer.c) */
+    CF_OP_XL_ATTENTION,    /* Transformer-XL relative-position attention (src/attention/xl.c) */
     CF_OP_COUNT
 } cf_op_kind;
 
@@ -135,6 +137,12 @@ typedef struct cf_ctx {
     uint64_t  seed;                /* dropout RNG: key = (seed, step, call counter, element) */
     uint64_t  step;
     uint64_t  rng_calls;           /* dropout calls so far in this step */
+    /* Gradient buffers whose tensor is dead (its producer's backward has run), kept for reuse by
+     * the next cf_grad of the same size: backward then holds a few layers' gradients at a time,
+     * not all of them. Rewound with the arena. */
+    float   **free_grad;
+    int64_t  *free_numel;
+    int       n_free, cap_free;
 } cf_ctx;
 
 int  cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes);
@@ -154,8 +162,12 @@ cf_tensor *cf_tensor_view(cf_ctx *ctx, float *data, int ndim, const int *shape);
 cf_tensor *cf_tensor_leaf(cf_ctx *ctx, float *data, int ndim, const int *shape, int requires_grad);
 void      *cf_scratch(cf_ctx *ctx, size_t nbytes);   /* arena bytes for an op's saved state */
 
-/* the gradient buffer of t, allocated (zeroed) from the arena on first use */
+/* the gradient buffer of t, zeroed on first use (from the arena or a released buffer) */
 float *cf_grad(cf_ctx *ctx, cf_tensor *t);
+/* t is dead for backward: give its gradient buffer to the next cf_grad of the same size */
+void   cf_grad_release(cf_ctx *ctx, cf_tensor *t);
+/* drop released buffers at or above an arena mark (before rewinding to it) */
+void   cf_grad_forget_above(cf_ctx *ctx, size_t mark);
 
 /* Record a node when any input needs a gradient and recording is on. Sets out->requires_grad.
  * Returns the node (to fill saved/args) or NULL when nothing is recorded. */

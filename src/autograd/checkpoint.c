@@ -51,6 +51,7 @@ void cf_checkpoint_backward(cf_ctx *ctx, cf_node *n) {
     y->grad = n->out->grad;
     cf_backward_range(ctx, first, ctx->n_nodes);
     ctx->n_nodes = first;
+    cf_grad_forget_above(ctx, mark);
     cf_arena_rewind(&ctx->arena, mark);
     ctx->rng_calls = calls;
 }

@@ -12,6 +12,13 @@ int cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes) {
         cf_arena_free(&ctx->arena);
         return cf_set_error("cannot allocate a tape of %d nodes", ctx->cap_nodes);
     }
+    ctx->cap_free = 4096;
+    ctx->free_grad = malloc((size_t)ctx->cap_free * sizeof *ctx->free_grad);
+    ctx->free_numel = malloc((size_t)ctx->cap_free * sizeof *ctx->free_numel);
+    if (!ctx->free_grad || !ctx->free_numel) {
+        cf_ctx_free(ctx);
+        return cf_set_error("cannot allocate the gradient free list");
+    }
     ctx->grad_enabled = 1;
     return 0;
 }
@@ -19,12 +26,15 @@ int cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes) {
 void cf_ctx_free(cf_ctx *ctx) {
     cf_arena_free(&ctx->arena);
     free(ctx->tape);
+    free(ctx->free_grad);
+    free(ctx->free_numel);
     memset(ctx, 0, sizeof *ctx);
 }
 
 void cf_ctx_begin(cf_ctx *ctx, uint64_t step) {
     cf_arena_reset(&ctx->arena);
     ctx->n_nodes = 0;
+    ctx->n_free = 0;
     ctx->step = step;
     ctx->rng_calls = 0;
 }
@@ -55,6 +65,7 @@ void cf_backward_range(cf_ctx *ctx, int from, int to) {
         cf_node *n = &ctx->tape[i];
         if (!n->out->grad) continue;          /* nothing downstream used this output */
         cf_op_table[n->op].backward(ctx, n);
+        cf_grad_release(ctx, n->out);         /* every consumer of out ran before its producer */
     }
 }
 

@@ -46,10 +46,39 @@ void *cf_scratch(cf_ctx *ctx, size_t n) { return cf_arena_alloc(&ctx->arena, n);
 
 float *cf_grad(cf_ctx *ctx, cf_tensor *t) {
     if (!t->grad) {
-        t->grad = cf_arena_alloc(&ctx->arena, (size_t)t->numel * sizeof(float));
+        /* the most recently freed buffer of this size, else fresh arena memory */
+        int i = ctx->n_free - 1;
+        while (i >= 0 && ctx->free_numel[i] != t->numel) i--;
+        if (i >= 0) {
+            t->grad = ctx->free_grad[i];
+            ctx->n_free--;
+            memmove(ctx->free_grad + i, ctx->free_grad + i + 1, (size_t)(ctx->n_free - i) * sizeof(float *));
+            memmove(ctx->free_numel + i, ctx->free_numel + i + 1, (size_t)(ctx->n_free - i) * sizeof(int64_t));
+        } else {
+            t->grad = cf_arena_alloc(&ctx->arena, (size_t)t->numel * sizeof(float));
+        }
         memset(t->grad, 0, (size_t)t->numel * sizeof(float));
+        t->grad_owned = 1;
     }
     return t->grad;
+}
+
+void cf_grad_release(cf_ctx *ctx, cf_tensor *t) {
+    if (!t->grad_owned || !t->grad || t->is_param || ctx->n_free == ctx->cap_free) return;
+    ctx->free_grad[ctx->n_free] = t->grad;
+    ctx->free_numel[ctx->n_free++] = t->numel;
+    t->grad = NULL;
+    t->grad_owned = 0;
+}
+
+void cf_grad_forget_above(cf_ctx *ctx, size_t mark) {
+    int k = 0;
+    for (int i = 0; i < ctx->n_free; i++)
+        if ((char *)ctx->free_grad[i] < ctx->arena.base + mark) {
+            ctx->free_grad[k] = ctx->free_grad[i];
+            ctx->free_numel[k++] = ctx->free_numel[i];
+        }
+    ctx->n_free = k;
 }
 
 const char *cf_shape_str(const cf_tensor *t) {
