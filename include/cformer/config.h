@@ -84,6 +84,8 @@ typedef struct cf_train_config {
     int     keep_checkpoints;   /* 3 */
     cf_sample_kind sampling;    /* "random" windows or "ordered" streams per batch row */
     int     threads;            /* 0 = OMP_NUM_THREADS / all cores */
+    int     bucket_pool;        /* 1; encoder-decoder: batches from pools of bucket_pool x batch_size pairs
+                                 * sorted by length (pairs.h: cf_pairs_sample) */
 } cf_train_config;
 
 typedef struct cf_data_config {

@@ -24,7 +24,14 @@ float cf_clip_grad_norm(cf_params *p, float max_norm);
 float cf_lr_at(const cf_train_config *t, int s);
 
 /* ---- src/train/eval.c ---- */
-typedef struct cf_eval_result { double bits, bpb, seconds; int64_t bytes; } cf_eval_result;
+typedef struct cf_eval_result {
+    double bits, bpb, seconds;
+    int64_t bytes;
+    /* encoder-decoder (pairs.h: cf_s2s_eval): bytes counts the scored target tokens (bytes and EOS),
+     * pairs the pairs decoded, exact the fraction whose greedy decoding equals the target; 0 otherwise */
+    int64_t pairs;
+    double exact;
+} cf_eval_result;
 /* Bits per byte over bytes [0, n) of data: every byte after the first is predicted exactly once
  * (the first has no context); windows of ctx bytes advance by stride and each scores only its
  * last stride positions (the first window scores all), so every prediction after the first

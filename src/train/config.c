@@ -135,6 +135,7 @@ static const key_def train_keys[] = {
     KEY(cf_train_config, keep_checkpoints, K_INT, NULL),
     KEY(cf_train_config, sampling, K_ENUM, sample_names),
     KEY(cf_train_config, threads, K_INT, NULL),
+    KEY(cf_train_config, bucket_pool, K_INT, NULL),
 };
 
 static const key_def data_keys[] = {
@@ -222,6 +223,7 @@ void cf_config_defaults(cf_config *c) {
     t->keep_checkpoints = 3;
     t->sampling = CF_SAMPLE_RANDOM;
     t->threads = 0;
+    t->bucket_pool = 1;
 
     c->eval.ctx = 0;
     c->eval.stride = 0;
@@ -628,6 +630,7 @@ static int validate(parse_state *st) {
     TRY(check_int("train.checkpoint_every", t->checkpoint_every, 0, INT_MAX));
     TRY(check_int("train.keep_checkpoints", t->keep_checkpoints, 1, INT_MAX));
     TRY(check_int("train.threads", t->threads, 0, 4096));
+    TRY(check_int("train.bucket_pool", t->bucket_pool, 1, 4096));
 
     TRY(check_int("eval.ctx", c->eval.ctx, 0, MAX_SIZE));
     if (c->eval.ctx == 0) c->eval.ctx = t->seq_len;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "cformer/pairs.h"
 #include "cformer/train.h"
 
 static double now_s(void) {
@@ -68,6 +69,73 @@ int cf_eval_bpb(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int ctx
     r->bytes = scored;
     r->bits = nats / log(2.0);
     r->bpb = r->bits / (double)scored;
+    r->seconds = now_s() - t0;
+    return 0;
+}
+
+/* ---- encoder-decoder: bits per target token and exact match (pairs.h) ------------------------------ */
+
+/* nats of the real targets of row b (those that are not padding) */
+static double s2s_row_nats(const float *logits, const int32_t *y, int T, int V) {
+    double s = 0;
+    for (int t = 0; t < T; t++) {
+        if (y[t] == CF_TOK_PAD) continue;
+        s += row_nats(logits + (size_t)t * V, y + t, 0, 1, V);
+    }
+    return s;
+}
+
+int cf_s2s_eval(cf_model *m, cf_ctx *ctx, const cf_pairs *p, int64_t max_tokens, int batch, int seq_len,
+                cf_eval_result *r) {
+    memset(r, 0, sizeof *r);
+    if (!m->ed) return cf_set_error("eval: pairs need an encoder-decoder model (model.arch \"encoder_decoder\")");
+    if (batch < 1 || seq_len < 2) return cf_set_error("eval: batch %d and seq_len %d must be >= 1 and >= 2", batch, seq_len);
+    double t0 = now_s();
+    int V = m->cfg.vocab_size;
+    cf_s2s_batch b;
+    cf_s2s_batch_alloc(&b, batch, seq_len);
+    uint8_t *outbuf = cf_xmalloc((size_t)batch * seq_len), **out = cf_xmalloc(sizeof *out * (size_t)batch);
+    const uint8_t **src = cf_xmalloc(sizeof *src * (size_t)batch);
+    int *src_len = cf_xmalloc(sizeof(int) * (size_t)batch), *out_len = cf_xmalloc(sizeof(int) * (size_t)batch);
+    double *part = cf_xmalloc(sizeof(double) * (size_t)batch);
+    for (int i = 0; i < batch; i++) out[i] = outbuf + (size_t)i * seq_len;
+    int saved_grad = ctx->grad_enabled, saved_train = ctx->training, rc = 0;
+    ctx->grad_enabled = 0;
+    ctx->training = 0;
+    double nats = 0;
+    int64_t scored = 0, pairs = 0, exact = 0;
+    for (int i0 = 0; i0 < p->n && !(max_tokens > 0 && scored >= max_tokens); i0 += batch) {
+        int n = p->n - i0 < batch ? p->n - i0 : batch;
+        for (int i = 0; i < n; i++) b.rows[i] = i0 + i;
+        cf_pairs_batch(p, b.rows, n, seq_len, &b);
+        cf_ctx_begin(ctx, 0);
+        cf_tensor *logits = cf_encdec_logits(m, ctx, &b);
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < n; i++)
+            part[i] = s2s_row_nats(logits->data + (size_t)i * b.T * V, b.tgt_out + (size_t)i * b.T, b.T, V);
+        for (int i = 0; i < n; i++) nats += part[i];
+        scored += b.tgt_tokens;
+        for (int i = 0; i < n; i++) {
+            src[i] = cf_pairs_src(p, i0 + i);
+            src_len[i] = cf_pairs_src_len(p, i0 + i);
+        }
+        if ((rc = cf_translate_greedy(m, ctx, src, src_len, n, seq_len - 1, seq_len, out, out_len))) break;
+        for (int i = 0; i < n; i++) {
+            int len = cf_pairs_tgt_len(p, i0 + i);
+            exact += out_len[i] == len && !memcmp(out[i], cf_pairs_tgt(p, i0 + i), (size_t)len);
+        }
+        pairs += n;
+    }
+    ctx->grad_enabled = saved_grad;
+    ctx->training = saved_train;
+    free(outbuf); free(out); free(src); free(src_len); free(out_len); free(part);
+    cf_s2s_batch_free(&b);
+    if (rc) return -1;
+    r->bytes = scored;
+    r->bits = nats / log(2.0);
+    r->bpb = r->bits / (double)scored;
+    r->pairs = pairs;
+    r->exact = (double)exact / (double)pairs;
     r->seconds = now_s() - t0;
     return 0;
 }

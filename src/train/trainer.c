@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "cformer/checkpoint.h"
+#include "cformer/pairs.h"
 #include "cformer/train.h"
 
 static double now_s(void) {
@@ -37,11 +39,17 @@ static int mkdir_p(const char *path) {
  * default action back for both signals (sigaction is async-signal-safe), so a second SIGINT or
  * SIGTERM kills at once; the atomic saves keep the last checkpoint intact whatever it interrupts.
  * Both signals are blocked while the handler runs, so the second cannot slip in before the reset. */
-static volatile sig_atomic_t stop_requested;
+static atomic_int stop_requested;    /* lock-free, so async-signal-safe */
 static struct sigaction default_action;
 
 static void on_stop_signal(int sig) {
-    stop_requested = sig;
+    /* Each OpenMP thread may take one of the two signals before either handler has reset the
+     * actions: whichever handler comes second dies by its own signal, as a second signal should. */
+    if (atomic_exchange(&stop_requested, sig)) {
+        sigaction(sig, &default_action, NULL);
+        raise(sig);
+        return;
+    }
     sigaction(SIGINT, &default_action, NULL);
     sigaction(SIGTERM, &default_action, NULL);
 }
@@ -78,6 +86,11 @@ typedef struct run {
     cf_ctx     ctx, eval_ctx;
     cf_bytes   train, valid, test;
     cf_sampler sampler;
+    /* model.arch "encoder_decoder": pair files in place of the byte files and sampler (pairs.h) */
+    int        s2s;
+    cf_pairs   ptrain, pvalid, ptest;
+    cf_s2s_batch batch;
+    int       *pool;           /* train.bucket_pool x batch_size scratch of cf_pairs_sample */
     int32_t   *x, *y;
     FILE      *log;
     char       dir[1024], ckpt_dir[1100];
@@ -95,6 +108,11 @@ static void run_free(run *r) {
     cf_bytes_close(&r->train);
     cf_bytes_close(&r->valid);
     cf_bytes_close(&r->test);
+    cf_pairs_free(&r->ptrain);
+    cf_pairs_free(&r->pvalid);
+    cf_pairs_free(&r->ptest);
+    cf_s2s_batch_free(&r->batch);
+    free(r->pool);
     free(r->x); free(r->y);
     if (r->log) fclose(r->log);
 }
@@ -128,6 +146,45 @@ static int resume_load(run *r, const cf_config *user, int last) {
     return 0;
 }
 
+/* ---- encoder-decoder data: pair files (pairs.h), cut to train.seq_len tokens a side -------------- */
+static int s2s_load(cf_pairs *p, const char *key, const char *path, int T) {
+    if (cf_pairs_load(p, path, T)) {
+        char msg[1200];
+        snprintf(msg, sizeof msg, "%s", cf_error_msg());
+        return cf_set_error("%s: %s", key, msg);
+    }
+    return 0;
+}
+
+/* said once the run is set up (so that a failed set-up prints its one error line alone) */
+static void s2s_note_cuts(const run *r) {
+    const char *keys[3] = {"data.train", "data.valid", "data.test"};
+    const cf_pairs *ps[3] = {&r->ptrain, &r->pvalid, &r->ptest};
+    for (int i = 0; i < 3; i++) {
+        const cf_pairs *p = ps[i];
+        if (p->n && (p->n_cut_src || p->n_cut_tgt))
+            fprintf(stderr, "cformer: %s: %s: %d pairs; %d sources (longest %d bytes) and %d targets (longest %d bytes) "
+                            "are cut to train.seq_len %d tokens\n", keys[i], p->path, p->n, p->n_cut_src,
+                    p->max_src_len, p->n_cut_tgt, p->max_tgt_len, p->max_tokens);
+    }
+}
+
+static int s2s_open(run *r, const cf_config *c) {
+    int T = c->train.seq_len;
+    if (c->train.sampling == CF_SAMPLE_ORDERED)
+        return cf_set_error("train.sampling: \"ordered\" reads byte streams; encoder_decoder samples pairs at random");
+    if (T < 2) return cf_set_error("train.seq_len: encoder_decoder needs at least 2 tokens a side (a byte and EOS)");
+    if ((int64_t)c->train.batch_size * c->train.bucket_pool > (1 << 24))
+        return cf_set_error("train.bucket_pool: batch_size x bucket_pool must be at most %d (got %d x %d)", 1 << 24,
+                            c->train.batch_size, c->train.bucket_pool);
+    if (s2s_load(&r->ptrain, "data.train", c->data.train, T)) return -1;
+    if (c->data.valid[0] && s2s_load(&r->pvalid, "data.valid", c->data.valid, T)) return -1;
+    if (c->data.test[0] && s2s_load(&r->ptest, "data.test", c->data.test, T)) return -1;
+    cf_s2s_batch_alloc(&r->batch, c->train.batch_size, T);
+    r->pool = cf_xmalloc(sizeof(int) * (size_t)c->train.batch_size * c->train.bucket_pool);
+    return 0;
+}
+
 /* Everything in memory, nothing on disk: data, model, optimizer, and the checkpoint when resuming. */
 static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int last) {
     memset(r, 0, sizeof *r);
@@ -138,10 +195,15 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     if (o->resume && cf_ckpt_resolve(o->resume, r->resume_path, sizeof r->resume_path, r->resume_dir,
                                      sizeof r->resume_dir))
         return -1;
-    if (cf_bytes_open(&r->train, c->data.train)) return -1;
-    if (c->data.valid[0] && cf_bytes_open(&r->valid, c->data.valid)) return -1;
-    if (c->data.test[0] && cf_bytes_open(&r->test, c->data.test)) return -1;
     int B = c->train.batch_size, T = c->train.seq_len;
+    r->s2s = c->model.arch == CF_ARCH_ENCODER_DECODER;
+    if (r->s2s) {
+        if (s2s_open(r, c)) return -1;
+    } else {
+        if (cf_bytes_open(&r->train, c->data.train)) return -1;
+        if (c->data.valid[0] && cf_bytes_open(&r->valid, c->data.valid)) return -1;
+        if (c->data.test[0] && cf_bytes_open(&r->test, c->data.test)) return -1;
+    }
     if (cf_model_init(&r->model, &c->model, c->train.seed)) return -1;
     cf_model_set_checkpointing(&r->model, c->train.grad_checkpoint);
     cf_adamw_init(&r->opt, &r->model.params);
@@ -153,12 +215,13 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
         r->st.batch_size = B;
         r->st.seq_len = T;
     }
-    if (cf_sampler_init(&r->sampler, &r->train, B, T, c->train.sampling == CF_SAMPLE_ORDERED, r->cfg.train.seed))
+    if (!r->s2s &&
+        cf_sampler_init(&r->sampler, &r->train, B, T, c->train.sampling == CF_SAMPLE_ORDERED, r->cfg.train.seed))
         return -1;
     if (cf_ctx_init(&r->ctx, cf_model_arena_bytes(&c->model, B, T), 1 << 20)) return -1;
     r->ctx.seed = r->cfg.train.seed;
     r->ctx.training = 1;
-    if (cf_ctx_init(&r->eval_ctx, cf_model_arena_bytes(&c->model, B, c->eval.ctx), 1 << 20)) return -1;
+    if (cf_ctx_init(&r->eval_ctx, cf_model_arena_bytes(&c->model, B, r->s2s ? T : c->eval.ctx), 1 << 20)) return -1;
     r->eval_ctx.grad_enabled = 0;
     r->x = cf_xmalloc(sizeof(int32_t) * (size_t)B * T);
     r->y = cf_xmalloc(sizeof(int32_t) * (size_t)B * T);
@@ -257,32 +320,65 @@ static int save_checkpoint(run *r) {
     return 0;
 }
 
-/* validation during training reads at most train.eval_tokens bytes (0 = the whole split) */
-static int evaluate(run *r, const cf_bytes *b, size_t limit, cf_eval_result *res) {
+static int has_split(const run *r, int test) {
+    return test ? r->test.n || r->ptest.n : r->valid.n || r->pvalid.n;
+}
+
+/* validation during training reads at most train.eval_tokens bytes (0 = the whole split); an
+ * encoder-decoder scores pairs up to that many target tokens and decodes them greedily */
+static int evaluate(run *r, int test, size_t limit, cf_eval_result *res) {
     const cf_config *c = r->c;
+    if (r->s2s)
+        return cf_s2s_eval(&r->model, &r->eval_ctx, test ? &r->ptest : &r->pvalid, (int64_t)limit, c->train.batch_size,
+                           c->train.seq_len, res);
+    const cf_bytes *b = test ? &r->test : &r->valid;
     size_t n = limit && limit < b->n ? limit : b->n;
     return cf_eval_bpb(&r->model, &r->eval_ctx, b->data, n, c->eval.ctx, c->eval.stride, c->train.batch_size, res);
 }
 
-static void log_eval(run *r, int64_t step, const char *split, const cf_eval_result *e) {
-    fprintf(r->log, "{\"step\": %lld, \"split\": \"%s\", \"eval_bpb\": %.6f, \"bytes\": %lld, \"elapsed_s\": %.3f}\n",
-            (long long)step, split, e->bpb, (long long)e->bytes, now_s() - r->t_start);
-    fflush(r->log);
-    fprintf(stderr, "%sstep %lld  %s bpb %.4f  (%lld bytes, %.1fs)\n", isatty(2) ? "\r\033[K" : "", (long long)step,
-            split, e->bpb, (long long)e->bytes, e->seconds);
+/* the BENCH line of a final evaluation (DESIGN.md section 9) */
+static void print_bench(const run *r, const char *split, const cf_eval_result *e) {
+    const cf_config *c = r->c;
+    if (r->s2s)
+        printf("BENCH eval split=%s bpb=%.4f exact_match=%.4f pairs=%lld tokens=%lld seconds=%.1f\n", split, e->bpb,
+               e->exact, (long long)e->pairs, (long long)e->bytes, e->seconds);
+    else
+        printf("BENCH eval split=%s bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", split, e->bpb,
+               (long long)e->bytes, c->eval.ctx, c->eval.stride, e->bytes / e->seconds);
 }
 
-/* One optimiser step on micro-batches first_batch, first_batch + 1, ...; returns the mean loss. */
-static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm) {
+static void log_eval(run *r, int64_t step, const char *split, const cf_eval_result *e) {
+    char extra[96] = "";
+    if (e->pairs) snprintf(extra, sizeof extra, "\"exact_match\": %.6f, \"pairs\": %lld, ", e->exact, (long long)e->pairs);
+    fprintf(r->log, "{\"step\": %lld, \"split\": \"%s\", \"eval_bpb\": %.6f, \"bytes\": %lld, %s\"elapsed_s\": %.3f}\n",
+            (long long)step, split, e->bpb, (long long)e->bytes, extra, now_s() - r->t_start);
+    fflush(r->log);
+    if (e->pairs) snprintf(extra, sizeof extra, ", exact match %.4f of %lld pairs", e->exact, (long long)e->pairs);
+    fprintf(stderr, "%sstep %lld  %s bpb %.4f  (%lld %s%s, %.1fs)\n", isatty(2) ? "\r\033[K" : "", (long long)step,
+            split, e->bpb, (long long)e->bytes, e->pairs ? "target tokens" : "bytes", extra, e->seconds);
+}
+
+/* One optimiser step on micro-batches first_batch, first_batch + 1, ...; returns the mean loss and
+ * adds the tokens it trained on to *tokens (an encoder-decoder's: its real source and target tokens). */
+static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm, int64_t *tokens) {
     const cf_train_config *t = &r->c->train;
     int B = t->batch_size, T = t->seq_len;
     cf_params_zero_grad(&r->model.params);
     float seed = 1.0f / (float)t->grad_accum, total = 0;
     for (int a = 0; a < t->grad_accum; a++) {
         uint64_t index = first_batch + (uint64_t)a;
-        cf_sampler_batch(&r->sampler, index, r->x, r->y);
-        cf_ctx_begin(&r->ctx, index);
-        cf_tensor *loss = cf_model_loss(&r->model, &r->ctx, r->x, r->y, B, T, NULL);
+        cf_tensor *loss;
+        if (r->s2s) {
+            cf_pairs_sample(&r->ptrain, r->cfg.train.seed, index, B, T, t->bucket_pool, r->pool, &r->batch);
+            cf_ctx_begin(&r->ctx, index);
+            loss = cf_encdec_loss(&r->model, &r->ctx, &r->batch, r->c->model.label_smoothing, NULL);
+            *tokens += r->batch.src_tokens + r->batch.tgt_tokens;
+        } else {
+            cf_sampler_batch(&r->sampler, index, r->x, r->y);
+            cf_ctx_begin(&r->ctx, index);
+            loss = cf_model_loss(&r->model, &r->ctx, r->x, r->y, B, T, NULL);
+            *tokens += (int64_t)B * T;
+        }
         total += loss->data[0];
         if (!isfinite(loss->data[0])) return loss->data[0];
         cf_backward(&r->ctx, loss, &seed);
@@ -301,20 +397,26 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
     int last = o->until > 0 && o->until < t->steps ? o->until : t->steps;
     run r;
     if (run_prepare(&r, c, o, last) || run_create_dir(&r, o)) { run_free(&r); return -1; }
+    if (r.s2s) s2s_note_cuts(&r);
     int tty = isatty(2) && !o->quiet, rc = 0, stop = 0;
     int64_t tokens_per_step = (int64_t)t->batch_size * t->seq_len * t->grad_accum, n_params = 0;
     for (int i = 0; i < r.model.params.n; i++) n_params += r.model.params.t[i]->numel;   /* the slab pads */
-    fprintf(stderr, "cformer: training %s: %lld parameters, steps %lld..%d of %d, %lld tokens per step, %d threads, "
+    char per_step[64];
+    if (r.s2s) snprintf(per_step, sizeof per_step, "%d pairs", t->batch_size * t->grad_accum);
+    else snprintf(per_step, sizeof per_step, "%lld tokens", (long long)tokens_per_step);
+    fprintf(stderr, "cformer: training %s: %lld parameters, steps %lld..%d of %d, %s per step, %d threads, "
                     "run %s\n", c->name, (long long)n_params, (long long)r.st.step + 1, last, t->steps,
-            (long long)tokens_per_step, cf_num_threads(), r.dir);
+            per_step, cf_num_threads(), r.dir);
     saved_handlers handlers;
     install_handlers(&handlers);
     r.t_start = now_s() - r.st.elapsed_s;
     double t_window = now_s();
     int window_steps = 0;
+    int64_t window_tokens = 0;
     for (int s = (int)r.st.step; s < last; s++) {
         float lr = cf_lr_at(t, s), gnorm = 0;
-        float loss = train_step(&r, r.st.next_batch, lr, &gnorm);
+        int64_t step_tokens = 0;
+        float loss = train_step(&r, r.st.next_batch, lr, &gnorm, &step_tokens);
         if (!isfinite(loss)) {
             char kept[1400] = "no checkpoint was written";
             if (r.saved_step >= 0) snprintf(kept, sizeof kept, "the last checkpoint (%s/step_%lld.h5) is kept", r.ckpt_dir, (long long)r.saved_step);
@@ -324,26 +426,28 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
             break;
         }
         r.st.step = s + 1;
-        r.st.tokens_seen += tokens_per_step;
+        r.st.tokens_seen += step_tokens;
         r.st.next_batch += (uint64_t)t->grad_accum;
         window_steps++;
+        window_tokens += step_tokens;
         int step = s + 1;
         if (step % t->log_every == 0 || step == last) {
-            double now = now_s(), tps = window_steps * tokens_per_step / (now - t_window);
+            double now = now_s(), tps = window_tokens / (now - t_window);
             fprintf(r.log, "{\"step\": %d, \"loss\": %.6f, \"bpb\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
                            "\"tokens_per_s\": %.0f, \"elapsed_s\": %.3f}\n",
                     step, loss, loss / M_LN2, lr, gnorm, tps, now - r.t_start);
             fflush(r.log);
-            double left = (last - step) * tokens_per_step / tps;
+            double left = (last - step) * (now - t_window) / window_steps;
             if (!o->quiet)
                 fprintf(stderr, "%sstep %d/%d  loss %.4f  bpb %.4f  lr %.2e  %.0f tok/s  %.0fs left%s",
                         tty ? "\r\033[K" : "", step, last, loss, loss / M_LN2, lr, tps, left, tty ? "" : "\n");
             t_window = now;
             window_steps = 0;
+            window_tokens = 0;
         }
-        if (r.valid.n && t->eval_every > 0 && step % t->eval_every == 0 && step != last && !stop_requested) {
+        if (has_split(&r, 0) && t->eval_every > 0 && step % t->eval_every == 0 && step != last && !stop_requested) {
             cf_eval_result e;
-            if ((rc = evaluate(&r, &r.valid, (size_t)t->eval_tokens, &e))) break;
+            if ((rc = evaluate(&r, 0, (size_t)t->eval_tokens, &e))) break;
             if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
             log_eval(&r, step, "valid", &e);
         }
@@ -354,21 +458,19 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
     if (tty) fputc('\n', stderr);
     if (!rc && !stop) {
         cf_eval_result e;
-        if (r.valid.n && !(rc = evaluate(&r, &r.valid, 0, &e))) {
+        if (has_split(&r, 0) && !(rc = evaluate(&r, 0, (size_t)c->eval.bytes, &e))) {
             if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
             log_eval(&r, r.st.step, "valid", &e);
-            printf("BENCH eval split=valid bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", e.bpb,
-                   (long long)e.bytes, c->eval.ctx, c->eval.stride, e.bytes / e.seconds);
+            print_bench(&r, "valid", &e);
         }
     }
     if (!rc && r.saved_step != r.st.step) rc = save_checkpoint(&r);
     if (!rc && !stop) stop = stop_requested;   /* a signal during the final evaluation or save */
-    if (!rc && !stop && last == t->steps && r.test.n) {
+    if (!rc && !stop && last == t->steps && has_split(&r, 1)) {
         cf_eval_result e;
-        if (!(rc = evaluate(&r, &r.test, 0, &e))) {
+        if (!(rc = evaluate(&r, 1, (size_t)c->eval.bytes, &e))) {
             log_eval(&r, last, "test", &e);
-            printf("BENCH eval split=test bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", e.bpb,
-                   (long long)e.bytes, c->eval.ctx, c->eval.stride, e.bytes / e.seconds);
+            print_bench(&r, "test", &e);
         }
     }
     if (!rc && stop) {
