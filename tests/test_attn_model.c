@@ -123,7 +123,7 @@ static void layers(void) {
 
 static void refused(void) {
     struct { const char *set, *msg; } cases[] = {
-        {"model.attention.type=xl", "model.attention.type: \"xl\" is not available yet"},
+        {"model.attention.type=infini", "model.attention.type: \"infini\" is not available yet"},
         {"model.attention=[{\"type\":\"window\"},{\"type\":\"infini\"}]", "model.attention[1].type: \"infini\" is not available yet"},
         {"model.attention={\"type\":\"sparse_strided\",\"combine\":\"heads\"}", "model.attention.combine: \"heads\""},
     };

@@ -94,4 +94,20 @@ void cf_performer_draw(cf_ctx *ctx, float *w, int m, int d, uint64_t seed, uint6
 cf_tensor *cf_favor_features(cf_ctx *ctx, cf_tensor *qkv, int which, int n_heads, const float *w, int m, int relu,
                              const uint8_t *key_keep);
 
+/* ---- Transformer-XL relative-position attention (src/attention/xl.c) -------------------------------
+ * q [B, Tq, H*Dh] (the segment's queries), k, v [B, Tk, H*Dh] with Tk = mlen + Tq (memory rows
+ * first), rk [Tk, H*Dh] (row j' = the projected sinusoid for distance Tk-1-j'), u and v_bias [H, Dh]:
+ *   score_ij = ((q_i + u) . k_j + (q_i + v_bias) . rk_{j + Tq - 1 - i}) / sqrt(Dh),  j <= mlen + i,
+ * softmax over j, attention dropout p (training only, counter-based), output P V [B, Tq, H*Dh].
+ * Gradients reach every input that needs one; a memory that must get none is passed as a constant.
+ * Keeps the output and a log-sum-exp per (batch, head, query): no Tq x Tk matrix. */
+cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v, cf_tensor *rk, cf_tensor *u,
+                           cf_tensor *v_bias, int n_heads, float dropout);
+
+/* The relative sinusoids of Transformer-XL into R [klen, d] (d even): row j' is for distance
+ * p = klen - 1 - j' (descending), capped at clamp_len when clamp_len > 0 (as the reference; config -1 = none), and
+ * holds [sin(p f_0) ... sin(p f_{d/2-1}) | cos(p f_0) ... cos(p f_{d/2-1})], f_i = 1/10000^(2i/d):
+ * not interleaved (mem_transformer.py PositionalEmbedding). */
+void cf_xl_sinusoids(float *R, int klen, int d, int clamp_len);
+
 #endif

@@ -27,6 +27,9 @@ typedef struct cf_attn_layer {
      * redraw index), used outside training; draw_index -1 = none yet (see cf_attn_set_step) */
     uint64_t draw_seed;
     int64_t  draw_index;
+    /* xl: r_net (D -> D, no bias), projecting the relative sinusoids ("<prefix>.r_net.weight");
+     * r_net.w is NULL for the other types */
+    cf_linear_layer r_net;
 } cf_attn_layer;
 
 typedef struct cf_block {
@@ -53,6 +56,13 @@ cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x);
 /* the same with a key padding mask [B, T] (nonzero = real token; NULL = none) for every variant,
  * borrowed until backward has run (an encoder's padded source) */
 cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep);
+/* Transformer-XL layer (cfg.type xl, ALGORITHMS.md section 1.2): queries from xq [B, Tq, D], keys
+ * and values from xc [B, Tk, D] = concat(memory, segment) (memory rows first, Tk = mlen + Tq), both
+ * through the layer's qkv weights (q rows, then k, v rows); rk = pos W_r with pos [Tk, D] the
+ * relative sinusoids (cf_xl_sinusoids, distances Tk-1 ... 0); u, v_bias [H, Dh] the model's
+ * r_w_bias and r_r_bias. Returns [B, Tq, D] after the output projection. */
+cf_tensor *cf_attn_xl_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *xq, cf_tensor *xc, cf_tensor *pos,
+                            cf_tensor *u, cf_tensor *v_bias);
 /* src/nn/block.c; one transformer block, pre- or post-norm */
 void       cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model_config *m,
                          const cf_attn_config *attn, int causal);

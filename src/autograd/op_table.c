@@ -30,6 +30,7 @@ const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_MASKED_ATTENTION] = {"masked_attention", cf_masked_attention_backward},
     [CF_OP_KERNEL_ATTENTION] = {"kernel_attention", cf_kernel_attention_backward},
     [CF_OP_FAVOR]         = {"favor", cf_favor_backward},
+    [CF_OP_XL_ATTENTION]  = {"xl_attention", cf_xl_attention_backward},
 };
 
 int cf_op_table_check(void) {

@@ -36,6 +36,11 @@ void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int
     cf_linear_decl(&a->qkv, p, name, d, 3 * d, bias);
     snprintf(name, sizeof name, "%s.proj", prefix);
     cf_linear_decl(&a->proj, p, name, d, d, bias);
+    a->r_net.w = a->r_net.b = NULL;
+    if (cfg->type == CF_ATTN_XL) {
+        snprintf(name, sizeof name, "%s.r_net", prefix);
+        cf_linear_decl(&a->r_net, p, name, d, d, 0);
+    }
 }
 
 cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep) {
@@ -46,6 +51,35 @@ cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x,
 
 cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x) {
     return cf_attn_apply_keep(ctx, a, x, NULL);
+}
+
+/* rows [r0, r0 + n) of parameter w (2-D, or 1-D for a bias) as a tensor whose gradient lands in
+ * the same rows of w's gradient slab */
+static cf_tensor *param_rows(cf_ctx *ctx, cf_tensor *w, int r0, int n) {
+    int cols = w->ndim == 2 ? w->shape[1] : 1;
+    cf_tensor *t = w->ndim == 2 ? cf_tensor_view(ctx, w->data + (int64_t)r0 * cols, 2, (int[]){n, cols})
+                                : cf_tensor_view(ctx, w->data + r0, 1, (int[]){n});
+    t->grad = w->grad ? w->grad + (int64_t)r0 * cols : NULL;
+    t->requires_grad = w->requires_grad;
+    return t;
+}
+
+cf_tensor *cf_attn_xl_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *xq, cf_tensor *xc, cf_tensor *pos,
+                            cf_tensor *u, cf_tensor *v_bias) {
+    CF_ASSERT(a->cfg.type == CF_ATTN_XL && a->r_net.w, "xl attention: the layer is not of type xl");
+    int D = a->qkv.w->shape[1];
+    CF_ASSERT(xq->ndim == 3 && xc->ndim == 3 && xq->shape[2] == D && xc->shape[2] == D && pos->ndim == 2 &&
+              pos->shape[0] == xc->shape[1] && pos->shape[1] == D,
+              "xl attention: xq %s, xc %s, pos %s do not match d_model %d", cf_shape_str(xq), cf_shape_str(xc),
+              cf_shape_str(pos), D);
+    cf_tensor *bq = a->qkv.b ? param_rows(ctx, a->qkv.b, 0, D) : NULL;
+    cf_tensor *bkv = a->qkv.b ? param_rows(ctx, a->qkv.b, D, 2 * D) : NULL;
+    cf_tensor *q = cf_linear(ctx, xq, param_rows(ctx, a->qkv.w, 0, D), bq);              /* (B, Tq, D) */
+    cf_tensor *kv = cf_linear(ctx, xc, param_rows(ctx, a->qkv.w, D, 2 * D), bkv);         /* (B, Tk, 2D) */
+    cf_tensor *k = cf_slice_last(ctx, kv, 0, D), *v = cf_slice_last(ctx, kv, D, D);
+    cf_tensor *rk = cf_linear(ctx, pos, a->r_net.w, NULL);                                /* (Tk, D) */
+    cf_tensor *y = cf_xl_attention(ctx, q, k, v, rk, u, v_bias, a->n_heads, a->dropout);
+    return cf_linear_apply(ctx, &a->proj, y);
 }
 
 /* ---- the variant interface ------------------------------------------------------------------------ */
@@ -137,6 +171,10 @@ cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, con
         /* no eps: the features are positive (their own eps terms), so the denominator is too */
         return cf_kernel_attention(ctx, fq, fk, qkv, a->n_heads, a->causal, 0.0f, key_keep);
     }
+    case CF_ATTN_XL:
+        CF_ASSERT(0, "attention type xl needs its memory and relative positions: cf_attn_xl_apply (the decoder "
+                     "model runs it)");
+        break;
     default:
         CF_ASSERT(0, "attention type %s has no core yet", cf_attn_kind_name(a->cfg.type));
     }

@@ -31,5 +31,6 @@ void cf_checkpoint_backward(cf_ctx *ctx, cf_node *n);    /* autograd/checkpoint.
 void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/masked.c */
 void cf_kernel_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/linear.c */
 void cf_favor_backward(cf_ctx *ctx, cf_node *n);         /* attention/performer.c */
+void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n);  /* attention/xl.c */
 
 #endif
