@@ -17,6 +17,8 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 #include "cformer/checkpoint.h"
+#include "cformer/encdec.h"
+#include "cformer/attention.h"
 #include "cformer/h5io.h"
 
 void cf_train_state_init(cf_train_state *s, const cf_config *c) {
@@ -422,9 +424,18 @@ int cf_ckpt_load_model(const char *path, cf_config *c, cf_model *m, cf_train_sta
         cf_model_free(m);
         return cf_set_error("%s: /config: %s", path, msg);
     }
+    cf_train_state local;
+    if (!s) s = &local;
     if (cf_ckpt_load(path, m, NULL, s)) {
         cf_model_free(m);
         return -1;
+    }
+    /* evaluation and sampling use the random features (performer) of the last training step */
+    if (s->next_batch) {
+        uint64_t last = s->next_batch - 1;
+        for (int i = 0; i < m->n_blocks; i++) cf_attn_set_step(&m->blocks[i].attn, s->seed, last);
+        if (m->ed)
+            for (int i = 0; i < m->ed->n_enc; i++) cf_attn_set_step(&m->ed->enc[i].attn, s->seed, last);
     }
     return 0;
 }
