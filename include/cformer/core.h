@@ -164,6 +164,9 @@ void      *cf_scratch(cf_ctx *ctx, size_t nbytes);   /* arena bytes for an op's 
 
 /* the gradient buffer of t, zeroed on first use (from the arena or a released buffer) */
 float *cf_grad(cf_ctx *ctx, cf_tensor *t);
+/* cf_grad for a caller that overwrites the whole buffer: *fresh = 1 means it was allocated now
+ * and holds garbage (write it, e.g. GEMM with beta 0), 0 means accumulate into it as usual */
+float *cf_grad_nozero(cf_ctx *ctx, cf_tensor *t, int *fresh);
 /* t is dead for backward: give its gradient buffer to the next cf_grad of the same size */
 void   cf_grad_release(cf_ctx *ctx, cf_tensor *t);
 /* drop released buffers at or above an arena mark (before rewinding to it) */

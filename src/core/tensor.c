@@ -44,7 +44,8 @@ cf_tensor *cf_tensor_leaf(cf_ctx *ctx, float *data, int ndim, const int *shape, 
 
 void *cf_scratch(cf_ctx *ctx, size_t n) { return cf_arena_alloc(&ctx->arena, n); }
 
-float *cf_grad(cf_ctx *ctx, cf_tensor *t) {
+float *cf_grad_nozero(cf_ctx *ctx, cf_tensor *t, int *fresh) {
+    *fresh = 0;
     if (!t->grad) {
         /* the most recently freed buffer of this size, else fresh arena memory */
         int i = ctx->n_free - 1;
@@ -57,10 +58,17 @@ float *cf_grad(cf_ctx *ctx, cf_tensor *t) {
         } else {
             t->grad = cf_arena_alloc(&ctx->arena, (size_t)t->numel * sizeof(float));
         }
-        memset(t->grad, 0, (size_t)t->numel * sizeof(float));
         t->grad_owned = 1;
+        *fresh = 1;
     }
     return t->grad;
+}
+
+float *cf_grad(cf_ctx *ctx, cf_tensor *t) {
+    int fresh;
+    float *g = cf_grad_nozero(ctx, t, &fresh);
+    if (fresh) memset(g, 0, (size_t)t->numel * sizeof(float));
+    return g;
 }
 
 void cf_grad_release(cf_ctx *ctx, cf_tensor *t) {

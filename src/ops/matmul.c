@@ -184,8 +184,11 @@ void cf_linear_backward(cf_ctx *ctx, cf_node *n) {
     cf_tensor *x = n->in[0], *w = n->in[1], *b = n->n_in > 2 ? n->in[2] : NULL;
     const float *g = n->out->grad;
     int in = cf_cols(x), out = w->shape[0], rows = (int)cf_rows(x);
-    if (x->requires_grad)   /* dX [rows, in] += dY W */
-        cf_gemm(0, 0, rows, in, out, 1.0f, g, out, w->data, in, 1.0f, cf_grad(ctx, x), in);
+    if (x->requires_grad) { /* dX [rows, in] += dY W; a fresh buffer is written, not zeroed and added to */
+        int fresh;
+        float *dx = cf_grad_nozero(ctx, x, &fresh);
+        cf_gemm(0, 0, rows, in, out, 1.0f, g, out, w->data, in, fresh ? 0.0f : 1.0f, dx, in);
+    }
     if (w->requires_grad)   /* dW [out, in] += dY^T X */
         cf_gemm(1, 0, out, in, rows, 1.0f, g, out, x->data, in, 1.0f, cf_grad(ctx, w), in);
     if (b && b->requires_grad) col_sums_into(cf_grad(ctx, b), g, rows, out);
