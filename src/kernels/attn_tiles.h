@@ -4,6 +4,7 @@
 #ifndef CF_KERNELS_ATTN_TILES_H
 #define CF_KERNELS_ATTN_TILES_H
 
+#include <math.h>
 #include <stdint.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -64,5 +65,34 @@ static inline __m512 exp2_16(__m512 t) {
     return _mm512_scalef_ps(y, n);
 }
 #endif
+
+
+/* One row of the attention backward over a 64-key block: P = 2^(S - L) on visible keys (bit j of
+ * vis), then dS = P (dP - D), with the dropout mask z (NULL: none) applied as P' = P z and
+ * dP = dP' z. On return s holds P' (for dV) and dp holds dS. */
+static inline void ds_row(float *s, float *dp, uint64_t vis, float lse, float dd, const float *z) {
+#ifdef __AVX512F__
+    __m512 lv = _mm512_set1_ps(lse), dv = _mm512_set1_ps(dd);
+    for (int v = 0; v < 4; v++) {
+        __m512 pv = _mm512_maskz_mov_ps((__mmask16)(vis >> (16 * v)),
+                                        exp2_16(_mm512_sub_ps(_mm512_load_ps(s + 16 * v), lv)));
+        __m512 gv = _mm512_load_ps(dp + 16 * v), pd = pv;
+        if (z) {
+            __m512 zv = _mm512_load_ps(z + 16 * v);
+            pd = _mm512_mul_ps(pv, zv);
+            gv = _mm512_mul_ps(gv, zv);
+        }
+        _mm512_store_ps(s + 16 * v, pd);
+        _mm512_store_ps(dp + 16 * v, _mm512_mul_ps(pv, _mm512_sub_ps(gv, dv)));
+    }
+#else
+    for (int j = 0; j < BK; j++) {
+        float pj = (vis >> j) & 1 ? exp2f(s[j] - lse) : 0.0f, gj = dp[j], pd = pj;
+        if (z) { pd = pj * z[j]; gj *= z[j]; }
+        s[j] = pd;
+        dp[j] = pj * (gj - dd);
+    }
+#endif
+}
 
 #endif

@@ -391,29 +391,7 @@ static void bwd_pair(const geom *g, ws *w, int64_t bh, int qb, int kb, uint64_t 
             continue;
         }
         if (g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
-#ifdef __AVX512F__
-        __m512 lv = _mm512_set1_ps(lse[i]), dv = _mm512_set1_ps(dd[i]);
-        for (int v = 0; v < 4; v++) {
-            __m512 pv = _mm512_maskz_mov_ps((__mmask16)(vis >> (16 * v)),
-                                            exp2_16(_mm512_sub_ps(_mm512_load_ps(s + 16 * v), lv)));
-            __m512 gv = _mm512_load_ps(dp + 16 * v), pd = pv;
-            if (g->dropout) {
-                __m512 zv = _mm512_load_ps(w->z + 16 * v);
-                pd = _mm512_mul_ps(pv, zv);
-                gv = _mm512_mul_ps(gv, zv);
-            }
-            _mm512_store_ps(s + 16 * v, pd);
-            _mm512_store_ps(dp + 16 * v, _mm512_mul_ps(pv, _mm512_sub_ps(gv, dv)));
-        }
-#else
-        float L = lse[i], D = dd[i];
-        for (int j = 0; j < BK; j++) {
-            float pj = (vis >> j) & 1 ? exp2f(s[j] - L) : 0.0f, gj = dp[j], pd = pj;
-            if (g->dropout) { pd = pj * w->z[j]; gj *= w->z[j]; }
-            s[j] = pd;
-            dp[j] = pj * (gj - D);
-        }
-#endif
+        ds_row(s, dp, vis, lse[i], dd[i], g->dropout ? w->z : NULL);
     }
     memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
     memset(w->ds + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
