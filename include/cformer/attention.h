@@ -110,4 +110,26 @@ cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v
  * not interleaved (mem_transformer.py PositionalEmbedding). */
 void cf_xl_sinusoids(float *R, int klen, int d, int clamp_len);
 
+/* ---- Infini-attention compressive memory (src/attention/infini.c) ---------------------------------
+ * Munkhdalai et al. 2024, ALGORITHMS.md section 6. qkv [B, T, 3*H*d] as above; the sequence is cut
+ * into segments of segment_len rows (the last may be shorter). a_dot [B, T, H*d] is the local
+ * attention, causal inside each segment only (the caller computes it: masked attention with the
+ * sparse_fixed part-1 pattern of stride segment_len). Per batch row b and head h, with
+ * sigma(x) = elu(x) + 1 applied to the q and k columns (no 1/sqrt(d) scale), the memory
+ * M [d, d] and normaliser z [d] start from M0, z0 ([B, H, d, d] and [B, H, d], constants: no
+ * gradient flows into them) or, when M0 is NULL, from "no memory yet". For each segment s:
+ *   with a memory:  A_mem_i = sigma(q_i)^T M / (sigma(q_i) . z)      (memory before this segment)
+ *                   out_i   = g A_mem_i + (1 - g) a_dot_i,   g = sigmoid(beta[h])
+ *   without one:    out_i   = a_dot_i                               (the first segment of a stream)
+ *   update, linear: M += sigma(K)^T V
+ *           delta:  M += sigma(K)^T (V - sigma(K) M / (sigma(K) z))   (linear when there is no memory yet)
+ *                   z += sum_t sigma(k_t)
+ * so gradients flow through M and z across the segments of one call (the paper's unrolled
+ * segments). beta [H] is a parameter. The state after the last segment is written to M_out, z_out
+ * when they are not NULL (detached: the next call takes it as its M0, z0); M_out may equal M0.
+ * Keeps the per-segment states for backward: O(B H d^2 T / segment_len) floats. */
+cf_tensor *cf_infini_attention(cf_ctx *ctx, cf_tensor *qkv, cf_tensor *a_dot, cf_tensor *beta, int n_heads,
+                               int segment_len, int delta, const float *M0, const float *z0, float *M_out,
+                               float *z_out);
+
 #endif

@@ -101,6 +101,7 @@ typedef enum cf_op_kind {
     CF_OP_KERNEL_ATTENTION, /* linear / performer attention by prefix sums (src/attention/linear.c) */
     CF_OP_FAVOR,           /* Performer FAVOR+ random features (src/attention/performer.c) */
     CF_OP_XL_ATTENTION,    /* Transformer-XL relative-position attention (src/attention/xl.c) */
+    CF_OP_INFINI_ATTENTION, /* Infini-attention compressive memory (src/attention/infini.c) */
     CF_OP_COUNT
 } cf_op_kind;
 
@@ -126,6 +127,16 @@ typedef struct cf_node {
     float       farg[4];
 } cf_node;
 
+/* An observer of the tape (dist.h: the gradient all-reduce that overlaps backward). A context's
+ * hook is NULL unless one is armed, and then costs nothing. When set, cf_record calls read() with
+ * the inputs of every op, recorded or not, and the tape index the op's node takes (for the ops of a
+ * checkpointed region's unrecorded forward: the index of the region's node); cf_backward_range
+ * calls node() before (done 0) and after (done 1) each node's backward. */
+typedef struct cf_hook {
+    void (*read)(struct cf_hook *h, int index, int n_in, cf_tensor *const *in);
+    void (*node)(struct cf_hook *h, const cf_node *n, int index, int done);
+} cf_hook;
+
 /* ---- context -------------------------------------------------------------------------------
  * One per model instance (training or evaluation). Owns the arena and the tape. */
 typedef struct cf_ctx {
@@ -143,6 +154,7 @@ typedef struct cf_ctx {
     float   **free_grad;
     int64_t  *free_numel;
     int       n_free, cap_free;
+    cf_hook  *hook;                /* NULL: nothing observes the tape (cf_hook above) */
 } cf_ctx;
 
 int  cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes);

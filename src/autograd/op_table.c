@@ -31,6 +31,7 @@ const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_KERNEL_ATTENTION] = {"kernel_attention", cf_kernel_attention_backward},
     [CF_OP_FAVOR]         = {"favor", cf_favor_backward},
     [CF_OP_XL_ATTENTION]  = {"xl_attention", cf_xl_attention_backward},
+    [CF_OP_INFINI_ATTENTION] = {"infini_attention", cf_infini_attention_backward},
 };
 
 int cf_op_table_check(void) {

@@ -32,5 +32,6 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/masked.
 void cf_kernel_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/linear.c */
 void cf_favor_backward(cf_ctx *ctx, cf_node *n);         /* attention/performer.c */
 void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n);  /* attention/xl.c */
+void cf_infini_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/infini.c */
 
 #endif
