@@ -122,15 +122,19 @@ static void layers(void) {
 }
 
 static void refused(void) {
-    struct { const char *set, *msg; } cases[] = {
-        {"model.attention.type=infini", "model.attention.type: \"infini\" is not available yet"},
-        {"model.attention=[{\"type\":\"window\"},{\"type\":\"infini\"}]", "model.attention[1].type: \"infini\" is not available yet"},
-        {"model.attention={\"type\":\"sparse_strided\",\"combine\":\"heads\"}", "model.attention.combine: \"heads\""},
+    /* xl and infini carry state along one byte stream: decoder-only */
+    struct { const char *set, *arch, *msg; } cases[] = {
+        {"model.attention.type=infini", "model.arch=encoder_decoder",
+         "model.attention.type: \"infini\" carries state along a stream of bytes and is available in decoder-only"},
+        {"model.attention=[{\"type\":\"window\"},{\"type\":\"xl\"}]", "model.arch=encoder_decoder",
+         "model.attention[1].type: \"xl\" carries state"},
+        {"model.attention={\"type\":\"sparse_strided\",\"combine\":\"heads\"}", "model.arch=decoder",
+         "model.attention.combine: \"heads\""},
     };
     for (int i = 0; i < 3; i++) {
-        const char *sets[] = {"model.n_heads=1", "model.d_model=16", cases[i].set};
+        const char *sets[] = {"model.n_heads=1", "model.d_model=16", "model.vocab_size=260", cases[i].set, cases[i].arch};
         cf_config c;
-        CF_ASSERT(parse(&c, sets, 3) == 0, "%s", cf_error_msg());
+        CF_ASSERT(parse(&c, sets, 5) == 0, "%s", cf_error_msg());
         cf_model m;
         int rc = cf_model_init(&m, &c.model, 1);
         CHECK(rc == -1 && strstr(cf_error_msg(), cases[i].msg), "%s: rc %d, message \"%s\"", cases[i].set, rc,

@@ -191,6 +191,25 @@ static void free_loaded(loaded *l) {
     cf_model_free(&l->m);
 }
 
+/* the recurrent attention state (xl memory, infini memory) of two loaded models is bitwise equal */
+static int same_rec(const cf_model *x, const cf_model *y) {
+    const cf_rec_state *a = &x->rec, *b = &y->rec;
+    if (a->batch != b->batch) return 0;
+    if (!a->batch) return 1;
+    int B = a->batch, D = x->cfg.d_model, H = x->cfg.n_heads, d = D / H;
+    for (int l = 0; l < x->n_blocks; l++) {
+        if (a->mem_used[l] != b->mem_used[l] || a->has[l] != b->has[l]) return 0;
+        for (int r = 0; r < B && a->mem_used[l]; r++)
+            if (memcmp(a->mem[l] + (size_t)r * a->mem_cap[l] * D, b->mem[l] + (size_t)r * b->mem_cap[l] * D,
+                       sizeof(float) * a->mem_used[l] * D))
+                return 0;
+        if (a->has[l] && (memcmp(a->M[l], b->M[l], sizeof(float) * B * H * d * d) ||
+                          memcmp(a->z[l], b->z[l], sizeof(float) * B * H * d)))
+            return 0;
+    }
+    return 1;
+}
+
 /* weights, moments and state of two checkpoints are bitwise equal */
 static int same_ckpt(const char *a, const char *b, const cf_config *c) {
     loaded x, y;
@@ -202,7 +221,10 @@ static int same_ckpt(const char *a, const char *b, const cf_config *c) {
         ok = !memcmp(x.m.params.values, y.m.params.values, bytes) && !memcmp(x.o.m, y.o.m, bytes) &&
              !memcmp(x.o.v, y.o.v, bytes) && x.o.t == y.o.t && x.s.step == y.s.step &&
              x.s.tokens_seen == y.s.tokens_seen && x.s.next_batch == y.s.next_batch && x.s.seed == y.s.seed;
-        if (!ok) {
+        if (ok && !same_rec(&x.m, &y.m)) {
+            printf("  the recurrent attention state differs\n");
+            ok = 0;
+        } else if (!ok) {
             for (int i = 0; i < x.m.params.n; i++) {
                 const cf_tensor *t = x.m.params.t[i], *u = y.m.params.t[i];
                 if (memcmp(t->data, u->data, (size_t)t->numel * sizeof(float))) {
@@ -421,6 +443,55 @@ static void test_exact_resume(const char *mode, const char *const *over, int n_o
     CHECK(ok, "%s: rotation did not keep exactly the last 2 step files", mode);
     path_of(p, sizeof p, a, "ckpt");
     CHECK(count_temps(p) == 0, "%s: temporary files left in %s", mode, p);
+}
+
+/* The state is really in the file, with the documented shapes, and a resume without it differs:
+ * the exact-resume tests above would pass vacuously if the streams restarted at no cost. */
+static void test_rec_state_saved(const char *const *xl_over, const char *const *inf_over) {
+    char p[400], q[400];
+    snprintf(p, sizeof p, "%s/xl-straight/ckpt/step_6.h5", root);
+    hid_t f = cf_h5_open_read(p);
+    CHECK(f >= 0, "cannot open %s", p);
+    if (f < 0) return;
+    int nd = 0;
+    int64_t sh[4] = {0};
+    CHECK(cf_h5_shape(f, "state/attention/layer.0/xl_mem", &nd, sh) == 0 && nd == 3 && sh[0] == 2 && sh[1] == 24 &&
+              sh[2] == 32 && cf_h5_shape(f, "state/attention/layer.1/xl_mem", &nd, sh) == 0,
+          "xl checkpoint: /state/attention/layer.<i>/xl_mem missing or not [2, 24, 32] (%d dims: %lld %lld %lld)", nd,
+          (long long)sh[0], (long long)sh[1], (long long)sh[2]);
+    H5Fclose(f);
+    snprintf(p, sizeof p, "%s/infini-straight/ckpt/step_6.h5", root);
+    f = cf_h5_open_read(p);
+    CHECK(f >= 0 && cf_h5_shape(f, "state/attention/layer.1/infini_M", &nd, sh) == 0 && nd == 4 && sh[0] == 2 &&
+              sh[1] == 2 && sh[2] == 16 && sh[3] == 16 && cf_h5_shape(f, "state/attention/layer.1/infini_z", &nd, sh) == 0 &&
+              nd == 3 && sh[2] == 16,
+          "infini checkpoint: /state/attention/layer.1/infini_M [2, 2, 16, 16] or infini_z [2, 2, 16] missing");
+    if (f >= 0) H5Fclose(f);
+    /* drop the state from the step-4 checkpoint of a copy of the run: the resumed run then differs */
+    const char *const *overs[2] = {xl_over, inf_over};
+    const char *modes[2] = {"xl", "infini"};
+    for (int k = 0; k < 2; k++) {
+        cf_config c;
+        make_config(&c, overs[k], k ? 3 : 4);
+        char b[300];
+        snprintf(b, sizeof b, "%s/%s-stateless", root, modes[k]);
+        int st = train_child(&c, b, NULL, 4, NULL, NULL);
+        CHECK(EXITED(st, 0), "%s: --until 4 failed: %s", modes[k], child_output());
+        snprintf(p, sizeof p, "%s/ckpt/step_4.h5", b);
+        hid_t g = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+        CHECK(g >= 0, "cannot open %s for writing", p);
+        if (g < 0) continue;
+        H5Ldelete(g, "state/attention/layer.0", H5P_DEFAULT);
+        H5Ldelete(g, "state/attention/layer.1", H5P_DEFAULT);
+        H5Fclose(g);
+        st = train_child(&c, NULL, b, 0, NULL, NULL);   /* latest.h5 is a link to step_4.h5 */
+        snprintf(q, sizeof q, "%s/%s-straight", root, modes[k]);
+        char *la = log_losses(q), *lb = log_losses(b);
+        CHECK(EXITED(st, 0) && strcmp(la, lb), "%s: resuming without the recurrent state changes nothing (%s)", modes[k],
+              child_output());
+        free(la);
+        free(lb);
+    }
 }
 
 /* ---- 3. a writer killed in the middle of a save ----------------------------------------------------- */
@@ -802,6 +873,17 @@ int main(void) {
     const char *ordered_over[] = {"train.sampling=\"ordered\"", "model.dropout=0.1", "train.grad_accum=2"};
     test_exact_resume("random", random_over, 2);
     test_exact_resume("ordered", ordered_over, 3);
+    /* recurrent attention: the state in /state/attention carries the streams across the resume */
+    const char *xl_over[] = {"train.sampling=\"ordered\"", "model.dropout=0.1", "train.grad_accum=2",
+                             "model.attention={\"type\":\"xl\",\"mem_len\":24}"};
+    const char *inf_over[] = {"train.sampling=\"ordered\"", "model.dropout=0.1",
+                              "model.attention={\"type\":\"infini\",\"segment_len\":8,\"update\":\"delta\"}"};
+    const char *mix_over[] = {"train.sampling=\"ordered\"", "model.dropout=0.1", "train.grad_checkpoint=\"blocks\"",
+                              "model.attention=[{\"type\":\"infini\",\"segment_len\":16},{\"type\":\"xl\",\"mem_len\":32}]"};
+    test_exact_resume("xl", xl_over, 4);
+    test_exact_resume("infini", inf_over, 3);
+    test_exact_resume("infini+xl", mix_over, 4);
+    test_rec_state_saved(xl_over, inf_over);
     cf_config c;
     make_config(&c, random_over, 2);
     char straight[300];

@@ -20,18 +20,18 @@
  *   /state/sampler/mode        string: "random" or "ordered" (train.sampling when saved)
  *   /state/sampler/batch_size  int64 scalar   } the sampler's geometry when saved: with next_batch
  *   /state/sampler/seq_len     int64 scalar   } they fix every ordered stream's read position
- *   /state/attention/          group, empty for stateless attention. Recurrent attention variants
- *                              keep their per-stream state here, one group per layer:
- *                                /state/attention/layer.<i>/xl_mem   float32 [B, mem_len, D]
- *                                    Transformer-XL: the previous segment's hidden states (input
- *                                    of layer i), detached, batch row b = stream b
- *                                /state/attention/layer.<i>/infini_M float32 [B, H, Dk, Dv]
- *                                /state/attention/layer.<i>/infini_z float32 [B, H, Dk]
+ *   /state/attention/          group, empty for stateless attention (and before the first step).
+ *                              Recurrent attention keeps its per-stream state here (model.h
+ *                              cf_rec_state: the training streams'), one group per layer that holds
+ *                              some, batch row b = ordered stream b:
+ *                                /state/attention/layer.<i>/xl_mem   float32 [B, used, D], used <= mem_len
+ *                                    Transformer-XL: the last `used` inputs of layer i, oldest first
+ *                                /state/attention/layer.<i>/infini_M float32 [B, H, Dh, Dh]
+ *                                /state/attention/layer.<i>/infini_z float32 [B, H, Dh]
  *                                    Infini-attention: compressive memory and its normaliser
- *                              (i = the block index as in /params/blocks.<i>; encoder-decoder stacks
- *                              use encoder.layer.<i> / decoder.layer.<i>). No variant of this build
- *                              keeps state, so loading requires the group to be empty and names
- *                              the first unexpected entry; variants that keep state check theirs.
+ *                              (i = the block index as in /params/blocks.<i>). Loading checks every
+ *                              entry against the model (a layer of another type, a wrong shape, a
+ *                              non-finite value or a negative normaliser is an error naming it).
  *
  * Writing is atomic: the file is written under a temporary name in the same directory
  * (".<name>.tmp.<pid>"), flushed, closed, fsync'ed, renamed over the target, and the directory is

@@ -31,7 +31,7 @@ typedef struct cf_attn_config {
     int   mem_len;              /* xl: 0 */
     int   clamp_len;            /* xl: -1 = none */
     int   segment_len;          /* infini: 128 */
-    char  update[16];           /* infini: "linear" | "delta" */
+    char  update[16];           /* infini: "linear" | "delta" | "none" (no memory) */
 } cf_attn_config;
 
 #define CF_MAX_LAYER_ATTN 64

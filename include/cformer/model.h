@@ -7,6 +7,17 @@
 
 typedef struct cf_region { cf_block *blocks; int n; } cf_region;   /* blocks checkpointed together */
 
+/* The state recurrent attention layers carry between calls, one row per stream (batch row); a
+ * constant to autograd (no gradient flows into the past). Arrays are [n_blocks], NULL entries for
+ * layers without state. src/model/recurrent.c. */
+typedef struct cf_rec_state {
+    int     batch;                    /* streams held; 0: none yet */
+    float **mem;                      /* xl: [batch, mem_cap[l], D] inputs of layer l, most recent last */
+    int    *mem_cap, *mem_used;       /* rows allocated and rows valid (the same for every stream) */
+    float **M, **z;                   /* infini: [batch, H, Dh, Dh] memory and [batch, H, Dh] normaliser */
+    int    *has;                      /* infini: 1 once layer l holds a memory */
+} cf_rec_state;
+
 typedef struct cf_model {
     cf_model_config cfg;
     cf_params       params;
@@ -23,16 +34,15 @@ typedef struct cf_model {
     /* model.arch "encoder_decoder": the model's layers (encdec.h); its parameters are in params and
      * the decoder-only fields above stay empty. NULL for the decoder-only model. */
     struct cf_encdec *ed;
-    /* Transformer-XL (some layer of type xl; ALGORITHMS.md section 1): no absolute positions
-     * (model.position is ignored), token embeddings scaled by sqrt(D), relative sinusoids through
-     * each xl layer's r_net, and u, v shared by the xl layers. mem[l] [mem_batch, mem_len_l, D]
-     * holds the last mem_used[l] inputs of xl layer l from the previous segments of each batch row
-     * (most recent last), a constant: no gradient flows into it. NULLs when no layer is xl. */
-    int             has_xl;
-    cf_tensor      *r_w_bias, *r_r_bias;  /* u, v [H, Dh] */
-    float         **mem;              /* [n_blocks]: NULL for layers that are not xl */
-    int            *mem_used;         /* [n_blocks] */
-    int             mem_batch;        /* batch rows the memory holds (0: none yet) */
+    /* Recurrent attention (ALGORITHMS.md sections 1 and 6): layers of type xl or infini carry
+     * state from one call to the next, per batch row (stream). Transformer-XL has no absolute
+     * positions (model.position is ignored), scales token embeddings by sqrt(D), projects relative
+     * sinusoids through each xl layer's r_net, and shares u, v between the xl layers. */
+    int             has_xl, has_infini;
+    cf_tensor      *r_w_bias, *r_r_bias;  /* xl: u, v [H, Dh] */
+    cf_rec_state    rec;              /* the training streams' state (saved in checkpoints) */
+    cf_rec_state   *state;            /* the state calls read and write: &rec, or an evaluation's */
+    int             stream;           /* 1: read and write *state outside training too (evaluation) */
 } cf_model;
 
 /* declare every parameter and initialise them: normal(0, init_std), residual output projections
@@ -42,12 +52,24 @@ typedef struct cf_model {
 int  cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed);
 void cf_model_free(cf_model *m);
 void cf_model_set_checkpointing(cf_model *m, int k);
-/* Forget every xl layer's memory (the next segment starts without one). A no-op without xl. */
+/* Forget the recurrent state (*m->state): the next call starts every stream afresh. A no-op for
+ * models without xl or infini layers. */
 void cf_model_reset_memory(cf_model *m);
-/* logits [B, T, V] for ids [B, T]. With xl layers: in training (ctx->training) the segment attends
- * to the memory of the previous call with the same B (a different B resets it) and then becomes
- * the memory of the next; outside training no memory is read or written. */
+int  cf_model_is_recurrent(const cf_model *m);
+/* Allocate st for `batch` streams (freeing what it held), every stream empty. */
+void cf_rec_state_alloc(const cf_model *m, cf_rec_state *st, int batch);
+void cf_rec_state_free(const cf_model *m, cf_rec_state *st);
+/* Transformer-XL's memory length at evaluation (cformer eval --mem-len): every xl layer keeps n
+ * rows from now on; the state is reset. */
+void cf_model_set_mem_len(cf_model *m, int n);
+/* logits [B, T, V] for ids [B, T]. Recurrent layers read *m->state and replace it with this
+ * call's (in training, or when m->stream is set): each batch row continues the stream of the same
+ * row of the previous call; a call with a different B starts every stream afresh. Outside
+ * training without m->stream the state is neither read nor written. */
 cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, int T);
+/* the blocks of a model with recurrent layers, embedded h [B, T, D] -> the last block's output,
+ * reading and writing the state as cf_model_logits says (src/model/recurrent.c) */
+cf_tensor *cf_model_rec_blocks(cf_model *m, cf_ctx *ctx, cf_tensor *h);
 /* mean cross-entropy in nats of targets [B, T]; logits_out (optional) receives the logits */
 cf_tensor *cf_model_loss(cf_model *m, cf_ctx *ctx, const int32_t *ids, const int32_t *targets, int B, int T,
                          cf_tensor **logits_out);

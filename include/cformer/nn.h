@@ -13,6 +13,10 @@ typedef struct cf_mlp_layer { cf_linear_layer fc, proj; cf_act_kind act; } cf_ml
 
 /* Multi-head attention: fused q/k/v projection (self-attention) or q and fused k/v (cross),
  * a variant core, an output projection. */
+/* the recurrent state one infini layer's call reads (M0, z0: NULL = none yet) and writes (M_out,
+ * z_out: NULL = do not; a checkpointed region's recomputation must not) */
+typedef struct cf_infini_io { const float *M0, *z0; float *M_out, *z_out; } cf_infini_io;
+
 typedef struct cf_attn_layer {
     cf_linear_layer qkv, proj;
     int   n_heads;
@@ -30,6 +34,10 @@ typedef struct cf_attn_layer {
     /* xl: r_net (D -> D, no bias), projecting the relative sinusoids ("<prefix>.r_net.weight");
      * r_net.w is NULL for the other types */
     cf_linear_layer r_net;
+    /* infini: the per-head gate beta [H] ("<prefix>.gate", starts at 0: half memory, half local),
+     * and the state of the current call, set by the model (NULL: start without memory) */
+    cf_tensor          *gate;
+    const cf_infini_io *infini;
 } cf_attn_layer;
 
 typedef struct cf_block {

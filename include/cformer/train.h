@@ -35,7 +35,10 @@ typedef struct cf_eval_result {
 /* Bits per byte over bytes [0, n) of data: every byte after the first is predicted exactly once
  * (the first has no context); windows of ctx bytes advance by stride and each scores only its
  * last stride positions (the first window scores all), so every prediction after the first
- * window sees at least ctx - stride bytes of context. batch windows run at once. */
+ * window sees at least ctx - stride bytes of context. batch windows run at once. A model with
+ * recurrent layers (xl, infini) instead reads `batch` contiguous columns in order, ctx bytes at a
+ * time, carrying its state (stride is unused): each byte sees everything before it in its column
+ * that the memory holds. */
 int cf_eval_bpb(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int ctx_len, int stride,
                 int batch, cf_eval_result *r);
 

@@ -37,9 +37,15 @@ void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int
     snprintf(name, sizeof name, "%s.proj", prefix);
     cf_linear_decl(&a->proj, p, name, d, d, bias);
     a->r_net.w = a->r_net.b = NULL;
+    a->gate = NULL;
+    a->infini = NULL;
     if (cfg->type == CF_ATTN_XL) {
         snprintf(name, sizeof name, "%s.r_net", prefix);
         cf_linear_decl(&a->r_net, p, name, d, d, 0);
+    }
+    if (cfg->type == CF_ATTN_INFINI) {
+        snprintf(name, sizeof name, "%s.gate", prefix);
+        a->gate = cf_param_add(p, name, 1, (int[]){n_heads});
     }
 }
 
@@ -107,13 +113,18 @@ int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_
             return cf_set_error("%s.combine: \"heads\" splits the two parts between heads and needs at least 2 "
                                 "heads (model.n_heads is %d)", path, n_heads);
         return 0;
+    case CF_ATTN_INFINI:
+        /* segments of local attention are blocks of the sparse_fixed "own block" pattern */
+        if (c->segment_len < 1) return cf_set_error("%s.segment_len: must be >= 1 (got %d)", path, c->segment_len);
+        return 0;
     case CF_ATTN_PERFORMER:
         if (c->features < 1) return cf_set_error("%s.features: must be >= 1 (got %d)", path, c->features);
         if (c->redraw_every < 1) return cf_set_error("%s.redraw_every: must be >= 1 (got %d)", path, c->redraw_every);
         (void)d_model;
         return 0;
     default:
-        return cf_set_error("%s.type: \"%s\" is not available yet", path, cf_attn_kind_name(c->type));
+        return cf_set_error("%s.type: \"%s\" is available in decoder-only models (model.arch \"decoder\") only",
+                            path, cf_attn_kind_name(c->type));
     }
 }
 
@@ -170,6 +181,17 @@ cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, con
         cf_tensor *fk = cf_favor_features(ctx, qkv, 1, a->n_heads, w, m, relu, key_keep);
         /* no eps: the features are positive (their own eps terms), so the denominator is too */
         return cf_kernel_attention(ctx, fq, fk, qkv, a->n_heads, a->causal, 0.0f, key_keep);
+    }
+    case CF_ATTN_INFINI: {
+        /* local attention inside each segment (causal, block-diagonal), then the memory and gate */
+        CF_ASSERT(a->causal && !key_keep, "attention type infini is causal and takes no key padding");
+        cf_attn_pattern p = {.type = CF_ATTN_SPARSE_FIXED, .stride = a->cfg.segment_len, .c = 1, .parts = 1};
+        cf_tensor *a_dot = cf_masked_attention_qkv(ctx, qkv, a->n_heads, &p, &o);
+        if (!strcmp(a->cfg.update, "none")) return a_dot;         /* the ablation: no memory at all */
+        const cf_infini_io *io = a->infini;
+        return cf_infini_attention(ctx, qkv, a_dot, a->gate, a->n_heads, a->cfg.segment_len,
+                                   !strcmp(a->cfg.update, "delta"), io ? io->M0 : NULL, io ? io->z0 : NULL,
+                                   io ? io->M_out : NULL, io ? io->z_out : NULL);
     }
     case CF_ATTN_XL:
         CF_ASSERT(0, "attention type xl needs its memory and relative positions: cf_attn_xl_apply (the decoder "

@@ -107,6 +107,35 @@ static int write_tensors(hid_t f, const char *file, const char *group, const cf_
     return 0;
 }
 
+/* the training streams' recurrent state (model.h cf_rec_state), layer by layer */
+static int write_rec_state(hid_t f, const char *file, const cf_model *m) {
+    const cf_rec_state *st = &m->rec;
+    if (!st->batch) return 0;
+    int B = st->batch, D = m->cfg.d_model, H = m->cfg.n_heads, d = D / H;
+    for (int l = 0; l < m->n_blocks; l++) {
+        char name[128];
+        if (st->mem_used[l]) {
+            /* only the rows in use: the memory of a stream that has seen fewer than mem_len */
+            int used = st->mem_used[l], cap = st->mem_cap[l];
+            float *rows = cf_xmalloc((size_t)B * used * D * sizeof(float));
+            for (int b = 0; b < B; b++)
+                memcpy(rows + (size_t)b * used * D, st->mem[l] + (size_t)b * cap * D, (size_t)used * D * sizeof(float));
+            snprintf(name, sizeof name, "/state/attention/layer.%d/xl_mem", l);
+            int rc = pre_write(file, name) || cf_h5_write_f32(f, file, name + 1, rows, 3, (int64_t[]){B, used, D});
+            free(rows);
+            if (rc) return -1;
+            post_write();
+        }
+        if (st->has[l]) {
+            snprintf(name, sizeof name, "/state/attention/layer.%d/infini_M", l);
+            WRITE(name, cf_h5_write_f32(f, file, name + 1, st->M[l], 4, (int64_t[]){B, H, d, d}));
+            snprintf(name, sizeof name, "/state/attention/layer.%d/infini_z", l);
+            WRITE(name, cf_h5_write_f32(f, file, name + 1, st->z[l], 3, (int64_t[]){B, H, d}));
+        }
+    }
+    return 0;
+}
+
 static int write_all(hid_t f, const char *file, const cf_config *c, const cf_model *m, const cf_adamw *o,
                      const cf_train_state *s) {
     WRITE("attribute format", cf_h5_write_attr_string(f, file, "/", "format", CF_CKPT_FORMAT));
@@ -134,7 +163,7 @@ static int write_all(hid_t f, const char *file, const cf_config *c, const cf_mod
     WRITE("/state/sampler/batch_size", cf_h5_write_scalar(f, file, "state/sampler/batch_size", H5T_NATIVE_INT64, &bs));
     WRITE("/state/sampler/seq_len", cf_h5_write_scalar(f, file, "state/sampler/seq_len", H5T_NATIVE_INT64, &sl));
     WRITE("/state/attention", cf_h5_create_group(f, file, "state/attention"));
-    return 0;
+    return write_rec_state(f, file, m);
 }
 
 /* the first non-finite element of n floats, or -1 */
@@ -356,17 +385,118 @@ static int load_state(hid_t f, const char *path, cf_train_state *s) {
     return 0;
 }
 
-/* No attention variant of this build carries state: the group must exist and be empty. */
-static int check_attention_state(hid_t f, const char *path) {
+/* /state/attention: one group "layer.<i>" per layer that held state, with the datasets of its
+ * type; anything else is an error naming it. Restores the model's training state (m->rec). */
+typedef struct { char names[64][32]; int n; } member_list;
+
+static herr_t list_member(hid_t g, const char *name, const H5L_info_t *info, void *arg) {
+    (void)g; (void)info;
+    member_list *ml = arg;
+    if (ml->n == 64) return 1;
+    snprintf(ml->names[ml->n++], sizeof ml->names[0], "%s", name);
+    return 0;
+}
+
+static int list_group(hid_t f, const char *path, const char *group, member_list *ml) {
+    memset(ml, 0, sizeof *ml);
+    hsize_t idx = 0;
+    if (H5Literate_by_name(f, group, H5_INDEX_NAME, H5_ITER_INC, &idx, list_member, ml, H5P_DEFAULT) < 0)
+        return cf_set_error("%s: /%s: not a group, or unreadable", path, group);
+    return 0;
+}
+
+/* the shape of a state dataset, which must be float32 [B, ...] with the given trailing sizes */
+static int state_shape(hid_t f, const char *path, const char *name, int ndim, const int64_t *want, int64_t *B,
+                       int64_t *rows) {
+    int nd = 0;
+    int64_t dims[4] = {0};
+    if (cf_h5_shape(f, name, &nd, dims)) return cf_set_error("%s: /%s: missing or not a dataset", path, name);
+    int ok = nd == ndim && dims[0] >= 1 && (*B == 0 || dims[0] == *B);
+    for (int i = 1; ok && i < ndim; i++) ok = want[i] < 0 ? dims[i] >= 1 && dims[i] <= -want[i] : dims[i] == want[i];
+    if (!ok) {
+        char a[96];
+        return cf_set_error("%s: /%s: shape (%s) does not fit this model's state", path, name,
+                            shape_str(nd, dims, a, sizeof a));
+    }
+    *B = dims[0];
+    if (rows) *rows = dims[1];
+    return 0;
+}
+
+static int load_rec_state(hid_t f, const char *path, cf_model *m) {
     if (!cf_h5_exists(f, "state/attention")) return cf_set_error("%s: missing group /state/attention", path);
-    H5G_info_t info;
-    if (H5Gget_info_by_name(f, "state/attention", &info, H5P_DEFAULT) < 0)
-        return cf_set_error("%s: /state/attention: not a group", path);
-    if (info.nlinks > 0) {
-        char name[256] = "?";
-        H5Lget_name_by_idx(f, "state/attention", H5_INDEX_NAME, H5_ITER_INC, 0, name, sizeof name, H5P_DEFAULT);
-        return cf_set_error("%s: /state/attention/%s: recurrent attention state, but no layer of this model keeps "
-                            "any", path, name);
+    member_list layers;
+    if (list_group(f, path, "state/attention", &layers)) return -1;
+    if (!layers.n) {
+        if (m->rec.batch) cf_rec_state_free(m, &m->rec);
+        return 0;
+    }
+    int D = m->cfg.d_model, H = m->cfg.n_heads, d = D / H;
+    int64_t B = 0;
+    /* first pass: names and shapes, so that nothing is allocated for a file that is wrong */
+    for (int i = 0; i < layers.n; i++) {
+        char *end;
+        const char *nm = layers.names[i];
+        long l = strncmp(nm, "layer.", 6) ? -1 : strtol(nm + 6, &end, 10);
+        if (l < 0 || l >= m->n_blocks || *end)
+            return cf_set_error("%s: /state/attention/%s: not a layer of this model (layer.0 .. layer.%d)", path, nm,
+                                m->n_blocks - 1);
+        cf_attn_kind type = m->blocks[l].attn.cfg.type;
+        if (type != CF_ATTN_XL && type != CF_ATTN_INFINI)
+            return cf_set_error("%s: /state/attention/%s: recurrent attention state, but layer %ld is of type %s and "
+                                "keeps none", path, nm, l, cf_attn_kind_name(type));
+        member_list ds;
+        char group[64], name[128];
+        snprintf(group, sizeof group, "state/attention/%s", nm);
+        if (list_group(f, path, group, &ds)) return -1;
+        for (int j = 0; j < ds.n; j++) {
+            const char *want = type == CF_ATTN_XL ? "xl_mem" : "infini_M infini_z";
+            if (!strstr(want, ds.names[j]) || strchr(ds.names[j], ' '))
+                return cf_set_error("%s: /%s/%s: unexpected in the state of a layer of type %s (expected %s)", path,
+                                    group, ds.names[j], cf_attn_kind_name(type), want);
+        }
+        if (type == CF_ATTN_XL) {
+            snprintf(name, sizeof name, "%s/xl_mem", group);
+            int cap = m->blocks[l].attn.cfg.mem_len;
+            if (state_shape(f, path, name, 3, (int64_t[]){0, -(int64_t)(cap > 0 ? cap : 1), D}, &B, NULL)) return -1;
+        } else {
+            snprintf(name, sizeof name, "%s/infini_M", group);
+            if (state_shape(f, path, name, 4, (int64_t[]){0, H, d, d}, &B, NULL)) return -1;
+            snprintf(name, sizeof name, "%s/infini_z", group);
+            if (state_shape(f, path, name, 3, (int64_t[]){0, H, d}, &B, NULL)) return -1;
+        }
+    }
+    cf_rec_state_alloc(m, &m->rec, (int)B);
+    cf_rec_state *st = &m->rec;
+    for (int i = 0; i < layers.n; i++) {
+        int l = atoi(layers.names[i] + 6);
+        char name[128];
+        if (m->blocks[l].attn.cfg.type == CF_ATTN_XL) {
+            snprintf(name, sizeof name, "state/attention/%s/xl_mem", layers.names[i]);
+            int64_t b0 = B, used = 0;
+            state_shape(f, path, name, 3, (int64_t[]){0, -(int64_t)st->mem_cap[l], D}, &b0, &used);
+            float *rows = cf_xmalloc((size_t)B * used * D * sizeof(float));
+            int rc = cf_h5_read_f32(f, path, name, rows, 3, (int[]){(int)B, (int)used, D}, B * used * D);
+            for (int b = 0; !rc && b < B; b++)
+                memcpy(st->mem[l] + (size_t)b * st->mem_cap[l] * D, rows + (size_t)b * used * D,
+                       (size_t)used * D * sizeof(float));
+            int64_t bad = rc ? -1 : first_non_finite(rows, B * used * D);
+            free(rows);
+            if (rc) return -1;
+            if (bad >= 0) return cf_set_error("%s: /%s: element %lld is not finite", path, name, (long long)bad);
+            st->mem_used[l] = (int)used;
+        } else {
+            snprintf(name, sizeof name, "state/attention/%s/infini_M", layers.names[i]);
+            if (cf_h5_read_f32(f, path, name, st->M[l], 4, (int[]){(int)B, H, d, d}, B * H * d * d)) return -1;
+            if (first_non_finite(st->M[l], B * H * d * d) >= 0) return cf_set_error("%s: /%s: not finite", path, name);
+            snprintf(name, sizeof name, "state/attention/%s/infini_z", layers.names[i]);
+            if (cf_h5_read_f32(f, path, name, st->z[l], 3, (int[]){(int)B, H, d}, B * H * d)) return -1;
+            for (int64_t j = 0; j < B * H * d; j++)
+                if (!(st->z[l][j] >= 0) || !isfinite(st->z[l][j]))
+                    return cf_set_error("%s: /%s: element %lld is %g (a normaliser is a sum of positive features)",
+                                        path, name, (long long)j, st->z[l][j]);
+            st->has[l] = 1;
+        }
     }
     return 0;
 }
@@ -388,7 +518,7 @@ int cf_ckpt_load(const char *path, cf_model *m, cf_adamw *o, cf_train_state *s) 
         if (!rc) rc = check_no_extra(f, path, "optimizer/v", &m->params);
     }
     if (!rc && s) rc = load_state(f, path, s);
-    if (!rc) rc = check_attention_state(f, path);
+    if (!rc) rc = load_rec_state(f, path, m);
     H5Fclose(f);
     return rc;
 }

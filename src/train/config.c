@@ -39,7 +39,7 @@ static const char *const sched_names[] = {"cosine", "linear", "constant", NULL};
 static const char *const sample_names[] = {"random", "ordered", NULL};
 static const char *const combine_names[] = {"alternate", "heads", "merged", NULL};
 static const char *const kernel_names[] = {"softmax", "relu", NULL};
-static const char *const update_names[] = {"linear", "delta", NULL};
+static const char *const update_names[] = {"linear", "delta", "none", NULL};
 _Static_assert(sizeof attn_names / sizeof *attn_names == CF_ATTN_KIND_COUNT + 1, "attn_names");
 
 const char *cf_attn_kind_name(cf_attn_kind k) {

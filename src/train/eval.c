@@ -28,10 +28,68 @@ static double row_nats(const float *logits, const int32_t *y, int from, int len,
     return s;
 }
 
+/* Recurrent models (xl, infini) read the file as Transformer-XL's evaluation does: `batch`
+ * contiguous columns, each walked in order in segments of T bytes with the state carried from one
+ * segment to the next, so a byte's context is everything before it in its column (as far as the
+ * memory reaches). Every byte after the first is scored once: column c holds targets
+ * [1 + c N / cols, 1 + (c + 1) N / cols) of the N = n - 1; the columns' last segments are padded
+ * at the end, which a causal model cannot see. The model's training state is left alone. */
+static int eval_stream(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int T, int batch,
+                       cf_eval_result *r) {
+    double t0 = now_s();
+    size_t N = n - 1;
+    int cols = batch, V = m->cfg.vocab_size;
+    if ((size_t)cols * (size_t)T > N) cols = N / (size_t)T > 0 ? (int)(N / (size_t)T) : 1;
+    size_t *start = cf_xmalloc(sizeof(size_t) * (size_t)(cols + 1));
+    for (int c = 0; c <= cols; c++) start[c] = 1 + (size_t)c * N / (size_t)cols;
+    size_t longest = 0;
+    for (int c = 0; c < cols; c++) longest = start[c + 1] - start[c] > longest ? start[c + 1] - start[c] : longest;
+    int32_t *x = cf_xmalloc(sizeof(int32_t) * (size_t)cols * T), *y = cf_xmalloc(sizeof(int32_t) * (size_t)cols * T);
+    int *len = cf_xmalloc(sizeof(int) * (size_t)cols);
+    double *part = cf_xmalloc(sizeof(double) * (size_t)cols);
+    cf_rec_state mine = {0}, *saved_state = m->state;
+    int saved_stream = m->stream, saved_grad = ctx->grad_enabled, saved_train = ctx->training;
+    m->state = &mine;
+    m->stream = 1;
+    ctx->grad_enabled = 0;
+    ctx->training = 0;
+    double nats = 0;
+    int64_t scored = 0;
+    for (size_t off = 0; off < longest; off += (size_t)T) {
+        for (int c = 0; c < cols; c++) {
+            size_t have = start[c + 1] - start[c], j0 = start[c] + off;   /* first target of this segment */
+            len[c] = off < have ? (int)(have - off < (size_t)T ? have - off : (size_t)T) : 0;
+            for (int t = 0; t < T; t++) {
+                int real = t < len[c];
+                x[c * T + t] = real ? data[j0 + t - 1] : 0;
+                y[c * T + t] = real ? data[j0 + t] : 0;
+            }
+            scored += len[c];
+        }
+        cf_ctx_begin(ctx, 0);
+        cf_tensor *logits = cf_model_logits(m, ctx, x, cols, T);
+        #pragma omp parallel for schedule(static)
+        for (int c = 0; c < cols; c++) part[c] = row_nats(logits->data + (size_t)c * T * V, y + (size_t)c * T, 0, len[c], V);
+        for (int c = 0; c < cols; c++) nats += part[c];
+    }
+    cf_rec_state_free(m, &mine);
+    m->state = saved_state;
+    m->stream = saved_stream;
+    ctx->grad_enabled = saved_grad;
+    ctx->training = saved_train;
+    free(start); free(x); free(y); free(len); free(part);
+    r->bytes = scored;
+    r->bits = nats / log(2.0);
+    r->bpb = r->bits / (double)scored;
+    r->seconds = now_s() - t0;
+    return 0;
+}
+
 int cf_eval_bpb(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int ctx_len, int stride,
                 int batch, cf_eval_result *r) {
     memset(r, 0, sizeof *r);
     if (n < 2) return cf_set_error("eval: need at least 2 bytes, got %zu", n);
+    if (cf_model_is_recurrent(m)) return eval_stream(m, ctx, data, n, ctx_len, batch, r);
     if (stride <= 0 || stride > ctx_len) return cf_set_error("eval: stride %d must be in 1..ctx %d", stride, ctx_len);
     double t0 = now_s();
     int L = (int64_t)n - 1 < ctx_len ? (int)(n - 1) : ctx_len, V = m->cfg.vocab_size;
