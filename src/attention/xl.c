@@ -76,8 +76,10 @@ static inline float xl_z(const xgeom *g, int64_t bh, int i, int j) {
     return cf_rng_uniform(g->key, idx) >= g->p ? g->inv_keep : 0.0f;
 }
 
-static inline float dot(const float *a, const float *b, int n) {
+/* a vectorised dot product: lanes summed in a fixed order, so results do not depend on threads */
+static inline float dot(const float *restrict a, const float *restrict b, int n) {
     float s = 0;
+    #pragma omp simd reduction(+:s)
     for (int d = 0; d < n; d++) s += a[d] * b[d];
     return s;
 }
