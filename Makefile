@@ -1,6 +1,16 @@
 # cformer: make | make test | make bench | make clean | make deps
 # Switches: PORTABLE=1 (no -march=native: the portable C kernels), SAN=1 (ASan + UBSan),
-#           BUILD=dir (build directory, default build), MPI=1 (reserved for the MPI build).
+#           BUILD=dir (build directory, default build), MPI=1 (data-parallel training over MPI:
+#           mpicc and -DCF_MPI into build-mpi by default; `make deps MPI=1` installs Open MPI).
+ifeq ($(MPI),1)
+  BUILD  ?= build-mpi
+  CC     := mpicc
+  ifeq ($(filter deps clean,$(MAKECMDGOALS)),)
+    ifeq ($(shell command -v mpicc 2>/dev/null),)
+      $(error MPI=1: mpicc not found (`make deps MPI=1` installs libopenmpi-dev and openmpi-bin))
+    endif
+  endif
+endif
 BUILD    ?= build
 CC       ?= cc
 PKGS     := libhdf5-dev libcjson-dev pkg-config
@@ -19,6 +29,10 @@ else
 endif
 ifneq ($(PORTABLE),1)
   CFLAGS  += -march=native
+endif
+ifeq ($(MPI),1)
+  CFLAGS  += -DCF_MPI
+  PKGS    += libopenmpi-dev openmpi-bin
 endif
 
 LIB_SRC  := $(wildcard src/core/*.c src/autograd/*.c src/kernels/*.c src/ops/*.c src/attention/*.c \

@@ -16,6 +16,7 @@ for t in "$@"; do
     fi
     p=${res% *}; f=${res#* }
     printf '%s\n' "$out" | grep '^FAIL' | sed "s/^/  [threads=$th] /"
+    [ "$th" = 1 ] && printf '%s\n' "$out" | grep '^SKIP'
     echo "$(basename "$t") threads=$th: $p passed, $f failed"
     pass=$((pass + p)); fail=$((fail + f))
   done

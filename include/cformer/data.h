@@ -27,6 +27,7 @@ typedef struct cf_sampler {
     int      batch, seq_len;
     int      ordered;
     uint64_t seed;
+    int      row0, rows;     /* the rows this process draws: [row0, row0 + rows) (cf_sampler_shard) */
 } cf_sampler;
 
 /* Set up a sampler over src (which must outlive it). 0, or -1 with cf_error_msg() naming the file
@@ -37,8 +38,15 @@ typedef struct cf_sampler {
  * batch i+1 continues where batch i ended and every W batches the streams start over. */
 int cf_sampler_init(cf_sampler *s, const cf_bytes *src, int batch, int seq_len, int ordered, uint64_t seed);
 
-/* x and y are [batch, seq_len] int32: y is x shifted by one byte */
+/* x and y are [rows, seq_len] int32 (rows = batch unless sharded): y is x shifted by one byte */
 void cf_sampler_batch(const cf_sampler *s, uint64_t index, int32_t *x, int32_t *y);
+
+/* Data parallelism (dist.h): rank `rank` of `size` draws only rows [rank*batch/size,
+ * (rank+1)*batch/size) of every batch, exactly the rows a one-process sampler draws there: random
+ * rows keep their (seed, index, row) keys, ordered rows their streams, so each stream stays on one
+ * rank and the data position (the batch index) is the same for any number of ranks. batch must be
+ * a multiple of size (the caller reports it against its config key). */
+void cf_sampler_shard(cf_sampler *s, int rank, int size);
 
 /* Ordered: W, the number of batches after which the streams wrap to their starts (a batch with
  * index % W == 0 begins a pass, where recurrent attention state should start afresh).

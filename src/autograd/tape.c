@@ -48,6 +48,8 @@ int cf_needs_grad(const cf_ctx *ctx, int n_in, cf_tensor **in) {
 
 cf_node *cf_record(cf_ctx *ctx, cf_op_kind op, cf_tensor *out, int n_in, cf_tensor **in) {
     CF_ASSERT(n_in <= CF_NODE_MAX_IN, "%s: %d inputs (max %d)", cf_op_table[op].name, n_in, CF_NODE_MAX_IN);
+    /* recorded or not, the node (or the checkpointed region that runs this op) takes index n_nodes */
+    if (ctx->hook) ctx->hook->read(ctx->hook, ctx->n_nodes, n_in, in);
     if (!cf_needs_grad(ctx, n_in, in)) return NULL;
     CF_ASSERT(ctx->n_nodes < ctx->cap_nodes, "tape full at %d nodes", ctx->cap_nodes);
     cf_node *n = &ctx->tape[ctx->n_nodes++];
@@ -64,8 +66,10 @@ void cf_backward_range(cf_ctx *ctx, int from, int to) {
     for (int i = to - 1; i >= from; i--) {
         cf_node *n = &ctx->tape[i];
         if (!n->out->grad) continue;          /* nothing downstream used this output */
+        if (ctx->hook) ctx->hook->node(ctx->hook, n, i, 0);
         cf_op_table[n->op].backward(ctx, n);
         cf_grad_release(ctx, n->out);         /* every consumer of out ran before its producer */
+        if (ctx->hook) ctx->hook->node(ctx->hook, n, i, 1);
     }
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 #include "cformer/cformer.h"
 #include "cformer/checkpoint.h"
+#include "cformer/dist.h"
 #include "cformer/pairs.h"
 #include "cformer/train.h"
 
@@ -15,20 +16,23 @@ static void usage(FILE *f) {
     fprintf(f,
         "usage: cformer <command> [options]\n"
         "  train CONFIG.json [--out DIR] [--resume CKPT.h5|RUN_DIR] [--until STEP] [--set key.path=value]... [--threads N]\n"
-        "  eval  CKPT.h5 --data FILE [--ctx N] [--stride S] [--bytes N]      bits per byte of FILE\n"
+        "  eval  CKPT.h5 --data FILE [--ctx N] [--stride S] [--bytes N] [--mem-len N]   bits per byte of FILE\n"
         "  sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
         "  info  CKPT.h5                                        config, step, parameter counts\n"
         "  translate CKPT.h5 [--input TEXT] [--beam K] [--max-len N]   encoder-decoder: one line per input line\n"
         "        (stdin without --input); input and output use the escapes \\t \\n \\\\ of pair files\n"
         "  bench CONFIG.json [--steps N] [--set key=value]... [--threads N]   training-step speed and memory\n"
         "  --help, --version\n"
+        "Under mpirun (make MPI=1) train and bench run data-parallel, train.batch_size being the global\n"
+        "batch (README: Training on several processes).\n"
         "Exit status: 0 done, 2 bad usage or input, 1 internal failure, 130/143 stopped by SIGINT/SIGTERM\n"
         "(after the current step and a checkpoint; --resume RUN_DIR continues it).\n"
         "Configuration keys and defaults: configs/README.md\n");
 }
 
+/* under MPI, an error that another rank reports is not printed again (dist.h: cf_dist_quiet) */
 static int fail(const char *msg) {
-    fprintf(stderr, "cformer: %s\n", msg);
+    if (!cf_dist_quiet()) fprintf(stderr, "cformer: %s\n", msg);
     return 2;
 }
 
@@ -75,7 +79,9 @@ static int cmd_train_or_bench(int argc, char **argv, int bench) {
     }
     if (!config) return fail(bench ? "bench: missing CONFIG.json" : "train: missing CONFIG.json");
     cf_config c;
-    if (cf_config_load(&c, config, sets, n_sets, !bench)) return fail(cf_error_msg());
+    int bad = cf_config_load(&c, config, sets, n_sets, !bench) != 0;
+    if (cf_dist_size() > 1) bad = cf_dist_agree_error(bad) != 0;   /* e.g. a data file one node lacks */
+    if (bad) return fail(cf_error_msg());
     if (threads) c.train.threads = threads;
     if (c.train.threads) cf_set_num_threads(c.train.threads);
     if (bench) return cf_bench_train_step(&c, steps) < 0 ? fail(cf_error_msg()) : 0;
@@ -194,11 +200,12 @@ static int cmd_translate(int argc, char **argv) {
 
 static int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
-    int ctx_len = 0, stride = 0, limit = 0;
+    int ctx_len = 0, stride = 0, limit = 0, mem_len = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--data") && v) { data = v; i++; }
+        else if (!strcmp(a, "--mem-len")) { if (int_arg(a, v, &mem_len) || mem_len < 0) return fail("--mem-len: must be >= 0"); i++; }
         else if (!strcmp(a, "--bytes")) { if (int_arg(a, v, &limit) || limit < 2) return fail("--bytes: must be >= 2"); i++; }
         else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, &ctx_len) || ctx_len < 1) return fail("--ctx: must be >= 1"); i++; }
         else if (!strcmp(a, "--stride")) { if (int_arg(a, v, &stride) || stride < 1) return fail("--stride: must be >= 1"); i++; }
@@ -216,11 +223,21 @@ static int cmd_eval(int argc, char **argv) {
         cf_model_free(&m);
         return rc;
     }
+    if (mem_len >= 0 && !m.has_xl) {
+        cf_model_free(&m);
+        return fail("eval: --mem-len is for models with Transformer-XL (xl) layers");
+    }
+    if (mem_len >= 0) {
+        /* Transformer-XL evaluates with a longer memory than it trained with (Dai et al. 2019) */
+        cf_model_set_mem_len(&m, mem_len);
+        for (int i = 0; i < c.model.n_attn; i++)
+            if (c.model.attn[i].type == CF_ATTN_XL) c.model.attn[i].mem_len = mem_len;
+    }
     /* defaults: the checkpoint's eval.ctx and eval.stride; a new --ctx halves into the stride */
     if (!ctx_len) ctx_len = c.eval.ctx;
     if (!stride) stride = ctx_len == c.eval.ctx ? c.eval.stride : (ctx_len > 1 ? ctx_len / 2 : 1);
     char msg[256] = "";
-    if (c.model.position != CF_POS_NONE && ctx_len > c.model.max_seq_len)
+    if (c.model.position != CF_POS_NONE && !m.has_xl && ctx_len > c.model.max_seq_len)
         snprintf(msg, sizeof msg, "--ctx: %d exceeds the model's max_seq_len %d", ctx_len, c.model.max_seq_len);
     else if (stride > ctx_len)
         snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);
@@ -235,8 +252,17 @@ static int cmd_eval(int argc, char **argv) {
     cf_eval_result r;
     size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
     if (cf_eval_bpb(&m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
-    else printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", r.bpb, (long long)r.bytes,
-                ctx_len, stride, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9));
+    else if (cf_model_is_recurrent(&m)) {
+        /* streamed in order with the recurrent state: no stride; the memory is the context */
+        int ml = 0;
+        for (int l = 0; l < m.n_blocks; l++)
+            if (m.blocks[l].attn.cfg.type == CF_ATTN_XL && m.blocks[l].attn.cfg.mem_len > ml) ml = m.blocks[l].attn.cfg.mem_len;
+        printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d columns=%d attention=%s mem_len=%d tokens_per_s=%.0f "
+               "peak_rss_mb=%.0f\n", r.bpb, (long long)r.bytes, ctx_len, batch, m.has_xl ? "xl" : "infini", ml,
+               r.bytes / (r.seconds > 0 ? r.seconds : 1e-9), cf_peak_rss_mb());
+    } else
+        printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f peak_rss_mb=%.0f\n", r.bpb,
+               (long long)r.bytes, ctx_len, stride, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9), cf_peak_rss_mb());
     cf_ctx_free(&ctx);
 out:
     cf_bytes_close(&b);
@@ -324,8 +350,13 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
     if (!strcmp(cmd, "--version")) { printf("cformer %s (gemm: %s)\n", CF_VERSION, cf_gemm_isa()); return 0; }
-    if (!strcmp(cmd, "train")) return cmd_train_or_bench(argc - 2, argv + 2, 0);
-    if (!strcmp(cmd, "bench")) return cmd_train_or_bench(argc - 2, argv + 2, 1);
+    if (!strcmp(cmd, "train") || !strcmp(cmd, "bench")) {
+        /* under mpirun, one rank of a data-parallel job (dist.h); alone, rank 0 of 1 */
+        if (cf_dist_init(&argc, &argv)) return fail(cf_error_msg());
+        int rc = cmd_train_or_bench(argc - 2, argv + 2, !strcmp(cmd, "bench"));
+        cf_dist_finalize();
+        return rc;
+    }
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "sample")) return cmd_sample(argc - 2, argv + 2);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);

@@ -1,7 +1,10 @@
-/* cformer bench: the training step's speed and memory on random bytes. */
+/* cformer bench: the training step's speed and memory on random bytes. Under mpirun (make MPI=1,
+ * dist.h) every rank trains its batch_size / ranks rows of the global batch with the gradient
+ * all-reduce of the trainer, and rank 0 prints the figures of the whole job. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include "cformer/dist.h"
 #include "cformer/encdec.h"
 #include "cformer/train.h"
 
@@ -18,7 +21,12 @@ static int cmp_d(const void *a, const void *b) {
 
 double cf_bench_train_step(const cf_config *c, int steps) {
     const cf_train_config *t = &c->train;
-    int B = t->batch_size, T = t->seq_len, V = c->model.vocab_size;
+    int B = t->batch_size, T = t->seq_len, V = c->model.vocab_size, ranks = cf_dist_size();
+    if (B % ranks)
+        return cf_set_error("train.batch_size: %d does not split over %d MPI ranks (use a multiple of %d)", B, ranks, ranks);
+    if (ranks > 1 && c->model.arch == CF_ARCH_ENCODER_DECODER)
+        return cf_set_error("model.arch: \"encoder_decoder\" does not train data-parallel yet (%d MPI ranks)", ranks);
+    B /= ranks;                                        /* this rank's rows */
     cf_model m;
     if (cf_model_init(&m, &c->model, t->seed)) return -1;
     cf_model_set_checkpointing(&m, t->grad_checkpoint);
@@ -48,23 +56,39 @@ double cf_bench_train_step(const cf_config *c, int steps) {
         }
         sb.src_tokens = sb.tgt_tokens = (int64_t)B * T;
     }
-    double *ms = cf_xmalloc(sizeof(double) * (size_t)steps);
+    cf_grad_sync *sync = ranks > 1 ? cf_grad_sync_new(&m.params, cf_grad_sync_default_bytes()) : NULL;
+    float seed = 1.0f / (float)ranks;                  /* the sum over ranks is the global mean's gradient */
+    double *ms = cf_xmalloc(sizeof(double) * (size_t)steps), wait_ms = 0;
     for (int s = -2; s < steps; s++) {                 /* two warm-up steps */
         double t0 = now_s();
         cf_ctx_begin(&ctx, (uint64_t)(s + 2));
         cf_params_zero_grad(&m.params);
+        if (sync) cf_grad_sync_arm(sync, &ctx);
         cf_tensor *loss = s2s ? cf_encdec_loss(&m, &ctx, &sb, c->model.label_smoothing, NULL)
                               : cf_model_loss(&m, &ctx, x, y, B, T, NULL);
-        cf_backward(&ctx, loss, NULL);
+        cf_backward(&ctx, loss, sync ? &seed : NULL);
+        double w = sync ? cf_grad_sync_finish(sync, &ctx) : 0;
         cf_clip_grad_norm(&m.params, t->grad_clip);
         cf_adamw_step(&opt, &m.params, t->lr, t);
-        if (s >= 0) ms[s] = (now_s() - t0) * 1e3;
+        if (s >= 0) { ms[s] = (now_s() - t0) * 1e3; wait_ms += w * 1e3; }
     }
     qsort(ms, (size_t)steps, sizeof(double), cmp_d);
-    /* tokens of both sides for an encoder-decoder, as the trainer's tokens_per_s */
-    double med = ms[steps / 2], tps = (s2s ? 2.0 : 1.0) * B * T / (med / 1e3);
-    printf("BENCH train_step config=%s threads=%d B=%d T=%d step_ms=%.1f tokens_per_s=%.0f peak_rss_mb=%.0f arena_mb=%.0f\n",
-           c->name, cf_num_threads(), B, T, med, tps, cf_peak_rss_mb(), ctx.arena.peak / 1048576.0);
+    /* tokens of both sides for an encoder-decoder, as the trainer's tokens_per_s; every rank's */
+    double med = ms[steps / 2], tps = (s2s ? 2.0 : 1.0) * B * ranks * T / (med / 1e3);
+    if (cf_dist_rank() == 0) {
+        printf("BENCH train_step config=%s threads=%d B=%d T=%d step_ms=%.1f tokens_per_s=%.0f peak_rss_mb=%.0f arena_mb=%.0f\n",
+               c->name, cf_num_threads(), B * ranks, T, med, tps, cf_peak_rss_mb(), ctx.arena.peak / 1048576.0);
+        /* allreduce_ms: per step (mean), the time inside MPI for the gradient: the wait after backward
+         * for the reductions still running plus the calls that start and progress them during
+         * backward, i.e. the part of the all-reduce that computation did not hide. step_ms is rank
+         * 0's median step. */
+        if (cf_dist_mpi_built())
+            printf("BENCH mpi config=%s ranks=%d threads=%d B=%d T=%d step_ms=%.1f tokens_per_s=%.0f allreduce_ms=%.2f "
+                   "buckets=%d\n", c->name, ranks, cf_num_threads(), B * ranks, T, med, tps, wait_ms / steps,
+                   sync ? cf_grad_sync_buckets(sync) : 0);
+        fflush(stdout);
+    }
+    cf_grad_sync_free(sync);
     free(ms); free(x); free(y);
     cf_s2s_batch_free(&sb);
     cf_ctx_free(&ctx);

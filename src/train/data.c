@@ -67,7 +67,16 @@ int cf_sampler_init(cf_sampler *s, const cf_bytes *src, int batch, int seq_len, 
     s->seq_len = seq_len;
     s->ordered = ordered != 0;
     s->seed = seed;
+    s->row0 = 0;
+    s->rows = batch;
     return 0;
+}
+
+void cf_sampler_shard(cf_sampler *s, int rank, int size) {
+    CF_ASSERT(size >= 1 && rank >= 0 && rank < size && s->batch % size == 0,
+              "cf_sampler_shard: batch %d over %d ranks (rank %d)", s->batch, size, rank);
+    s->rows = s->batch / size;
+    s->row0 = rank * s->rows;
 }
 
 uint64_t cf_sampler_period(const cf_sampler *s) {
@@ -83,7 +92,7 @@ void cf_sampler_batch(const cf_sampler *s, uint64_t index, int32_t *x, int32_t *
     size_t L = n / (size_t)s->batch;
     CF_ASSERT(s->ordered ? L >= T + 1 : n >= T + 1, "cf_sampler_batch: file too short for seq_len %d", s->seq_len);
     uint64_t W = s->ordered ? (uint64_t)((L - 1) / T) : 0;
-    for (int r = 0; r < s->batch; r++) {
+    for (int r = s->row0; r < s->row0 + s->rows; r++) {
         size_t start;
         if (s->ordered) {
             start = (size_t)r * L + (size_t)(index % W) * T;
@@ -92,7 +101,7 @@ void cf_sampler_batch(const cf_sampler *s, uint64_t index, int32_t *x, int32_t *
             start = (size_t)(cf_rng_key(s->seed, index, (uint64_t)r) % (uint64_t)(n - T));
         }
         const uint8_t *p = d + start;
-        int32_t *xr = x + (size_t)r * T, *yr = y + (size_t)r * T;
+        int32_t *xr = x + (size_t)(r - s->row0) * T, *yr = y + (size_t)(r - s->row0) * T;
         for (size_t t = 0; t < T; t++) {
             xr[t] = p[t];
             yr[t] = p[t + 1];

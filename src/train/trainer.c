@@ -5,7 +5,21 @@
  * thread count, and a run resumed from a checkpoint (weights, AdamW moments and step, seed, next
  * batch index) continues exactly as if it had never stopped. A resume is checked completely
  * (checkpoint, model shape, step range) before anything is written, so bad input changes nothing
- * on disk. */
+ * on disk.
+ *
+ * Under MPI (dist.h) every rank runs this loop on its rows of each global batch; the gradient is
+ * summed across ranks during backward, so every rank takes the same AdamW step. Rank 0 alone
+ * touches the run directory (config, log, checkpoints, resume) and prints progress; it broadcasts
+ * what it loads on resume and gathers the recurrent state of every rank's streams when it saves.
+ * Errors that every rank meets at the same point (set-up, a NaN loss) end every rank with one
+ * message; an error of one rank in the loop stops the job at once (cf_dist_abort) so that no rank
+ * waits for ever. Debugging aids (environment):
+ *   CF_MPI_CHECK_EVERY=k    compare a parameter checksum across ranks every k steps (always at a
+ *                           checkpoint); a mismatch stops the job naming the ranks
+ *   CF_DIST_FAIL=r:s[:how]  fault injection for tests: rank r fails after step s, how = "error"
+ *                           (an error in the loop, the default), "exit" (the process dies with
+ *                           status 3, no message) or "perturb" (rank r's weights change, which the
+ *                           next checksum comparison finds) */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -17,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "cformer/checkpoint.h"
+#include "cformer/dist.h"
 #include "cformer/pairs.h"
 #include "cformer/train.h"
 
@@ -98,6 +113,10 @@ typedef struct run {
     double     t_start;        /* now_s() at step 0, so elapsed_s continues across resumes */
     cf_train_state st;         /* step, tokens, RNG position, best validation bpb */
     int64_t    saved_step;     /* step of the last checkpoint written by this process, -1: none */
+    int        rank, size;     /* this process in the MPI job (dist.h): rank 0 of 1 without MPI */
+    int        rows;           /* batch rows this rank trains on: train.batch_size / size */
+    cf_grad_sync *sync;        /* the gradient all-reduce; NULL on one rank */
+    double     allreduce_s;    /* seconds the last step spent waiting for gradient reductions */
 } run;
 
 static void run_free(run *r) {
@@ -114,7 +133,80 @@ static void run_free(run *r) {
     cf_s2s_batch_free(&r->batch);
     free(r->pool);
     free(r->x); free(r->y);
+    cf_grad_sync_free(r->sync);
     if (r->log) fclose(r->log);
+}
+
+/* ---- the recurrent state of the training streams across ranks ------------------------------------
+ * m->rec holds one row per stream this rank trains (model.h); checkpoints hold the rows of all
+ * train.batch_size streams in global order, so that a run resumes with any number of ranks. */
+
+/* floats per stream of layer l's arrays: xl memory, infini M and z (src/model/recurrent.c layout) */
+static void rec_row_sizes(const cf_model *m, const cf_rec_state *st, int l, int64_t sz[3]) {
+    int64_t D = m->cfg.d_model, H = m->cfg.n_heads, d = D / H;
+    sz[0] = st->mem[l] ? (int64_t)st->mem_cap[l] * D : 0;
+    sz[1] = st->M[l] ? H * d * d : 0;
+    sz[2] = st->z[l] ? H * d : 0;
+}
+
+static float **rec_array(cf_rec_state *st, int k) { return k == 0 ? st->mem : k == 1 ? st->M : st->z; }
+
+/* rows [row0, row0 + dst->batch) of src into dst (both allocated for the model), with the counters */
+static void rec_copy_rows(const cf_model *m, cf_rec_state *dst, cf_rec_state *src, int row0) {
+    for (int l = 0; l < m->n_blocks; l++) {
+        int64_t sz[3];
+        rec_row_sizes(m, src, l, sz);
+        for (int k = 0; k < 3; k++)
+            if (sz[k]) memcpy(rec_array(dst, k)[l], rec_array(src, k)[l] + (int64_t)row0 * sz[k],
+                              (size_t)(dst->batch * sz[k]) * sizeof(float));
+        dst->mem_used[l] = src->mem_used[l];
+        dst->has[l] = src->has[l];
+    }
+}
+
+/* Collective: rank 0's m->rec (the whole batch, as loaded) to every rank, which keeps its rows. */
+static void rec_scatter_from_root(run *r) {
+    cf_model *m = &r->model;
+    if (r->size == 1 || !cf_model_is_recurrent(m)) return;
+    int batch = r->rank == 0 ? m->rec.batch : 0;
+    cf_dist_bcast(&batch, sizeof batch);
+    if (batch != r->c->train.batch_size) {           /* no state (or another geometry): start afresh */
+        if (m->rec.batch) cf_rec_state_free(m, &m->rec);
+        return;
+    }
+    if (r->rank != 0) cf_rec_state_alloc(m, &m->rec, batch);
+    cf_rec_state *st = &m->rec;
+    cf_dist_bcast(st->mem_used, sizeof(int) * (size_t)m->n_blocks);
+    cf_dist_bcast(st->has, sizeof(int) * (size_t)m->n_blocks);
+    for (int l = 0; l < m->n_blocks; l++) {
+        int64_t sz[3];
+        rec_row_sizes(m, st, l, sz);
+        for (int k = 0; k < 3; k++)
+            if (sz[k]) cf_dist_bcast(rec_array(st, k)[l], (size_t)(batch * sz[k]) * sizeof(float));
+    }
+    cf_rec_state mine = {0};
+    cf_rec_state_alloc(m, &mine, r->rows);
+    rec_copy_rows(m, &mine, st, r->rank * r->rows);
+    cf_rec_state_free(m, st);
+    *st = mine;
+}
+
+/* Collective: every rank's rows of m->rec, in global order, into *all on rank 0 (all->batch = 0
+ * when there is nothing to gather). */
+static void rec_gather_to_root(run *r, cf_rec_state *all) {
+    cf_model *m = &r->model;
+    memset(all, 0, sizeof *all);
+    if (r->size == 1 || !cf_model_is_recurrent(m) || m->rec.batch != r->rows) return;
+    cf_rec_state *st = &m->rec;
+    if (r->rank == 0) cf_rec_state_alloc(m, all, r->c->train.batch_size);
+    for (int l = 0; l < m->n_blocks; l++) {
+        int64_t sz[3];
+        rec_row_sizes(m, st, l, sz);
+        for (int k = 0; k < 3; k++)
+            if (sz[k]) cf_dist_gather_f32(rec_array(st, k)[l], r->rank == 0 ? rec_array(all, k)[l] : NULL,
+                                          (int64_t)r->rows * sz[k]);
+        if (r->rank == 0) { all->mem_used[l] = st->mem_used[l]; all->has[l] = st->has[l]; }
+    }
 }
 
 /* Model keys that may change on resume: regularisation, which leaves the weights' meaning alone. */
@@ -137,9 +229,10 @@ static int resume_load(run *r, const cf_config *user, int last) {
         return cf_set_error("%s: the checkpoint is at step %lld, the run stops at step %d: nothing to train (raise "
                             "train.steps or --until)", r->resume_path, (long long)r->st.step, last);
     char *diff = cf_ckpt_config_diff(&saved, user, NULL, NULL);
-    fprintf(stderr, "cformer: resuming from %s at step %lld%s%s\n", r->resume_path, (long long)r->st.step,
-            diff ? "; changed keys: " : " (no config keys changed)", diff ? diff : "");
-    if (r->st.seed != user->train.seed)
+    if (r->rank == 0)
+        fprintf(stderr, "cformer: resuming from %s at step %lld%s%s\n", r->resume_path, (long long)r->st.step,
+                diff ? "; changed keys: " : " (no config keys changed)", diff ? diff : "");
+    if (r->st.seed != user->train.seed && r->rank == 0)
         fprintf(stderr, "cformer: train.seed stays %llu: batches and dropout continue the checkpoint's random "
                         "streams\n", (unsigned long long)r->st.seed);
     free(diff);
@@ -185,18 +278,28 @@ static int s2s_open(run *r, const cf_config *c) {
     return 0;
 }
 
-/* Everything in memory, nothing on disk: data, model, optimizer, and the checkpoint when resuming. */
+/* Everything in memory, nothing on disk: data, model, optimizer, and the checkpoint when resuming
+ * (read by rank 0 alone; run_share_resume gives it to the others). */
 static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int last) {
     memset(r, 0, sizeof *r);
     r->cfg = *c;
     r->c = &r->cfg;
     r->saved_step = -1;
+    r->rank = cf_dist_rank();
+    r->size = cf_dist_size();
     cf_train_state_init(&r->st, c);
-    if (o->resume && cf_ckpt_resolve(o->resume, r->resume_path, sizeof r->resume_path, r->resume_dir,
-                                     sizeof r->resume_dir))
-        return -1;
     int B = c->train.batch_size, T = c->train.seq_len;
     r->s2s = c->model.arch == CF_ARCH_ENCODER_DECODER;
+    if (B % r->size)
+        return cf_set_error("train.batch_size: %d does not split over %d MPI ranks (each rank trains on batch_size / "
+                            "ranks rows of every batch; use a multiple of %d)", B, r->size, r->size);
+    if (r->s2s && r->size > 1)
+        return cf_set_error("model.arch: \"encoder_decoder\" does not train data-parallel yet (%d MPI ranks); run "
+                            "it as one process", r->size);
+    r->rows = B / r->size;
+    if (o->resume && r->rank == 0 &&
+        cf_ckpt_resolve(o->resume, r->resume_path, sizeof r->resume_path, r->resume_dir, sizeof r->resume_dir))
+        return -1;
     if (r->s2s) {
         if (s2s_open(r, c)) return -1;
     } else {
@@ -218,14 +321,35 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     if (!r->s2s &&
         cf_sampler_init(&r->sampler, &r->train, B, T, c->train.sampling == CF_SAMPLE_ORDERED, r->cfg.train.seed))
         return -1;
-    if (cf_ctx_init(&r->ctx, cf_model_arena_bytes(&c->model, B, T), 1 << 20)) return -1;
+    if (!r->s2s) cf_sampler_shard(&r->sampler, r->rank, r->size);
+    if (r->size > 1) r->sync = cf_grad_sync_new(&r->model.params, cf_grad_sync_default_bytes());
+    if (cf_ctx_init(&r->ctx, cf_model_arena_bytes(&c->model, r->rows, T), 1 << 20)) return -1;
     r->ctx.seed = r->cfg.train.seed;
     r->ctx.training = 1;
     if (cf_ctx_init(&r->eval_ctx, cf_model_arena_bytes(&c->model, B, r->s2s ? T : c->eval.ctx), 1 << 20)) return -1;
     r->eval_ctx.grad_enabled = 0;
-    r->x = cf_xmalloc(sizeof(int32_t) * (size_t)B * T);
-    r->y = cf_xmalloc(sizeof(int32_t) * (size_t)B * T);
+    r->x = cf_xmalloc(sizeof(int32_t) * (size_t)r->rows * T);
+    r->y = cf_xmalloc(sizeof(int32_t) * (size_t)r->rows * T);
     return 0;
+}
+
+/* Collective, after every rank has prepared: what rank 0 resumed from (weights, AdamW moments and
+ * step, training state, the streams' recurrent state) to every rank. */
+static void run_share_resume(run *r) {
+    if (r->size == 1) return;
+    int resumed = r->resume_path[0] != 0;
+    cf_dist_bcast(&resumed, sizeof resumed);
+    if (!resumed) return;
+    cf_params *p = &r->model.params;
+    cf_dist_bcast(&r->st, sizeof r->st);
+    cf_dist_bcast(p->values, (size_t)p->numel * sizeof(float));
+    cf_dist_bcast(r->opt.m, (size_t)p->numel * sizeof(float));
+    cf_dist_bcast(r->opt.v, (size_t)p->numel * sizeof(float));
+    cf_dist_bcast(&r->opt.t, sizeof r->opt.t);
+    r->cfg.train.seed = r->st.seed;
+    r->sampler.seed = r->st.seed;
+    r->ctx.seed = r->st.seed;
+    rec_scatter_from_root(r);
 }
 
 /* write path through a temporary name and a rename, so a crash leaves the old or the new file */
@@ -306,7 +430,7 @@ static int run_create_dir(run *r, const cf_train_opts *o) {
 
 /* RUN/ckpt/step_<N>.h5, then latest.h5, then the oldest step files beyond train.keep_checkpoints:
  * nothing is deleted before the new checkpoint is complete under both names. */
-static int save_checkpoint(run *r) {
+static int save_files(run *r) {
     char path[1300], latest[1300];
     int64_t step = r->st.step;
     snprintf(path, sizeof path, "%s/step_%lld.h5", r->ckpt_dir, (long long)step);
@@ -320,8 +444,91 @@ static int save_checkpoint(run *r) {
     return 0;
 }
 
+/* Collective under MPI: the ranks must agree on the weights, and rank 0 writes the checkpoint with
+ * the recurrent state of every rank's streams. */
+static int save_checkpoint(run *r) {
+    if (r->size == 1) return save_files(r);
+    cf_dist_check_params(&r->model.params, r->st.step);
+    cf_rec_state all, mine;
+    rec_gather_to_root(r, &all);
+    if (r->rank != 0) {
+        r->saved_step = r->st.step;
+        return 0;
+    }
+    if (all.batch) { mine = r->model.rec; r->model.rec = all; }
+    int rc = save_files(r);
+    if (all.batch) { r->model.rec = mine; cf_rec_state_free(&r->model, &all); }
+    return rc;
+}
+
 static int has_split(const run *r, int test) {
     return test ? r->test.n || r->ptest.n : r->valid.n || r->pvalid.n;
+}
+
+/* Evaluation split across ranks (collective): each rank scores a contiguous share of what one
+ * process scores, and the bits and bytes are summed.
+ *
+ * Windowed models (eval.c: cf_eval_bpb): window k ends at e_k = min(L + k stride, n - 1) (L = the
+ * context, or n - 1 when shorter) and scores the targets (e_{k-1}, e_k]. Rank r takes windows
+ * [k0, k1) of the K and calls cf_eval_bpb on bytes [e_k0 - L, e_{k1-1}]: its first window is exactly
+ * window k0 of one process, and the following ones are windows k0 + 1 ... k1 - 1. Being a first
+ * window, it scores all of its L targets, and the X = L - (e_k0 - e_{k0-1}) targets before
+ * e_{k0-1} + 1 belong to the previous rank: a second call on bytes [e_k0 - L, e_k0 - L + X] scores
+ * exactly those (with the same context: the model is causal), and is subtracted. Every byte is
+ * scored once, with one process's context, so the result equals one process's up to float
+ * rounding (summation order, and GEMMs over other row counts).
+ * Recurrent models (xl, infini: cf_eval_bpb walks `batch` columns in order with their state): rank r
+ * takes columns [c0, c1) of the batch and calls cf_eval_bpb on their bytes with c1 - c0 columns;
+ * the columns' bounds can differ from one process's by a byte, and so can the result, slightly. */
+static int evaluate_split(run *r, const uint8_t *data, size_t n, cf_eval_result *res) {
+    const cf_config *c = r->c;
+    int B = c->train.batch_size, ctx_len = c->eval.ctx, stride = c->eval.stride, N = r->size, rc = 0;
+    memset(res, 0, sizeof *res);
+    double t0 = now_s(), bits = 0, bytes = 0;
+    cf_eval_result part;
+    if (n < 2 || stride <= 0 || stride > ctx_len) {
+        /* an error for every rank alike: let one process's function say it */
+        return cf_eval_bpb(&r->model, &r->eval_ctx, data, n, ctx_len, stride, B, res);
+    }
+    if (cf_model_is_recurrent(&r->model)) {
+        size_t tot = n - 1;
+        int cols = B;
+        if ((size_t)cols * (size_t)ctx_len > tot) cols = tot / (size_t)ctx_len > 0 ? (int)(tot / (size_t)ctx_len) : 1;
+        int c0 = (int)((int64_t)cols * r->rank / N), c1 = (int)((int64_t)cols * (r->rank + 1) / N);
+        if (c1 > c0) {
+            size_t s0 = 1 + (size_t)c0 * tot / (size_t)cols, s1 = 1 + (size_t)c1 * tot / (size_t)cols;
+            rc = cf_eval_bpb(&r->model, &r->eval_ctx, data + s0 - 1, s1 - s0 + 1, ctx_len, stride, c1 - c0, &part);
+            bits = part.bits;
+            bytes = (double)part.bytes;
+        }
+    } else {
+        size_t L = n - 1 < (size_t)ctx_len ? n - 1 : (size_t)ctx_len, S = (size_t)stride;
+        size_t K = 1 + (n - 1 - L + S - 1) / S;
+#define WIN_END(k) (L + (size_t)(k) * S < n - 1 ? L + (size_t)(k) * S : n - 1)
+        size_t k0 = K * (size_t)r->rank / (size_t)N, k1 = K * (size_t)(r->rank + 1) / (size_t)N;
+        if (k1 > k0) {
+            size_t off = WIN_END(k0) - L, end = WIN_END(k1 - 1);
+            rc = cf_eval_bpb(&r->model, &r->eval_ctx, data + off, end + 1 - off, ctx_len, stride, B, &part);
+            bits = part.bits;
+            bytes = (double)part.bytes;
+            size_t X = k0 ? L - (WIN_END(k0) - WIN_END(k0 - 1)) : 0;
+            if (!rc && X > 0) {
+                rc = cf_eval_bpb(&r->model, &r->eval_ctx, data + off, X + 1, ctx_len, stride, B, &part);
+                bits -= part.bits;
+                bytes -= (double)part.bytes;
+            }
+        }
+#undef WIN_END
+    }
+    if (rc) return -1;
+    double v[2] = {bits, bytes}, secs = now_s() - t0;
+    cf_dist_sum_f64(v, 2);
+    cf_dist_max_f64(&secs, 1);
+    res->bits = v[0];
+    res->bytes = (int64_t)(v[1] + 0.5);
+    res->bpb = res->bits / v[1];
+    res->seconds = secs;
+    return 0;
 }
 
 /* validation during training reads at most train.eval_tokens bytes (0 = the whole split); an
@@ -333,15 +540,20 @@ static int evaluate(run *r, int test, size_t limit, cf_eval_result *res) {
                            c->train.seq_len, res);
     const cf_bytes *b = test ? &r->test : &r->valid;
     size_t n = limit && limit < b->n ? limit : b->n;
+    if (r->size > 1) return evaluate_split(r, b->data, n, res);
     return cf_eval_bpb(&r->model, &r->eval_ctx, b->data, n, c->eval.ctx, c->eval.stride, c->train.batch_size, res);
 }
 
 /* the BENCH line of a final evaluation (DESIGN.md section 9) */
 static void print_bench(const run *r, const char *split, const cf_eval_result *e) {
     const cf_config *c = r->c;
+    if (r->rank != 0) return;
     if (r->s2s)
         printf("BENCH eval split=%s bpb=%.4f exact_match=%.4f pairs=%lld tokens=%lld seconds=%.1f\n", split, e->bpb,
                e->exact, (long long)e->pairs, (long long)e->bytes, e->seconds);
+    else if (cf_model_is_recurrent(&r->model))   /* streamed in order with the state: no stride */
+        printf("BENCH eval split=%s bpb=%.4f bytes=%lld ctx=%d columns=%d tokens_per_s=%.0f\n", split, e->bpb,
+               (long long)e->bytes, c->eval.ctx, c->train.batch_size, e->bytes / e->seconds);
     else
         printf("BENCH eval split=%s bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", split, e->bpb,
                (long long)e->bytes, c->eval.ctx, c->eval.stride, e->bytes / e->seconds);
@@ -349,6 +561,7 @@ static void print_bench(const run *r, const char *split, const cf_eval_result *e
 
 static void log_eval(run *r, int64_t step, const char *split, const cf_eval_result *e) {
     char extra[96] = "";
+    if (r->rank != 0) return;
     if (e->pairs) snprintf(extra, sizeof extra, "\"exact_match\": %.6f, \"pairs\": %lld, ", e->exact, (long long)e->pairs);
     fprintf(r->log, "{\"step\": %lld, \"split\": \"%s\", \"eval_bpb\": %.6f, \"bytes\": %lld, %s\"elapsed_s\": %.3f}\n",
             (long long)step, split, e->bpb, (long long)e->bytes, extra, now_s() - r->t_start);
@@ -359,15 +572,19 @@ static void log_eval(run *r, int64_t step, const char *split, const cf_eval_resu
 }
 
 /* One optimiser step on micro-batches first_batch, first_batch + 1, ...; returns the mean loss and
- * adds the tokens it trained on to *tokens (an encoder-decoder's: its real source and target tokens). */
+ * adds the tokens it trained on to *tokens (an encoder-decoder's: its real source and target tokens).
+ * Under MPI: this rank's rows and their mean loss; the gradient is summed across ranks while the last
+ * micro-batch runs backward (its loss seeded with 1 / (grad_accum * ranks), so the sum is the
+ * gradient of the global mean), and *tokens counts the global batch. */
 static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm, int64_t *tokens) {
     const cf_train_config *t = &r->c->train;
-    int B = t->batch_size, T = t->seq_len;
+    int B = r->rows, T = t->seq_len;
     cf_params_zero_grad(&r->model.params);
-    float seed = 1.0f / (float)t->grad_accum, total = 0;
+    float seed = 1.0f / (float)(t->grad_accum * r->size), total = 0;
     for (int a = 0; a < t->grad_accum; a++) {
         uint64_t index = first_batch + (uint64_t)a;
         cf_tensor *loss;
+        if (r->sync && a == t->grad_accum - 1) cf_grad_sync_arm(r->sync, &r->ctx);
         if (r->s2s) {
             cf_pairs_sample(&r->ptrain, r->cfg.train.seed, index, B, T, t->bucket_pool, r->pool, &r->batch);
             cf_ctx_begin(&r->ctx, index);
@@ -376,13 +593,19 @@ static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm
         } else {
             cf_sampler_batch(&r->sampler, index, r->x, r->y);
             cf_ctx_begin(&r->ctx, index);
+            /* dropout masks are keyed by the call counter and the element of this rank's rows: give
+             * each rank its own range of calls, or every rank would draw rank 0's masks */
+            r->ctx.rng_calls = (uint64_t)r->rank << 32;
             loss = cf_model_loss(&r->model, &r->ctx, r->x, r->y, B, T, NULL);
-            *tokens += (int64_t)B * T;
+            *tokens += (int64_t)B * r->size * T;
         }
         total += loss->data[0];
-        if (!isfinite(loss->data[0])) return loss->data[0];
+        /* on several ranks the step goes on: the reduction needs every rank, and a NaN reaches
+         * every rank's gradient norm through it */
+        if (!isfinite(loss->data[0]) && !r->sync) return loss->data[0];
         cf_backward(&r->ctx, loss, &seed);
     }
+    if (r->sync) r->allreduce_s = cf_grad_sync_finish(r->sync, &r->ctx);
     *grad_norm = cf_clip_grad_norm(&r->model.params, t->grad_clip);
     if (!isfinite(*grad_norm)) return *grad_norm;
     cf_adamw_step(&r->opt, &r->model.params, lr, t);
@@ -391,22 +614,74 @@ static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm
 
 static const char *signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 
+/* ---- several ranks ----------------------------------------------------------------------------- */
+
+/* An error of this rank alone inside the loop: under MPI the other ranks are on their way to the
+ * next collective, so the job stops here, naming the rank (dist.h). */
+static int local_error(const run *r, int rc) {
+    if (rc && r->size > 1) cf_dist_abort("%s", cf_error_msg());
+    return rc;
+}
+
+/* After each step, collectively: the global mean loss (every rank trains the same number of rows)
+ * and the stop signal any rank has received, so that every rank stops after the same step. */
+static int agree_step(const run *r, float *loss) {
+    double v[3] = {*loss, stop_requested == SIGINT, stop_requested == SIGTERM};
+    cf_dist_sum_f64(v, 3);
+    *loss = (float)(v[0] / r->size);
+    return v[1] > 0 ? SIGINT : v[2] > 0 ? SIGTERM : 0;
+}
+
+/* CF_DIST_FAIL=rank:step[:how] (see the top of this file) */
+typedef struct fault { int rank, step; char how[16]; const char *spec; } fault;
+
+static void fault_parse(fault *f) {
+    memset(f, 0, sizeof *f);
+    f->rank = -1;
+    f->spec = getenv("CF_DIST_FAIL");
+    if (f->spec && sscanf(f->spec, "%d:%d:%15s", &f->rank, &f->step, f->how) < 2) f->rank = -1;
+}
+
+static int env_int(const char *name) {
+    const char *e = getenv(name);
+    return e && *e ? atoi(e) : 0;
+}
+
 int cf_train(const cf_config *c, const cf_train_opts *o) {
     if (o->stop_signal) *o->stop_signal = 0;
     const cf_train_config *t = &c->train;
     int last = o->until > 0 && o->until < t->steps ? o->until : t->steps;
     run r;
-    if (run_prepare(&r, c, o, last) || run_create_dir(&r, o)) { run_free(&r); return -1; }
+    /* set-up: every rank prepares, then (all being well) rank 0 creates the run directory */
+    int bad = run_prepare(&r, c, o, last) != 0;
+    if (r.size > 1) bad = cf_dist_agree_error(bad) != 0;
+    if (!bad && r.rank == 0) bad = run_create_dir(&r, o) != 0;
+    if (r.size > 1) bad = cf_dist_agree_error(bad) != 0;
+    if (bad) { run_free(&r); return -1; }
+    run_share_resume(&r);
     if (r.s2s) s2s_note_cuts(&r);
-    int tty = isatty(2) && !o->quiet, rc = 0, stop = 0;
+    int lead = r.rank == 0;
+    int tty = isatty(2) && !o->quiet && lead, rc = 0, stop = 0;
     int64_t tokens_per_step = (int64_t)t->batch_size * t->seq_len * t->grad_accum, n_params = 0;
     for (int i = 0; i < r.model.params.n; i++) n_params += r.model.params.t[i]->numel;   /* the slab pads */
-    char per_step[64];
+    char per_step[64], threads[160];
     if (r.s2s) snprintf(per_step, sizeof per_step, "%d pairs", t->batch_size * t->grad_accum);
     else snprintf(per_step, sizeof per_step, "%lld tokens", (long long)tokens_per_step);
-    fprintf(stderr, "cformer: training %s: %lld parameters, steps %lld..%d of %d, %s per step, %d threads, "
-                    "run %s\n", c->name, (long long)n_params, (long long)r.st.step + 1, last, t->steps,
-            per_step, cf_num_threads(), r.dir);
+    snprintf(threads, sizeof threads, "%d threads", cf_num_threads());
+    if (r.size > 1) {
+        double th[2] = {cf_num_threads(), -cf_num_threads()};
+        cf_dist_max_f64(th, 2);
+        if (th[0] == -th[1]) snprintf(threads, sizeof threads, "%d MPI ranks x %d threads", r.size, (int)th[0]);
+        else snprintf(threads, sizeof threads, "%d MPI ranks x %d..%d threads", r.size, (int)-th[1], (int)th[0]);
+        snprintf(threads + strlen(threads), sizeof threads - strlen(threads), " (%d rows each, gradients in %d buckets)",
+                 r.rows, cf_grad_sync_buckets(r.sync));
+    }
+    if (lead)
+        fprintf(stderr, "cformer: training %s: %lld parameters, steps %lld..%d of %d, %s per step, %s, run %s\n", c->name,
+                (long long)n_params, (long long)r.st.step + 1, last, t->steps, per_step, threads, r.dir);
+    fault fail;
+    fault_parse(&fail);
+    int check_every = r.size > 1 ? env_int("CF_MPI_CHECK_EVERY") : 0;
     saved_handlers handlers;
     install_handlers(&handlers);
     r.t_start = now_s() - r.st.elapsed_s;
@@ -417,12 +692,14 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
         float lr = cf_lr_at(t, s), gnorm = 0;
         int64_t step_tokens = 0;
         float loss = train_step(&r, r.st.next_batch, lr, &gnorm, &step_tokens);
-        if (!isfinite(loss)) {
+        int sig = r.size > 1 ? agree_step(&r, &loss) : 0;
+        if (!isfinite(loss)) {   /* under MPI every rank sees the same loss and norm: all stop here */
             char kept[1400] = "no checkpoint was written";
             if (r.saved_step >= 0) snprintf(kept, sizeof kept, "the last checkpoint (%s/step_%lld.h5) is kept", r.ckpt_dir, (long long)r.saved_step);
             else if (r.resume_path[0]) snprintf(kept, sizeof kept, "the checkpoint resumed from (%s) is kept", r.resume_path);
             rc = cf_set_error("step %d: loss is %s (gradient norm %g); stopping, %s", s + 1,
                               isnan(loss) ? "NaN" : "infinite", gnorm, kept);
+            if (!lead) cf_dist_set_quiet();   /* rank 0 says it */
             break;
         }
         r.st.step = s + 1;
@@ -431,7 +708,13 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
         window_steps++;
         window_tokens += step_tokens;
         int step = s + 1;
-        if (step % t->log_every == 0 || step == last) {
+        if (fail.rank == r.rank && fail.step == step) {
+            if (!strcmp(fail.how, "exit")) _exit(3);
+            if (!strcmp(fail.how, "perturb")) r.model.params.values[0] += 1.0f;
+            else { rc = local_error(&r, cf_set_error("injected failure after step %d (CF_DIST_FAIL=%s)", step, fail.spec)); break; }
+        }
+        if (check_every > 0 && step % check_every == 0) cf_dist_check_params(&r.model.params, step);
+        if (lead && (step % t->log_every == 0 || step == last)) {
             double now = now_s(), tps = window_tokens / (now - t_window);
             fprintf(r.log, "{\"step\": %d, \"loss\": %.6f, \"bpb\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
                            "\"tokens_per_s\": %.0f, \"elapsed_s\": %.3f}\n",
@@ -445,37 +728,43 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
             window_steps = 0;
             window_tokens = 0;
         }
-        if (has_split(&r, 0) && t->eval_every > 0 && step % t->eval_every == 0 && step != last && !stop_requested) {
+        int stopping = r.size > 1 ? sig : stop_requested;
+        if (has_split(&r, 0) && t->eval_every > 0 && step % t->eval_every == 0 && step != last && !stopping) {
             cf_eval_result e;
-            if ((rc = evaluate(&r, 0, (size_t)t->eval_tokens, &e))) break;
+            if ((rc = local_error(&r, evaluate(&r, 0, (size_t)t->eval_tokens, &e)))) break;
             if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
             log_eval(&r, step, "valid", &e);
         }
-        if (t->checkpoint_every > 0 && step % t->checkpoint_every == 0 && step != last && (rc = save_checkpoint(&r)))
+        if (t->checkpoint_every > 0 && step % t->checkpoint_every == 0 && step != last &&
+            (rc = local_error(&r, save_checkpoint(&r))))
             break;
-        if ((stop = stop_requested)) break;
+        if ((stop = r.size > 1 ? sig : stop_requested)) break;
     }
     if (tty) fputc('\n', stderr);
     if (!rc && !stop) {
         cf_eval_result e;
-        if (has_split(&r, 0) && !(rc = evaluate(&r, 0, (size_t)c->eval.bytes, &e))) {
+        if (has_split(&r, 0) && !(rc = local_error(&r, evaluate(&r, 0, (size_t)c->eval.bytes, &e)))) {
             if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
             log_eval(&r, r.st.step, "valid", &e);
             print_bench(&r, "valid", &e);
         }
     }
-    if (!rc && r.saved_step != r.st.step) rc = save_checkpoint(&r);
-    if (!rc && !stop) stop = stop_requested;   /* a signal during the final evaluation or save */
+    if (!rc && r.saved_step != r.st.step) rc = local_error(&r, save_checkpoint(&r));
+    if (!rc && !stop) {   /* a signal during the final evaluation or save */
+        float none = 0;
+        stop = r.size > 1 ? agree_step(&r, &none) : stop_requested;
+    }
     if (!rc && !stop && last == t->steps && has_split(&r, 1)) {
         cf_eval_result e;
-        if (!(rc = evaluate(&r, 1, (size_t)c->eval.bytes, &e))) {
+        if (!(rc = local_error(&r, evaluate(&r, 1, (size_t)c->eval.bytes, &e)))) {
             log_eval(&r, last, "test", &e);
             print_bench(&r, "test", &e);
         }
     }
     if (!rc && stop) {
-        fprintf(stderr, "cformer: %s: stopped after step %lld; checkpoint %s/step_%lld.h5 (continue with --resume %s)\n",
-                signal_name(stop), (long long)r.st.step, r.ckpt_dir, (long long)r.st.step, r.dir);
+        if (lead)
+            fprintf(stderr, "cformer: %s: stopped after step %lld; checkpoint %s/step_%lld.h5 (continue with --resume %s)\n",
+                    signal_name(stop), (long long)r.st.step, r.ckpt_dir, (long long)r.st.step, r.dir);
         if (o->stop_signal) *o->stop_signal = stop;
         rc = 1;
     }
