@@ -34,6 +34,7 @@
 #include <string.h>
 #include <omp.h>
 #include "cformer/attention.h"
+#include "block_gemm.h"
 #include "../ops/backward.h"
 
 typedef struct xgeom {
@@ -76,52 +77,93 @@ static inline float xl_z(const xgeom *g, int64_t bh, int i, int j) {
     return cf_rng_uniform(g->key, idx) >= g->p ? g->inv_keep : 0.0f;
 }
 
-/* a vectorised dot product: lanes summed in a fixed order, so results do not depend on threads */
-static inline float dot(const float *restrict a, const float *restrict b, int n) {
-    float s = 0;
-    #pragma omp simd reduction(+:s)
-    for (int d = 0; d < n; d++) s += a[d] * b[d];
-    return s;
+/* ---- per (batch, head) item, blocks of XB queries --------------------------------------------------
+ * A block of queries I = [i0, i1) sees keys j <= mlen + i, and reads rk rows r = j + Tq - 1 - i in
+ * [Tq - i1, Tk): with rbase = Tq - i1 the content scores AC = (Q_I + u) K^T and the position
+ * scores BD = (Q_I + v) R[rbase:]^T are two small products, and s_ij = (AC_ij + BD_i,r) scale with
+ * r - rbase = j + i1 - 1 - i: the rel_shift, read by index. Keys, values and rk rows of the head are
+ * first packed contiguous (and transposed where a product needs them so). */
+#define XB 32
+
+typedef struct xpack {
+    float *kt, *kc, *vt, *vc, *rt, *rc;   /* [Dh, Tk] transposed and [Tk, Dh] contiguous */
+} xpack;
+
+static void pack_item(const xgeom *g, int b, int h, xpack *p, int want_t_v) {
+    int dh = g->Dh, Tk = g->Tk, C = g->C;
+    for (int j = 0; j < Tk; j++) {
+        const float *kj = g->k + ((int64_t)b * Tk + j) * C + (int64_t)h * dh;
+        const float *vj = g->v + ((int64_t)b * Tk + j) * C + (int64_t)h * dh;
+        const float *rj = g->rk + (int64_t)j * C + (int64_t)h * dh;
+        memcpy(p->kc + (int64_t)j * dh, kj, (size_t)dh * sizeof(float));
+        memcpy(p->vc + (int64_t)j * dh, vj, (size_t)dh * sizeof(float));
+        memcpy(p->rc + (int64_t)j * dh, rj, (size_t)dh * sizeof(float));
+        for (int d = 0; d < dh; d++) {
+            p->kt[(int64_t)d * Tk + j] = kj[d];
+            p->rt[(int64_t)d * Tk + j] = rj[d];
+            if (want_t_v) p->vt[(int64_t)d * Tk + j] = vj[d];
+        }
+    }
 }
 
-/* Scores of query i of head (b, h) into s[0 .. mlen + i]; qu, qv receive q_i + u and q_i + v.
- * Returns the number of visible keys. */
-static int score_row(const xgeom *g, int b, int h, int i, float *s, float *qu, float *qv) {
-    int dh = g->Dh, C = g->C, n = g->mlen + i + 1;
-    const float *qi = g->q + ((int64_t)b * g->Tq + i) * C + (int64_t)h * dh;
-    for (int d = 0; d < dh; d++) {
-        qu[d] = qi[d] + g->u[h * dh + d];
-        qv[d] = qi[d] + g->vb[h * dh + d];
+/* scores of block [i0, i1) into s [XB, n] (n = mlen + i1 keys; invisible ones -inf), with
+ * qu, qv [XB, Dh] = q + u, q + v and bd [XB, mlen + i1] scratch */
+static void block_scores(const xgeom *g, int b, int h, int i0, int i1, const xpack *p, float *s, float *bd,
+                         float *qu, float *qv) {
+    int dh = g->Dh, C = g->C, rows = i1 - i0, n = g->mlen + i1, rbase = g->Tq - i1;
+    for (int r = 0; r < rows; r++) {
+        const float *qi = g->q + ((int64_t)b * g->Tq + i0 + r) * C + (int64_t)h * dh;
+        for (int d = 0; d < dh; d++) {
+            qu[r * dh + d] = qi[d] + g->u[h * dh + d];
+            qv[r * dh + d] = qi[d] + g->vb[h * dh + d];
+        }
     }
-    int shift = g->Tq - 1 - i;
-    for (int j = 0; j < n; j++) {
-        const float *kj = g->k + ((int64_t)b * g->Tk + j) * C + (int64_t)h * dh;
-        const float *rj = g->rk + (int64_t)(j + shift) * C + (int64_t)h * dh;
-        s[j] = (dot(qu, kj, dh) + dot(qv, rj, dh)) * g->scale;
+    memset(s, 0, (size_t)rows * n * sizeof(float));
+    memset(bd, 0, (size_t)rows * n * sizeof(float));
+    cf_block_gemm(rows, n, qu, dh, 1, dh, p->kt, g->Tk, s, n, NULL);
+    cf_block_gemm(rows, n, qv, dh, 1, dh, p->rt + rbase, g->Tk, bd, n, NULL);   /* R rows rbase .. Tk-1 */
+    for (int r = 0; r < rows; r++) {
+        int i = i0 + r, vis = g->mlen + i + 1, off = i1 - 1 - i;
+        float *sr = s + (int64_t)r * n;
+        const float *br = bd + (int64_t)r * n + off;
+        for (int j = 0; j < vis; j++) sr[j] = (sr[j] + br[j]) * g->scale;
+        for (int j = vis; j < n; j++) sr[j] = -INFINITY;
     }
-    return n;
 }
 
 static void forward_item(const xgeom *g, int64_t bh, float *ws, float *out, float *lse) {
-    int b = (int)(bh / g->H), h = (int)(bh % g->H), dh = g->Dh, C = g->C;
-    float *s = ws, *qu = ws + g->Tk, *qv = qu + dh;
-    for (int i = 0; i < g->Tq; i++) {
-        int n = score_row(g, b, h, i, s, qu, qv);
-        float mx = -INFINITY;
-        for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-        float sum = 0;
-        for (int j = 0; j < n; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-        float inv = 1.0f / sum;
-        float *o = out + ((int64_t)b * g->Tq + i) * C + (int64_t)h * dh;
-        memset(o, 0, (size_t)dh * sizeof(float));
-        for (int j = 0; j < n; j++) {
-            float pj = s[j] * inv * xl_z(g, bh, i, j);
-            if (pj == 0) continue;
-            const float *vj = g->v + ((int64_t)b * g->Tk + j) * C + (int64_t)h * dh;
-            for (int d = 0; d < dh; d++) o[d] += pj * vj[d];
+    int b = (int)(bh / g->H), h = (int)(bh % g->H), dh = g->Dh, C = g->C, Tk = g->Tk;
+    xpack p = {ws, ws + (int64_t)Tk * dh, NULL, ws + 2 * (int64_t)Tk * dh, ws + 3 * (int64_t)Tk * dh,
+               ws + 4 * (int64_t)Tk * dh};
+    float *s = ws + 5 * (int64_t)Tk * dh, *bd = s + (int64_t)XB * Tk, *qu = bd + (int64_t)XB * Tk, *qv = qu + XB * dh,
+          *o = qv + XB * dh;
+    pack_item(g, b, h, &p, 0);
+    for (int i0 = 0; i0 < g->Tq; i0 += XB) {
+        int i1 = i0 + XB < g->Tq ? i0 + XB : g->Tq, rows = i1 - i0, n = g->mlen + i1;
+        block_scores(g, b, h, i0, i1, &p, s, bd, qu, qv);
+        for (int r = 0; r < rows; r++) {
+            int i = i0 + r, vis = g->mlen + i + 1;
+            float *sr = s + (int64_t)r * n, mx = -INFINITY, sum = 0;
+            for (int j = 0; j < vis; j++) mx = sr[j] > mx ? sr[j] : mx;
+            for (int j = 0; j < vis; j++) { sr[j] = expf(sr[j] - mx); sum += sr[j]; }
+            float inv = 1.0f / sum;
+            for (int j = 0; j < vis; j++) sr[j] *= inv * xl_z(g, bh, i, j);
+            for (int j = vis; j < n; j++) sr[j] = 0;
+            lse[bh * g->Tq + i] = mx + logf(sum);
         }
-        lse[bh * g->Tq + i] = mx + logf(sum);
+        memset(o, 0, (size_t)rows * dh * sizeof(float));
+        cf_block_gemm(rows, dh, s, n, 1, n, p.vc, dh, o, dh, NULL);                  /* P' V */
+        for (int r = 0; r < rows; r++)
+            memcpy(out + ((int64_t)b * g->Tq + i0 + r) * C + (int64_t)h * dh, o + r * dh, (size_t)dh * sizeof(float));
     }
+}
+
+/* floats of one thread's workspace */
+static size_t xl_ws_floats(const xgeom *g, int backward) {
+    size_t tk = (size_t)g->Tk, dh = (size_t)g->Dh;
+    size_t f = 6 * tk * dh + 2 * XB * tk + 3 * XB * dh;
+    if (backward) f += 3 * tk * dh + 2 * XB * tk + 4 * XB * dh;
+    return (f + 15) & ~(size_t)15;
 }
 
 /* Below this much work (multiply-adds of one product) the op stays on the calling thread. */
@@ -162,7 +204,7 @@ cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v
     size_t mark = cf_arena_mark(&ctx->arena);
     if (!record) lse = cf_scratch(ctx, lse_bytes);
     int nt = xl_team(&g);
-    size_t per = ((size_t)Tk + 2 * g.Dh + 15) & ~(size_t)15;
+    size_t per = xl_ws_floats(&g, 0);
     float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
     int64_t items = (int64_t)B * n_heads;
     #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
@@ -179,46 +221,78 @@ cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v
     return out;
 }
 
-/* One (batch, head) item of backward. dq, dk, dv: the gradient buffers (NULL: not wanted);
- * slot [Tk + 2, Dh]: this item's drk rows, then du and dv_bias (NULL: not wanted). */
+/* One (batch, head) item of backward, by blocks of queries as forward. dq, dk, dv: the gradient
+ * buffers (NULL: not wanted); slot [Tk + 2, Dh]: this item's drk rows, then du and dv_bias (NULL:
+ * not wanted). Per block, with P' = P Z the dropped probabilities and G = scale P (Z dP' - D):
+ *   dV += P'^T dO,  dQu = G K,  dK += G^T Qu,  GB = G shifted into rk rows,  dQv = GB R,
+ *   dR += GB^T Qv. */
 static void backward_item(const xgeom *g, int64_t bh, const float *o, const float *dout, const float *lse, float *ws,
                           float *dq, float *dk, float *dv, float *slot) {
-    int b = (int)(bh / g->H), h = (int)(bh % g->H), dh = g->Dh, C = g->C;
-    float *s = ws, *qu = ws + g->Tk, *qv = qu + dh, *gu = qv + dh, *gv = gu + dh;
+    int b = (int)(bh / g->H), h = (int)(bh % g->H), dh = g->Dh, C = g->C, Tk = g->Tk;
+    int64_t tkd = (int64_t)Tk * dh;
+    xpack p = {ws, ws + tkd, ws + 2 * tkd, ws + 3 * tkd, ws + 4 * tkd, ws + 5 * tkd};
+    float *s = ws + 6 * tkd, *bd = s + (int64_t)XB * Tk, *qu = bd + (int64_t)XB * Tk, *qv = qu + XB * dh,
+          *tmp = qv + XB * dh;
+    float *dkacc = tmp + XB * dh, *dvacc = dkacc + tkd, *dracc = dvacc + tkd;
+    float *pz = dracc + tkd, *gb = pz + (int64_t)XB * Tk, *dob = gb + (int64_t)XB * Tk, *dqu = dob + XB * dh,
+          *dqv = dqu + XB * dh, *dd = dqv + XB * dh;
+    pack_item(g, b, h, &p, 1);
+    memset(dkacc, 0, 3 * (size_t)tkd * sizeof(float));
     int64_t hc = (int64_t)h * dh;
-    for (int i = 0; i < g->Tq; i++) {
-        int n = score_row(g, b, h, i, s, qu, qv), shift = g->Tq - 1 - i;
-        int64_t qrow = ((int64_t)b * g->Tq + i) * C + hc;
-        const float *doi = dout + qrow, *oi = o + qrow;
-        float L = lse[bh * g->Tq + i], D = dot(doi, oi, dh);
-        memset(gu, 0, 2 * (size_t)dh * sizeof(float));
-        for (int j = 0; j < n; j++) {
-            int64_t krow = ((int64_t)b * g->Tk + j) * C + hc;
-            const float *kj = g->k + krow, *vj = g->v + krow, *rj = g->rk + (int64_t)(j + shift) * C + hc;
-            float pj = expf(s[j] - L), z = xl_z(g, bh, i, j);
-            if (dv && pj * z != 0) {
-                float pz = pj * z;
-                float *dvj = dv + krow;
-                for (int d = 0; d < dh; d++) dvj[d] += pz * doi[d];
+    for (int i0 = 0; i0 < g->Tq; i0 += XB) {
+        int i1 = i0 + XB < g->Tq ? i0 + XB : g->Tq, rows = i1 - i0, n = g->mlen + i1;
+        block_scores(g, b, h, i0, i1, &p, s, bd, qu, qv);
+        for (int r = 0; r < rows; r++) {
+            int64_t qrow = ((int64_t)b * g->Tq + i0 + r) * C + hc;
+            memcpy(dob + r * dh, dout + qrow, (size_t)dh * sizeof(float));
+            float D = 0;
+            for (int d = 0; d < dh; d++) D += dout[qrow + d] * o[qrow + d];
+            dd[r] = D;
+        }
+        /* dP' = dO V^T into bd (free now) */
+        memset(bd, 0, (size_t)rows * n * sizeof(float));
+        cf_block_gemm(rows, n, dob, dh, 1, dh, p.vt, Tk, bd, n, NULL);
+        memset(gb, 0, (size_t)rows * n * sizeof(float));
+        for (int r = 0; r < rows; r++) {
+            int i = i0 + r, vis = g->mlen + i + 1, off = i1 - 1 - i;
+            float L = lse[bh * g->Tq + i];
+            float *sr = s + (int64_t)r * n, *pr = pz + (int64_t)r * n, *dpr = bd + (int64_t)r * n;
+            float *gr = gb + (int64_t)r * n + off;
+            for (int j = 0; j < vis; j++) {
+                float pj = expf(sr[j] - L), z = xl_z(g, bh, i, j);
+                pr[j] = pj * z;
+                sr[j] = g->scale * pj * (z * dpr[j] - dd[r]);       /* G */
+                gr[j] = sr[j];
             }
-            float G = g->scale * pj * (z * dot(doi, vj, dh) - D);
-            if (G == 0) continue;
-            for (int d = 0; d < dh; d++) { gu[d] += G * kj[d]; gv[d] += G * rj[d]; }
-            if (dk) {
-                float *dkj = dk + krow;
-                for (int d = 0; d < dh; d++) dkj[d] += G * qu[d];
-            }
-            if (slot) {
-                float *dr = slot + (int64_t)(j + shift) * dh;
-                for (int d = 0; d < dh; d++) dr[d] += G * qv[d];
+            for (int j = vis; j < n; j++) pr[j] = sr[j] = 0;
+        }
+        if (dv) cf_block_gemm(n, dh, pz, 1, n, rows, dob, dh, dvacc, dh, NULL);
+        if (dk) cf_block_gemm(n, dh, s, 1, n, rows, qu, dh, dkacc, dh, NULL);
+        int rbase = g->Tq - i1;
+        if (slot) cf_block_gemm(n, dh, gb, 1, n, rows, qv, dh, dracc + (int64_t)rbase * dh, dh, NULL);
+        if (dq || slot) {
+            memset(dqu, 0, 2 * (size_t)XB * dh * sizeof(float));
+            cf_block_gemm(rows, dh, s, n, 1, n, p.kc, dh, dqu, dh, NULL);
+            cf_block_gemm(rows, dh, gb, n, 1, n, p.rc + (int64_t)rbase * dh, dh, dqv, dh, NULL);
+            for (int r = 0; r < rows; r++) {
+                int64_t qrow = ((int64_t)b * g->Tq + i0 + r) * C + hc;
+                if (dq)
+                    for (int d = 0; d < dh; d++) dq[qrow + d] += dqu[r * dh + d] + dqv[r * dh + d];
+                if (slot) {
+                    float *su = slot + (int64_t)Tk * dh, *sv = su + dh;
+                    for (int d = 0; d < dh; d++) { su[d] += dqu[r * dh + d]; sv[d] += dqv[r * dh + d]; }
+                }
             }
         }
-        if (dq)
-            for (int d = 0; d < dh; d++) dq[qrow + d] += gu[d] + gv[d];
-        if (slot) {
-            float *su = slot + (int64_t)g->Tk * dh, *sv = su + dh;
-            for (int d = 0; d < dh; d++) { su[d] += gu[d]; sv[d] += gv[d]; }
-        }
+    }
+    for (int j = 0; j < Tk; j++) {
+        int64_t krow = ((int64_t)b * Tk + j) * C + hc;
+        if (dk)
+            for (int d = 0; d < dh; d++) dk[krow + d] += dkacc[(int64_t)j * dh + d];
+        if (dv)
+            for (int d = 0; d < dh; d++) dv[krow + d] += dvacc[(int64_t)j * dh + d];
+        if (slot)
+            for (int d = 0; d < dh; d++) slot[(int64_t)j * dh + d] += dracc[(int64_t)j * dh + d];
     }
 }
 
@@ -231,7 +305,7 @@ void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n) {
     int nt = xl_team(&g);
     int64_t items = (int64_t)g.B * g.H, rows = g.Tk + 2;
     size_t mark = cf_arena_mark(&ctx->arena);
-    size_t per = ((size_t)g.Tk + 4 * g.Dh + 15) & ~(size_t)15, slot_n = (size_t)rows * g.Dh;
+    size_t per = xl_ws_floats(&g, 1), slot_n = (size_t)rows * g.Dh;
     float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
     float *slots = NULL;
     if (drk) {
