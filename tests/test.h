@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "cformer/cformer.h"
 
 static int t_passed, t_failed;
@@ -20,6 +21,20 @@ static int t_passed, t_failed;
         printf("RESULT passed=%d failed=%d\n", t_passed, t_failed);             \
         return t_failed ? 1 : 0;                                                \
     } while (0)
+
+/* a whole text file, NUL-terminated ("" when it cannot be read); the caller frees */
+static inline char *t_read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return strdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = calloc((size_t)n + 1, 1);
+    size_t got = fread(b, 1, (size_t)n, f);
+    b[got] = 0;
+    fclose(f);
+    return b;
+}
 
 /* deterministic test data */
 static inline void t_fill_uniform(float *x, int64_t n, float lo, float hi, uint64_t seed) {

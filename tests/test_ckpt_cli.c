@@ -23,19 +23,6 @@ static void write_bytes(const char *path, const void *data, size_t n) {
     CF_ASSERT(f && fwrite(data, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
 }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = calloc((size_t)n + 1, 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
-
 static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
 
 static int count_lines(const char *s) {
@@ -73,7 +60,7 @@ static int run(const char *const *args) {
 /* exit status 2 and exactly one stderr line "cformer: ...want..." */
 static void expect_bad(const char *what, const char *const *args, const char *want) {
     int rc = run(args);
-    char *err = read_text(err_path);
+    char *err = t_read_text(err_path);
     CHECK(rc == 2 && count_lines(err) == 1 && !strncmp(err, "cformer: ", 9) && strstr(err, want),
           "%s: status %d, stderr \"%s\" (want exit 2 and one line containing \"%s\")", what, rc, err, want);
     printf("bad input %-22s -> exit %d: %s", what, rc, err);
@@ -119,36 +106,36 @@ int main(int argc, char **argv) {
     snprintf(rdir, sizeof rdir, "%s/run", root);
     snprintf(ckpt, sizeof ckpt, "%s/ckpt/latest.h5", rdir);
     int rc = run((const char *[]){"train", cfg, "--out", rdir, "--until", "4", "--quiet", NULL});
-    CHECK(rc == 0 && exists(ckpt), "train --until 4: status %d: %s", rc, read_text(err_path));
+    CHECK(rc == 0 && exists(ckpt), "train --until 4: status %d: %s", rc, t_read_text(err_path));
     rc = run((const char *[]){"train", cfg, "--resume", rdir, "--quiet", NULL});
-    char *err = read_text(err_path);
+    char *err = t_read_text(err_path);
     CHECK(rc == 0 && strstr(err, "resuming from") && strstr(err, "at step 4"), "train --resume: status %d: %s", rc, err);
     free(err);
 
     rc = run((const char *[]){"info", ckpt, NULL});
-    char *out = read_text(out_path);
+    char *out = t_read_text(out_path);
     CHECK(rc == 0 && strstr(out, "step         8 of 8") && strstr(out, "tokens seen  512") &&
           strstr(out, "blocks.1.mlp.fc.weight") && strstr(out, "  total") && strstr(out, "\"d_model\": 32"),
           "info: status %d: %s", rc, out);
     free(out);
 
     rc = run((const char *[]){"eval", ckpt, "--data", valid, NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && !strncmp(out, "BENCH eval bpb=", 15) && strstr(out, "bytes=1999 ctx=32 stride=16 tokens_per_s="),
           "eval: status %d: %s", rc, out);
     printf("eval: %s", out);
     free(out);
     rc = run((const char *[]){"eval", ckpt, "--data", valid, "--ctx", "16", "--stride", "4", NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && strstr(out, "ctx=16 stride=4"), "eval --ctx 16 --stride 4: status %d: %s", rc, out);
     free(out);
 
     const char *sample[] = {"sample", ckpt, "--prompt", "the ", "--tokens", "20", "--temperature", "0.8", "--top-k",
                             "10", "--seed", "3", NULL};
     rc = run(sample);
-    char *s1 = read_text(out_path);
+    char *s1 = t_read_text(out_path);
     rc |= run(sample);
-    char *s2 = read_text(out_path);
+    char *s2 = t_read_text(out_path);
     CHECK(rc == 0 && strlen(s1) == 4 + 20 + 1 && !strncmp(s1, "the ", 4) && !strcmp(s1, s2),
           "sample: status %d, \"%s\" then \"%s\"", rc, s1, s2);
     free(s1);
@@ -159,7 +146,7 @@ int main(int argc, char **argv) {
     snprintf(bad, sizeof bad, "%s/text.h5", root);
     write_bytes(bad, "hello\n", 6);
     snprintf(trunc, sizeof trunc, "%s/trunc.h5", root);
-    char *full = read_text(ckpt);
+    char *full = t_read_text(ckpt);
     write_bytes(trunc, full, 600);
     free(full);
     snprintf(empty, sizeof empty, "%s/empty-run", root);
@@ -194,7 +181,7 @@ int main(int argc, char **argv) {
                                      "train.checkpoint_every=0", NULL});
     int started = 0;
     for (int i = 0; i < 6000 && !started; i++) {
-        char *log = read_text(slog);
+        char *log = t_read_text(slog);
         started = count_lines(log) >= 2;
         free(log);
         if (!started) nanosleep(&(struct timespec){0, 10000000}, NULL);
@@ -203,13 +190,13 @@ int main(int argc, char **argv) {
     kill(p, SIGINT);
     int st;
     waitpid(p, &st, 0);
-    err = read_text(err_path);
+    err = t_read_text(err_path);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 130 && strstr(err, "SIGINT") && strstr(err, "--resume"),
           "SIGINT: status %d: %s", st, err);
     printf("SIGINT -> exit %d: %s", WIFEXITED(st) ? WEXITSTATUS(st) : -1, strstr(err, "cformer: SIGINT") ? strstr(err, "cformer: SIGINT") : err);
     free(err);
     rc = run((const char *[]){"info", slatest, NULL});
-    CHECK(rc == 0, "info on the SIGINT checkpoint: status %d: %s", rc, read_text(err_path));
+    CHECK(rc == 0, "info on the SIGINT checkpoint: status %d: %s", rc, t_read_text(err_path));
 
     if (t_failed == 0) nftw(root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
     else printf("scratch directory kept for inspection: %s\n", root);

@@ -23,19 +23,6 @@ static void write_text(const char *path, const char *text) {
     CF_ASSERT(f && fputs(text, f) >= 0 && fclose(f) == 0, "cannot write %s", path);
 }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = calloc((size_t)n + 1, 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
-
 static int count_lines(const char *s) {
     int n = 0;
     for (; *s; s++) n += *s == '\n';
@@ -71,7 +58,7 @@ static int run(const char *const *args) { return run_in(NULL, args); }
 
 static void expect_bad_in(const char *what, const char *stdin_text, const char *const *args, const char *want) {
     int rc = run_in(stdin_text, args);
-    char *err = read_text(err_path);
+    char *err = t_read_text(err_path);
     CHECK(rc == 2 && count_lines(err) == 1 && !strncmp(err, "cformer: ", 9) && strstr(err, want),
           "%s: status %d, stderr \"%s\" (want exit 2 and one line containing \"%s\")", what, rc, err, want);
     printf("bad input %-24s -> exit %d: %s", what, rc, err);
@@ -129,7 +116,7 @@ int main(int argc, char **argv) {
     snprintf(rdir, sizeof rdir, "%s", in_root("run"));
     snprintf(ckpt, sizeof ckpt, "%s/ckpt/latest.h5", rdir);
     int rc = run((const char *[]){"train", cfg, "--out", rdir, "--quiet", NULL});
-    char *out = read_text(out_path), *err = read_text(err_path);
+    char *out = t_read_text(out_path), *err = t_read_text(err_path);
     CHECK(rc == 0 && strstr(out, "BENCH eval split=valid bpb=") && strstr(out, "exact_match=") &&
           strstr(out, "pairs=2") && strstr(out, "BENCH eval split=test"),
           "train: status %d\nstdout: %s\nstderr: %s", rc, out, err);
@@ -139,39 +126,39 @@ int main(int argc, char **argv) {
     free(err);
 
     rc = run((const char *[]){"info", ckpt, NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && strstr(out, "decoder.blocks.0.cross.kv.weight") && strstr(out, "encoder.blocks.0.attn.qkv.weight") &&
           strstr(out, "\"arch\": \"encoder_decoder\"") && strstr(out, "emb.weight"), "info: status %d: %s", rc, out);
     free(out);
 
     rc = run((const char *[]){"eval", ckpt, "--data", valid, NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && !strncmp(out, "BENCH eval bpb=", 15) && strstr(out, "exact_match=") && strstr(out, "pairs=2 tokens=7"),
           "eval: status %d: %s", rc, out);
     printf("eval: %s", out);
     free(out);
 
     rc = run((const char *[]){"translate", ckpt, "--input", "ab\\tc", NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && count_lines(out) == 1 && !strchr(out, '\t'), "translate --input: status %d: \"%s\"", rc, out);
     free(out);
     rc = run_in("abc\nhello\n\n", (const char *[]){"translate", ckpt, NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && count_lines(out) == 3, "translate from stdin: status %d: \"%s\"", rc, out);
     free(out);
     /* K = 1 is greedy decoding; K = 3 runs */
     rc = run((const char *[]){"translate", ckpt, "--input", "hello", NULL});
-    char *greedy = read_text(out_path);
+    char *greedy = t_read_text(out_path);
     rc |= run((const char *[]){"translate", ckpt, "--input", "hello", "--beam", "1", NULL});
-    char *k1 = read_text(out_path);
+    char *k1 = t_read_text(out_path);
     CHECK(rc == 0 && !strcmp(greedy, k1), "translate --beam 1 \"%s\" vs greedy \"%s\"", k1, greedy);
     rc = run((const char *[]){"translate", ckpt, "--input", "hello", "--beam", "3", "--max-len", "16", NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && count_lines(out) == 1, "translate --beam 3: status %d: \"%s\"", rc, out);
     free(out); free(greedy); free(k1);
 
     rc = run((const char *[]){"bench", cfg, "--steps", "2", NULL});
-    out = read_text(out_path);
+    out = t_read_text(out_path);
     CHECK(rc == 0 && strstr(out, "BENCH train_step config=ed "), "bench: status %d: %s", rc, out);
     free(out);
 

@@ -56,19 +56,6 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return strdup("");
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = calloc((size_t)n + 1, 1);
-    size_t got = fread(b, 1, (size_t)n, f);
-    b[got] = 0;
-    fclose(f);
-    return b;
-}
-
 static int count(const char *s, const char *what) {
     int n = 0;
     for (const char *p = s; (p = strstr(p, what)); p += strlen(what)) n++;
@@ -215,7 +202,7 @@ int main(int argc, char **argv) {
         int rc = train(2, fails[i].env, d3, plain, &secs);
         char path[400], *err;
         snprintf(path, sizeof path, "%s.err", d3);
-        err = read_text(path);
+        err = t_read_text(path);
         CHECK(rc != 0 && rc != 124 && rc != 137, "(c) %s: exit status %d (want a failure, not a timeout)", fails[i].what,
               rc);
         /* a process that dies says nothing: mpirun names it, "Process name: [[job,1],1]" (the rank last) */
@@ -237,7 +224,7 @@ int main(int argc, char **argv) {
     int rc = train(2, "", d3, "--set train.batch_size=3", NULL);
     char path[400];
     snprintf(path, sizeof path, "%s.err", d3);
-    char *err = read_text(path);
+    char *err = t_read_text(path);
     CHECK(rc == 2 && count(err, "cformer: ") == 1 && strstr(err, "train.batch_size: 3 does not split over 2 MPI ranks"),
           "(c) batch 3 on 2 ranks: exit %d, stderr:\n%s", rc, err);
     struct stat st;
