@@ -387,34 +387,12 @@ static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, const seg *s, in
     for (int i = 0; i < nq; i++) {
         const float *sr = w->p + (int64_t)i * BK;
         uint64_t vis = w->vis[i];
-        float mx = -INFINITY;
-#ifdef __AVX512F__
-        if (vis) {
-            __m512 m4 = _mm512_set1_ps(-INFINITY);
-            for (int v = 0; v < 4; v++)
-                m4 = _mm512_mask_max_ps(m4, (__mmask16)(vis >> (16 * v)), m4, _mm512_load_ps(sr + 16 * v));
-            mx = _mm512_reduce_max_ps(m4);
-        }
-#else
-        for (int j = 0; j < BK; j++)
-            if ((vis >> j) & 1 && sr[j] > mx) mx = sr[j];
-#endif
-        w->mnew[i] = fmaxf(w->m[i], mx);
+        w->mnew[i] = fmaxf(w->m[i], masked_row_max(sr, vis));
     }
     for (int i = nq; i < rows; i++) w->alpha[i] = 1.0f;
-#ifdef __AVX512F__
-    for (int i = 0; i < nq; i += 16) {
-        __mmask16 live = (__mmask16)(nq - i >= 16 ? 0xFFFF : (1u << (nq - i)) - 1);
-        __m512 mo = _mm512_maskz_loadu_ps(live, w->m + i), mn = _mm512_maskz_loadu_ps(live, w->mnew + i);
-        __mmask16 empty = _mm512_cmp_ps_mask(mn, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
-        __m512 t = _mm512_max_ps(_mm512_maskz_sub_ps((__mmask16)~empty, mo, mn), _mm512_set1_ps(-200.0f));
-        _mm512_mask_storeu_ps(w->alpha + i, live, exp2_16(t));
-    }
-#else
-    for (int i = 0; i < nq; i++) w->alpha[i] = w->mnew[i] == -INFINITY ? 1.0f : exp2f(w->m[i] - w->mnew[i]);
-#endif
+    online_alpha(w->m, w->mnew, w->alpha, nq);
     for (int i = 0; i < nq; i++) {
-        float *sr = w->p + (int64_t)i * BK, m = w->mnew[i], rowsum = 0;
+        float *sr = w->p + (int64_t)i * BK, m = w->mnew[i];
         uint64_t vis = w->vis[i];
         w->m[i] = m;
         if (!vis) {
@@ -423,24 +401,7 @@ static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, const seg *s, in
             continue;
         }
         if (g->dropout) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
-#ifdef __AVX512F__
-        __m512 mv = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
-        for (int v = 0; v < 4; v++) {
-            __m512 pv = _mm512_maskz_mov_ps((__mmask16)(vis >> (16 * v)),
-                                            exp2_16(_mm512_sub_ps(_mm512_load_ps(sr + 16 * v), mv)));
-            sum = _mm512_add_ps(sum, pv);
-            if (g->dropout) pv = _mm512_mul_ps(pv, _mm512_load_ps(w->z + 16 * v));
-            _mm512_store_ps(sr + 16 * v, pv);
-        }
-        rowsum = _mm512_reduce_add_ps(sum);
-#else
-        for (int j = 0; j < BK; j++) {
-            float pj = (vis >> j) & 1 ? exp2f(sr[j] - m) : 0.0f;
-            rowsum += pj;
-            sr[j] = g->dropout ? pj * w->z[j] : pj;
-        }
-#endif
-        w->l[i] = w->l[i] * w->alpha[i] + rowsum;
+        w->l[i] = w->l[i] * w->alpha[i] + prob_row(sr, vis, m, g->dropout ? w->z : NULL);
     }
     memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
 }

@@ -32,6 +32,7 @@
 #endif
 #include "cformer/attention.h"
 #include "cformer/kernels.h"
+#include "../kernels/attn_tiles.h"
 #include "../ops/backward.h"
 
 #define FAVOR_EPS 1e-6f
@@ -86,16 +87,7 @@ static void exp_shift(const float *u, float shift, float c, float add, float *ou
     const __m512 cv = _mm512_set1_ps(c), av = _mm512_set1_ps(add), lo = _mm512_set1_ps(-200.0f);
     for (; r + 16 <= m; r += 16) {
         __m512 t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(u + r), sv), l2e), lo);
-        __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 f = _mm512_sub_ps(t, n);
-        __m512 y = _mm512_set1_ps(1.5370706387e-4f);
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3399848249e-3f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6183735877e-3f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5503290147e-2f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022647738e-1f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718246e-1f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-        _mm512_storeu_ps(out + r, _mm512_mul_ps(cv, _mm512_add_ps(_mm512_scalef_ps(y, n), av)));
+        _mm512_storeu_ps(out + r, _mm512_mul_ps(cv, _mm512_add_ps(exp2_16(t), av)));
     }
 #endif
     for (; r < m; r++) out[r] = c * (expf(u[r] - shift) + add);

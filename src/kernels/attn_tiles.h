@@ -1,11 +1,16 @@
 /* Register-tiled pieces shared by the fused attention kernels (src/ops/attention.c, and the
- * masked variants of src/attention/masked.c): the score block Q K^T of 64 keys and a 16-lane 2^x.
- * Internal; the including file defines BK (64) before including this. */
+ * masked variants of src/attention/masked.c): the score block Q K^T of 64 keys, a 16-lane 2^x (also
+ * the Performer's features), the online-softmax steps of a 64-key block. Internal. */
 #ifndef CF_KERNELS_ATTN_TILES_H
 #define CF_KERNELS_ATTN_TILES_H
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+
+#ifndef BK
+#define BK 64          /* keys per block */
+#endif
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -66,6 +71,65 @@ static inline __m512 exp2_16(__m512 t) {
 }
 #endif
 
+
+/* The online softmax over 64-key blocks (both fused kernels): the largest visible score of a row
+ * (bit j of vis; -inf when no key is visible; s 64-byte aligned) ... */
+static inline float masked_row_max(const float *s, uint64_t vis) {
+    float mx = -INFINITY;
+#ifdef __AVX512F__
+    if (vis) {
+        __m512 m4 = _mm512_set1_ps(-INFINITY);
+        for (int v = 0; v < 4; v++)
+            m4 = _mm512_mask_max_ps(m4, (__mmask16)(vis >> (16 * v)), m4, _mm512_load_ps(s + 16 * v));
+        mx = _mm512_reduce_max_ps(m4);
+    }
+#else
+    for (int j = 0; j < 64; j++)
+        if ((vis >> j) & 1 && s[j] > mx) mx = s[j];
+#endif
+    return mx;
+}
+
+/* ... and the factor alpha[i] = 2^(m[i] - mnew[i]) by which row i's running sum and output shrink
+ * when its maximum grows, for i < nq: 1 while no key is visible yet (mnew = -inf: the accumulator
+ * is still zero anyway) */
+static inline void online_alpha(const float *m, const float *mnew, float *alpha, int nq) {
+#ifdef __AVX512F__
+    for (int i = 0; i < nq; i += 16) {
+        __mmask16 live = (__mmask16)(nq - i >= 16 ? 0xFFFF : (1u << (nq - i)) - 1);
+        __m512 mo = _mm512_maskz_loadu_ps(live, m + i), mn = _mm512_maskz_loadu_ps(live, mnew + i);
+        __mmask16 empty = _mm512_cmp_ps_mask(mn, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
+        __m512 t = _mm512_max_ps(_mm512_maskz_sub_ps((__mmask16)~empty, mo, mn), _mm512_set1_ps(-200.0f));
+        _mm512_mask_storeu_ps(alpha + i, live, exp2_16(t));
+    }
+#else
+    for (int i = 0; i < nq; i++) alpha[i] = mnew[i] == -INFINITY ? 1.0f : exp2f(m[i] - mnew[i]);
+#endif
+}
+
+/* ... then the probabilities of a row: s[j] = 2^(s[j] - m) on visible keys, 0 elsewhere, times the
+ * dropout multipliers z[j] when z is not NULL; returns the sum before dropout (the softmax
+ * denominator's share of this block) */
+static inline float prob_row(float *s, uint64_t vis, float m, const float *z) {
+#ifdef __AVX512F__
+    __m512 mv = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+    for (int v = 0; v < 4; v++) {
+        __m512 pv = _mm512_maskz_mov_ps((__mmask16)(vis >> (16 * v)), exp2_16(_mm512_sub_ps(_mm512_load_ps(s + 16 * v), mv)));
+        sum = _mm512_add_ps(sum, pv);
+        if (z) pv = _mm512_mul_ps(pv, _mm512_load_ps(z + 16 * v));
+        _mm512_store_ps(s + 16 * v, pv);
+    }
+    return _mm512_reduce_add_ps(sum);
+#else
+    float rowsum = 0;
+    for (int j = 0; j < 64; j++) {
+        float pj = (vis >> j) & 1 ? exp2f(s[j] - m) : 0.0f;
+        rowsum += pj;
+        s[j] = z ? pj * z[j] : pj;
+    }
+    return rowsum;
+#endif
+}
 
 /* One row of the attention backward over a 64-key block: P = 2^(S - L) on visible keys (bit j of
  * vis), then dS = P (dP - D), with the dropout mask z (NULL: none) applied as P' = P z and
