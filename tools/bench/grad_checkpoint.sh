@@ -4,14 +4,18 @@
 # kdoc-small width (d 256, 4 heads) at seq 1024, batch 1. Each case runs in its own process, so
 # peak RSS is that case's alone.
 # Usage: tools/bench/grad_checkpoint.sh [BUILD_DIR] [LAYERS...]
+# Environment: BATCH (train.batch_size, 1), THREADS (--threads; default: OMP_NUM_THREADS or all),
+# STEPS (timed steps, 3).
 set -eu
 bin=${1:-build}/cformer
 shift || true
 layers=${*:-64 128}
+batch=${BATCH:-1}
 for L in $layers; do
   for mode in none blocks; do
-    "$bin" bench configs/kdoc-small.json --steps 3 --set model.n_layers=$L --set model.max_seq_len=1024 \
-      --set train.seq_len=1024 --set train.batch_size=1 --set eval.ctx=1024 --set "train.grad_checkpoint=\"$mode\"" \
+    "$bin" bench configs/kdoc-small.json --steps "${STEPS:-3}" ${THREADS:+--threads "$THREADS"} \
+      --set model.n_layers=$L --set model.max_seq_len=1024 --set train.seq_len=1024 \
+      --set train.batch_size=$batch --set eval.ctx=1024 --set "train.grad_checkpoint=\"$mode\"" \
       | sed -n "s/^BENCH train_step config=[^ ]* /BENCH grad_checkpoint layers=$L mode=$mode /p"
   done
 done

@@ -16,7 +16,8 @@
 #                                      with dpkg -x into MPI_PREFIX (/tmp/cformer-openmpi) and runs
 #                                      that copy (OPAL_PREFIX, PATH, LD_LIBRARY_PATH); nothing is
 #                                      written outside MPI_PREFIX and RESULTS
-# Environment: CONFIG, CORES (16), STEPS (timed steps per case, 10), RANKS ("1 2 4 8"), USE_DEBS=1
+# Environment: CONFIG, CORES (16), STEPS (timed steps per case, 10), ROUNDS (3: the table gives medians;
+# the cases take turns within a round), RANKS ("1 2 4 8"), USE_DEBS=1
 # (the carried packages even where a system mpirun exists: how this was tested),
 # CFORMER (the binary: .device/mpi-bin/cformer, else build-mpi/cformer), MPI_PREFIX,
 # RESULTS (directory for the outputs: $OUT/mpi-scaling when $OUT is set, else runs/mpi-scaling).
@@ -65,6 +66,7 @@ fi
 CONFIG=${CONFIG:-configs/enwik8-base.json}
 CORES=${CORES:-16}
 STEPS=${STEPS:-10}
+ROUNDS=${ROUNDS:-3}
 RANKS=${RANKS:-"1 2 4 8"}
 if [ -n "${OUT:-}" ]; then RESULTS=${RESULTS:-$OUT/mpi-scaling}; else RESULTS=${RESULTS:-runs/mpi-scaling}; fi
 mkdir -p "$RESULTS"
@@ -133,38 +135,47 @@ echo "mpirun options: $BIND${OMPI_MCA_btl_vader_single_copy_mechanism:+ (btl_vad
 # bound ranks pin their threads inside their own cores; unbound ones must not (every rank would
 # put its first thread on CPU 0)
 if [ "$BIND" = "--bind-to none" ]; then unset OMP_PROC_BIND OMP_PLACES; else export OMP_PROC_BIND=close OMP_PLACES=threads; fi
-lines=()
-one() {   # name, command...
+one() {   # name, command...: appends the run's BENCH mpi line to $RESULTS/$name.lines
   local name=$1; shift
-  echo "== $name: $*"
-  timeout 240 "$@" >"$RESULTS/$name.out" 2>&1
+  echo "== $name (round $round): $*"
+  timeout 240 "$@" >"$RESULTS/$name.r$round.out" 2>&1
   local rc=$?
-  grep '^BENCH' "$RESULTS/$name.out"
-  [ $rc -eq 0 ] || { echo "   (exit $rc)"; tail -5 "$RESULTS/$name.out"; }
-  lines+=("$(grep '^BENCH mpi' "$RESULTS/$name.out" | tail -1)")
+  grep '^BENCH' "$RESULTS/$name.r$round.out"
+  [ $rc -eq 0 ] || { echo "   (exit $rc)"; tail -5 "$RESULTS/$name.r$round.out"; }
+  grep '^BENCH mpi' "$RESULTS/$name.r$round.out" | tail -1 >>"$RESULTS/$name.lines"
 }
 pin="taskset -c 0-$((CORES - 1))"
 $pin true 2>/dev/null || pin=""
-one "single-x$CORES" env OMP_NUM_THREADS=$CORES $pin "$CFORMER" bench "$CONFIG" --steps "$STEPS" --threads "$CORES"
-for n in $RANKS; do
-  t=$((CORES / n))
-  if [ "$BIND" = "--bind-to none" ]; then map=""; else map="--map-by slot:PE=$t --report-bindings"; fi
-  one "ranks$n-x$t" mpirun -np "$n" $BIND $map -x OMP_NUM_THREADS=$t -x OMP_WAIT_POLICY -x LD_LIBRARY_PATH \
-      ${OMP_PROC_BIND:+-x OMP_PROC_BIND -x OMP_PLACES} "$CFORMER" bench "$CONFIG" --steps "$STEPS" --threads "$t"
+names=("single-x$CORES")
+for n in $RANKS; do names+=("ranks$n-x$((CORES / n))"); done
+for name in "${names[@]}"; do rm -f "$RESULTS/$name.lines"; done
+# the cases take turns, round after round, so that a slow spell of the machine falls on all of them
+for round in $(seq 1 "$ROUNDS"); do
+  one "single-x$CORES" env OMP_NUM_THREADS=$CORES $pin "$CFORMER" bench "$CONFIG" --steps "$STEPS" --threads "$CORES"
+  for n in $RANKS; do
+    t=$((CORES / n))
+    if [ "$BIND" = "--bind-to none" ]; then map=""; else map="--map-by slot:PE=$t"; fi
+    [ "$round" = 1 ] && [ -n "$map" ] && map="$map --report-bindings"
+    one "ranks$n-x$t" mpirun -np "$n" $BIND $map -x OMP_NUM_THREADS=$t -x OMP_WAIT_POLICY -x LD_LIBRARY_PATH \
+        ${OMP_PROC_BIND:+-x OMP_PROC_BIND -x OMP_PLACES} "$CFORMER" bench "$CONFIG" --steps "$STEPS" --threads "$t"
+  done
 done
 
+# medians over the rounds of each case's tokens/s, step time and all-reduce time
+med() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" | sort -g | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 echo
-echo "| processes | ranks x threads | tokens/s | speed-up | step ms | all-reduce ms/step (share) |"
-echo "|---|---|---|---|---|---|"
+echo "medians of $ROUNDS rounds, $STEPS timed steps each, $CONFIG"
+echo "| processes | ranks x threads | tokens/s | speed-up | step ms | all-reduce ms/step (share) | tokens/s of the rounds |"
+echo "|---|---|---|---|---|---|---|"
 base=""
-for i in "${!lines[@]}"; do
-  l=${lines[$i]}
-  [ -n "$l" ] || continue
-  r=$(sed -n 's/.* ranks=\([0-9]*\).*/\1/p' <<<"$l"); th=$(sed -n 's/.* threads=\([0-9]*\).*/\1/p' <<<"$l")
-  tps=$(sed -n 's/.* tokens_per_s=\([0-9]*\).*/\1/p' <<<"$l"); ms=$(sed -n 's/.* step_ms=\([0-9.]*\).*/\1/p' <<<"$l")
-  ar=$(sed -n 's/.* allreduce_ms=\([0-9.]*\).*/\1/p' <<<"$l")
+for i in "${!names[@]}"; do
+  f=$RESULTS/${names[$i]}.lines
+  [ -s "$f" ] || continue
+  r=$(sed -n 's/.* ranks=\([0-9]*\).*/\1/p' "$f" | head -1); th=$(sed -n 's/.* threads=\([0-9]*\).*/\1/p' "$f" | head -1)
+  tps=$(med tokens_per_s <"$f"); ms=$(med step_ms <"$f"); ar=$(med allreduce_ms <"$f")
+  all=$(sed -n 's/.* tokens_per_s=\([0-9]*\).*/\1/p' "$f" | paste -sd' ')
   [ -n "$base" ] || base=$tps
   how=mpirun; [ "$i" = 0 ] && how="plain"
-  awk -v how="$how" -v r="$r" -v th="$th" -v tps="$tps" -v b="$base" -v ms="$ms" -v ar="$ar" \
-    'BEGIN { printf "| %s | %s x %s | %s | %.2f | %s | %s (%.1f%%) |\n", how, r, th, tps, tps / b, ms, ar, 100 * ar / ms }'
+  awk -v how="$how" -v r="$r" -v th="$th" -v tps="$tps" -v b="$base" -v ms="$ms" -v ar="$ar" -v all="$all" \
+    'BEGIN { printf "| %s | %s x %s | %.0f | %.2f | %.1f | %.1f (%.1f%%) | %s |\n", how, r, th, tps, tps / b, ms, ar, 100 * ar / ms, all }'
 done | tee "$RESULTS/table.md"
