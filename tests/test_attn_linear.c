@@ -271,7 +271,7 @@ static layer_box *make_layer(cf_attn_kind type, int H, int C, int causal, int m,
     a.type = type;
     a.features = m;
     a.redraw_every = 10;
-    snprintf(a.kernel, sizeof a.kernel, "%s", kernel);
+    a.kernel = !strcmp(kernel, "relu") ? CF_FAVOR_RELU : CF_FAVOR_SOFTMAX;
     char name[32];
     snprintf(name, sizeof name, "blocks.%d.attn", layer);
     cf_attn_decl(&x->L, &x->p, name, C, H, causal, 0.0f, &a, 1);

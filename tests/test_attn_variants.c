@@ -120,7 +120,8 @@ static cf_attn_config config_of(const tcase *c) {
     a.window = c->window;
     a.stride = c->stride;
     a.c = c->c;
-    snprintf(a.combine, sizeof a.combine, "%s", c->combine);
+    for (int i = 0; cf_combine_names[i]; i++)
+        if (!strcmp(cf_combine_names[i], c->combine)) a.combine = (cf_combine_kind)i;
     return a;
 }
 
@@ -259,7 +260,7 @@ static void gradchecks(void) {
                     cf_attn_config cfg = {.type = type == 0 ? CF_ATTN_WINDOW : type == 1 ? CF_ATTN_SPARSE_STRIDED
                                                                                         : CF_ATTN_SPARSE_FIXED,
                                           .window = 3, .stride = 4, .c = 2};
-                    snprintf(cfg.combine, sizeof cfg.combine, "%s", combines[ci]);
+                    cfg.combine = (cf_combine_kind)ci;
                     for (int p = 0; p < 2; p++) {
                         gc_arg a = {cf_attn_pattern_of(&cfg, layer),
                                     {.causal = causal, .dropout = p ? 0.3f : 0, .key_keep = keep}, H};

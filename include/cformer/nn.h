@@ -3,7 +3,7 @@
 #ifndef CFORMER_NN_H
 #define CFORMER_NN_H
 
-#include "config.h"
+#include "schema.h"
 #include "ops.h"
 #include "param.h"
 

@@ -92,8 +92,8 @@ cf_tensor *cf_attn_xl_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *xq, 
 
 cf_attn_pattern cf_attn_pattern_of(const cf_attn_config *c, int layer) {
     cf_attn_pattern p = {.type = c->type, .window = c->window, .stride = c->stride, .c = c->c};
-    if (!strcmp(c->combine, "heads")) p.split_heads = 1;
-    else if (!strcmp(c->combine, "merged")) p.parts = 3;
+    if (c->combine == CF_COMBINE_HEADS) p.split_heads = 1;
+    else if (c->combine == CF_COMBINE_MERGED) p.parts = 3;
     else p.parts = layer % 2 ? 2 : 1;                                     /* "alternate" */
     return p;
 }
@@ -109,7 +109,7 @@ int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_
         if (c->stride < 1) return cf_set_error("%s.stride: must be >= 1 (got %d)", path, c->stride);
         if (c->type == CF_ATTN_SPARSE_FIXED && (c->c < 1 || c->c > c->stride))
             return cf_set_error("%s.c: must be in [1, stride %d] (got %d)", path, c->stride, c->c);
-        if (!strcmp(c->combine, "heads") && n_heads < 2)
+        if (c->combine == CF_COMBINE_HEADS && n_heads < 2)
             return cf_set_error("%s.combine: \"heads\" splits the two parts between heads and needs at least 2 "
                                 "heads (model.n_heads is %d)", path, n_heads);
         return 0;
@@ -175,7 +175,7 @@ cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, con
     case CF_ATTN_LINEAR:
         return cf_linear_attention_qkv(ctx, qkv, a->n_heads, a->causal, key_keep);
     case CF_ATTN_PERFORMER: {
-        int m = a->cfg.features, d = qkv->shape[2] / 3 / a->n_heads, relu = !strcmp(a->cfg.kernel, "relu");
+        int m = a->cfg.features, d = qkv->shape[2] / 3 / a->n_heads, relu = a->cfg.kernel == CF_FAVOR_RELU;
         float *w = performer_w(ctx, a, m, d);
         cf_tensor *fq = cf_favor_features(ctx, qkv, 0, a->n_heads, w, m, relu, NULL);
         cf_tensor *fk = cf_favor_features(ctx, qkv, 1, a->n_heads, w, m, relu, key_keep);
@@ -187,10 +187,10 @@ cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, con
         CF_ASSERT(a->causal && !key_keep, "attention type infini is causal and takes no key padding");
         cf_attn_pattern p = {.type = CF_ATTN_SPARSE_FIXED, .stride = a->cfg.segment_len, .c = 1, .parts = 1};
         cf_tensor *a_dot = cf_masked_attention_qkv(ctx, qkv, a->n_heads, &p, &o);
-        if (!strcmp(a->cfg.update, "none")) return a_dot;         /* the ablation: no memory at all */
+        if (a->cfg.update == CF_UPDATE_NONE) return a_dot;         /* the ablation: no memory at all */
         const cf_infini_io *io = a->infini;
         return cf_infini_attention(ctx, qkv, a_dot, a->gate, a->n_heads, a->cfg.segment_len,
-                                   !strcmp(a->cfg.update, "delta"), io ? io->M0 : NULL, io ? io->z0 : NULL,
+                                   a->cfg.update == CF_UPDATE_DELTA, io ? io->M0 : NULL, io ? io->z0 : NULL,
                                    io ? io->M_out : NULL, io ? io->z_out : NULL);
     }
     case CF_ATTN_XL:

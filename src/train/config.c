@@ -24,27 +24,10 @@
 _Static_assert(sizeof(cf_arch) == sizeof(int) && sizeof(cf_norm_kind) == sizeof(int) &&
                sizeof(cf_norm_pos) == sizeof(int) && sizeof(cf_act_kind) == sizeof(int) &&
                sizeof(cf_pos_kind) == sizeof(int) && sizeof(cf_attn_kind) == sizeof(int) &&
-               sizeof(cf_sched_kind) == sizeof(int) && sizeof(cf_sample_kind) == sizeof(int),
+               sizeof(cf_sched_kind) == sizeof(int) && sizeof(cf_sample_kind) == sizeof(int) &&
+               sizeof(cf_combine_kind) == sizeof(int) && sizeof(cf_favor_kernel) == sizeof(int) &&
+               sizeof(cf_update_kind) == sizeof(int),
                "config enums must be int-sized");
-
-/* ---- name tables (index = enum value) ---------------------------------------------------------- */
-static const char *const arch_names[] = {"decoder", "encoder_decoder", NULL};
-static const char *const norm_names[] = {"layernorm", "rmsnorm", NULL};
-static const char *const normpos_names[] = {"pre", "post", NULL};
-static const char *const act_names[] = {"gelu", "relu", NULL};
-static const char *const pos_names[] = {"learned", "sinusoidal", "none", NULL};
-static const char *const attn_names[] = {"full", "window", "sparse_strided", "sparse_fixed",
-                                         "linear", "performer", "xl", "infini", NULL};
-static const char *const sched_names[] = {"cosine", "linear", "constant", NULL};
-static const char *const sample_names[] = {"random", "ordered", NULL};
-static const char *const combine_names[] = {"alternate", "heads", "merged", NULL};
-static const char *const kernel_names[] = {"softmax", "relu", NULL};
-static const char *const update_names[] = {"linear", "delta", "none", NULL};
-_Static_assert(sizeof attn_names / sizeof *attn_names == CF_ATTN_KIND_COUNT + 1, "attn_names");
-
-const char *cf_attn_kind_name(cf_attn_kind k) {
-    return (unsigned)k < CF_ATTN_KIND_COUNT ? attn_names[k] : "unknown";
-}
 
 /* ---- key tables ---------------------------------------------------------------------------------- */
 typedef enum {
@@ -52,7 +35,6 @@ typedef enum {
     K_FLOAT,    /* float */
     K_BOOL,     /* int 0/1 from true/false */
     K_ENUM,     /* int from a string in names[] */
-    K_CHOICE,   /* char[size] holding one of names[] */
     K_STR,      /* char[size], any string */
     K_SEED,     /* uint64_t, integral number exactly representable as a double */
     K_CKPT,     /* train.grad_checkpoint: "none" = 0 | "blocks" = 1 | positive integer */
@@ -69,16 +51,16 @@ typedef struct {
 #define NKEYS(a) ((int)(sizeof a / sizeof *a))
 
 static const key_def model_keys[] = {
-    KEY(cf_model_config, arch, K_ENUM, arch_names),
+    KEY(cf_model_config, arch, K_ENUM, cf_arch_names),
     KEY(cf_model_config, vocab_size, K_INT, NULL),
     KEY(cf_model_config, d_model, K_INT, NULL),
     KEY(cf_model_config, n_layers, K_INT, NULL),
     KEY(cf_model_config, n_heads, K_INT, NULL),
     KEY(cf_model_config, d_ff, K_INT, NULL),
-    KEY(cf_model_config, norm, K_ENUM, norm_names),
-    KEY(cf_model_config, norm_position, K_ENUM, normpos_names),
-    KEY(cf_model_config, activation, K_ENUM, act_names),
-    KEY(cf_model_config, position, K_ENUM, pos_names),
+    KEY(cf_model_config, norm, K_ENUM, cf_norm_names),
+    KEY(cf_model_config, norm_position, K_ENUM, cf_norm_pos_names),
+    KEY(cf_model_config, activation, K_ENUM, cf_act_names),
+    KEY(cf_model_config, position, K_ENUM, cf_pos_names),
     KEY(cf_model_config, max_seq_len, K_INT, NULL),
     KEY(cf_model_config, dropout, K_FLOAT, NULL),
     KEY(cf_model_config, attn_dropout, K_FLOAT, NULL),
@@ -92,18 +74,18 @@ static const key_def model_keys[] = {
 };
 
 static const key_def attn_keys[] = {
-    KEY(cf_attn_config, type, K_ENUM, attn_names),
+    KEY(cf_attn_config, type, K_ENUM, cf_attn_kind_names),
     KEY(cf_attn_config, window, K_INT, NULL),
     KEY(cf_attn_config, stride, K_INT, NULL),
     KEY(cf_attn_config, c, K_INT, NULL),
-    KEY(cf_attn_config, combine, K_CHOICE, combine_names),
+    KEY(cf_attn_config, combine, K_ENUM, cf_combine_names),
     KEY(cf_attn_config, features, K_INT, NULL),
-    KEY(cf_attn_config, kernel, K_CHOICE, kernel_names),
+    KEY(cf_attn_config, kernel, K_ENUM, cf_favor_kernel_names),
     KEY(cf_attn_config, redraw_every, K_INT, NULL),
     KEY(cf_attn_config, mem_len, K_INT, NULL),
     KEY(cf_attn_config, clamp_len, K_INT, NULL),
     KEY(cf_attn_config, segment_len, K_INT, NULL),
-    KEY(cf_attn_config, update, K_CHOICE, update_names),
+    KEY(cf_attn_config, update, K_ENUM, cf_update_names),
 };
 
 /* model.encoder / model.decoder */
@@ -118,7 +100,7 @@ static const key_def train_keys[] = {
     KEY(cf_train_config, steps, K_INT, NULL),
     KEY(cf_train_config, lr, K_FLOAT, NULL),
     KEY(cf_train_config, warmup_steps, K_INT, NULL),
-    KEY(cf_train_config, schedule, K_ENUM, sched_names),
+    KEY(cf_train_config, schedule, K_ENUM, cf_sched_names),
     KEY(cf_train_config, min_lr, K_FLOAT, NULL),
     KEY(cf_train_config, weight_decay, K_FLOAT, NULL),
     KEY(cf_train_config, beta1, K_FLOAT, NULL),
@@ -133,7 +115,7 @@ static const key_def train_keys[] = {
     KEY(cf_train_config, eval_tokens, K_INT, NULL),
     KEY(cf_train_config, checkpoint_every, K_INT, NULL),
     KEY(cf_train_config, keep_checkpoints, K_INT, NULL),
-    KEY(cf_train_config, sampling, K_ENUM, sample_names),
+    KEY(cf_train_config, sampling, K_ENUM, cf_sample_names),
     KEY(cf_train_config, threads, K_INT, NULL),
     KEY(cf_train_config, bucket_pool, K_INT, NULL),
 };
@@ -150,90 +132,10 @@ static const key_def eval_keys[] = {
     KEY(cf_eval_config, bytes, K_INT, NULL),
 };
 
-/* ---- defaults ------------------------------------------------------------------------------------ */
 /* Zero-padded copy: structs are compared bytewise (round-trip test), so no stale bytes after NUL. */
 static void set_str(char *dst, size_t size, const char *src) {
     memset(dst, 0, size);
     strncpy(dst, src, size - 1);
-}
-
-static void attn_defaults(cf_attn_config *a) {
-    memset(a, 0, sizeof *a);
-    a->type = CF_ATTN_FULL;
-    a->window = 128;
-    a->stride = 0;
-    a->c = 8;
-    set_str(a->combine, sizeof a->combine, "alternate");
-    a->features = 128;
-    set_str(a->kernel, sizeof a->kernel, "softmax");
-    a->redraw_every = 1000;
-    a->mem_len = 0;
-    a->clamp_len = -1;
-    a->segment_len = 128;
-    set_str(a->update, sizeof a->update, "linear");
-}
-
-void cf_config_defaults(cf_config *c) {
-    memset(c, 0, sizeof *c);
-    cf_model_config *m = &c->model;
-    m->arch = CF_ARCH_DECODER;
-    m->vocab_size = 256;
-    m->d_model = 256;
-    m->n_layers = 4;
-    m->n_heads = 4;
-    m->d_ff = 0;
-    m->norm = CF_NORM_LAYERNORM;
-    m->norm_position = CF_NORM_PRE;
-    m->activation = CF_ACT_GELU;
-    m->position = CF_POS_LEARNED;
-    m->max_seq_len = 256;
-    m->dropout = 0.0f;
-    m->attn_dropout = -1.0f;
-    m->emb_dropout = -1.0f;
-    m->tie_embeddings = 1;
-    m->bias = 1;
-    m->norm_eps = 1e-5f;
-    m->init_std = 0.02f;
-    m->n_attn = 1;
-    attn_defaults(&m->attn[0]);
-    m->enc_layers = 0;   /* 0 = n_layers, resolved by parsing */
-    m->dec_layers = 0;
-    m->label_smoothing = 0.0f;
-
-    cf_train_config *t = &c->train;
-    t->batch_size = 8;
-    t->seq_len = 256;
-    t->steps = 2000;
-    t->lr = 3e-4f;
-    t->warmup_steps = 100;
-    t->schedule = CF_SCHED_COSINE;
-    t->min_lr = 3e-5f;
-    t->weight_decay = 0.1f;
-    t->beta1 = 0.9f;
-    t->beta2 = 0.95f;
-    t->eps = 1e-8f;
-    t->grad_clip = 1.0f;
-    t->grad_accum = 1;
-    t->seed = 1;
-    t->grad_checkpoint = 0;
-    t->log_every = 10;
-    t->eval_every = 500;
-    t->eval_tokens = 0;
-    t->checkpoint_every = 500;
-    t->keep_checkpoints = 3;
-    t->sampling = CF_SAMPLE_RANDOM;
-    t->threads = 0;
-    t->bucket_pool = 1;
-
-    c->eval.ctx = 0;
-    c->eval.stride = 0;
-    set_str(c->name, sizeof c->name, "config");
-}
-
-const cf_attn_config *cf_config_layer_attn(const cf_model_config *m, int layer) {
-    CF_ASSERT(m->n_attn >= 1 && m->n_attn <= CF_MAX_LAYER_ATTN && layer >= 0,
-              "cf_config_layer_attn: n_attn %d, layer %d", m->n_attn, layer);
-    return &m->attn[layer % m->n_attn];
 }
 
 /* ---- JSON -> struct ------------------------------------------------------------------------------ */
@@ -299,10 +201,6 @@ static int set_value(const key_def *k, const cJSON *v, const char *path, char *b
         if (!cJSON_IsString(v) || (i = name_index(k->names, v->valuestring)) < 0)
             return bad_choice(path, k->names, v);
         memcpy(dst, &i, sizeof i);
-        return 0;
-    case K_CHOICE:
-        if (!cJSON_IsString(v) || name_index(k->names, v->valuestring) < 0) return bad_choice(path, k->names, v);
-        set_str(dst, k->size, v->valuestring);
         return 0;
     case K_STR:
         if (!cJSON_IsString(v)) return cf_set_error("%s: expected a string, got %s", path, json_type(v));
@@ -383,7 +281,7 @@ static int model_special(const cJSON *it, const char *path, void *arg) {
         if (cJSON_IsObject(it)) {
             st->attn_is_list = 0;
             m->n_attn = 1;
-            attn_defaults(&m->attn[0]);
+            cf_attn_config_defaults(&m->attn[0]);
             return parse_object(it, path, attn_keys, NKEYS(attn_keys), &m->attn[0], NULL, NULL) ? -1 : 1;
         }
         if (!cJSON_IsArray(it))
@@ -398,7 +296,7 @@ static int model_special(const cJSON *it, const char *path, void *arg) {
         for (const cJSON *e = it->child; e; e = e->next, i++) {
             char p[512];
             snprintf(p, sizeof p, "%s[%d]", path, i);
-            attn_defaults(&m->attn[i]);
+            cf_attn_config_defaults(&m->attn[i]);
             if (parse_object(e, p, attn_keys, NKEYS(attn_keys), &m->attn[i], NULL, NULL)) return -1;
         }
         return 1;
@@ -604,7 +502,7 @@ static int validate(parse_state *st) {
     int positions = m->position == CF_POS_LEARNED || m->position == CF_POS_SINUSOIDAL;
     if (positions && t->seq_len > m->max_seq_len)
         return cf_set_error("train.seq_len: must not exceed model.max_seq_len with %s positions (%d > %d)",
-                            pos_names[m->position], t->seq_len, m->max_seq_len);
+                            cf_pos_names[m->position], t->seq_len, m->max_seq_len);
     for (int i = 0; i < m->n_attn; i++) {
         char p[64];
         if (st->attn_is_list) snprintf(p, sizeof p, "model.attention[%d]", i);
@@ -636,7 +534,7 @@ static int validate(parse_state *st) {
     if (c->eval.ctx == 0) c->eval.ctx = t->seq_len;
     if (positions && c->eval.ctx > m->max_seq_len)
         return cf_set_error("eval.ctx: must not exceed model.max_seq_len with %s positions (%d > %d)",
-                            pos_names[m->position], c->eval.ctx, m->max_seq_len);
+                            cf_pos_names[m->position], c->eval.ctx, m->max_seq_len);
     TRY(check_int("eval.stride", c->eval.stride, 0, MAX_SIZE));
     if (c->eval.stride == 0) c->eval.stride = c->eval.ctx > 1 ? c->eval.ctx / 2 : 1;
     if (c->eval.stride > c->eval.ctx)
@@ -790,7 +688,6 @@ static void emit_object(cJSON *obj, const key_def *keys, int n_keys, const void 
             CF_ASSERT(i >= 0 && i < name_count(d->names), "config: %s = %d is not a valid value", d->key, i);
             r = cJSON_AddStringToObject(obj, d->key, d->names[i]);
             break;
-        case K_CHOICE:
         case K_STR:
             r = cJSON_AddStringToObject(obj, d->key, (const char *)src);
             break;

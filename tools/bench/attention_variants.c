@@ -58,9 +58,9 @@ static double step(cf_ctx *ctx, const cf_attn_layer *a, int n, const float *src,
 static const char *settings(const cf_attn_config *c, char *buf, size_t n) {
     switch (c->type) {
     case CF_ATTN_WINDOW: snprintf(buf, n, " window=%d", c->window); break;
-    case CF_ATTN_SPARSE_STRIDED: snprintf(buf, n, " stride=%d combine=%s", c->stride, c->combine); break;
-    case CF_ATTN_SPARSE_FIXED: snprintf(buf, n, " stride=%d c=%d combine=%s", c->stride, c->c, c->combine); break;
-    case CF_ATTN_PERFORMER: snprintf(buf, n, " features=%d kernel=%s", c->features, c->kernel); break;
+    case CF_ATTN_SPARSE_STRIDED: snprintf(buf, n, " stride=%d combine=%s", c->stride, cf_combine_names[c->combine]); break;
+    case CF_ATTN_SPARSE_FIXED: snprintf(buf, n, " stride=%d c=%d combine=%s", c->stride, c->c, cf_combine_names[c->combine]); break;
+    case CF_ATTN_PERFORMER: snprintf(buf, n, " features=%d kernel=%s", c->features, cf_favor_kernel_names[c->kernel]); break;
     default: buf[0] = 0;
     }
     return buf;
@@ -94,8 +94,8 @@ int main(int argc, char **argv) {
             }
             cf_attn_config c = {.type = kinds[k], .window = 128, .stride = (int)lround(sqrt((double)n)), .c = 8,
                                 .features = 128, .redraw_every = 1000};
-            snprintf(c.combine, sizeof c.combine, "merged");
-            snprintf(c.kernel, sizeof c.kernel, "softmax");
+            c.combine = CF_COMBINE_MERGED;
+            c.kernel = CF_FAVOR_SOFTMAX;
             /* only the core runs: the layer's projections are declared but never allocated */
             cf_params params;
             cf_params_init(&params);
