@@ -35,8 +35,8 @@ ifeq ($(MPI),1)
   PKGS    += libopenmpi-dev openmpi-bin
 endif
 
-LIB_SRC  := $(wildcard src/core/*.c src/autograd/*.c src/kernels/*.c src/ops/*.c src/attention/*.c \
-                       src/nn/*.c src/model/*.c src/train/*.c)
+LIB_SRC  := $(wildcard src/core/*.c src/kernels/*.c src/autograd/*.c src/ops/*.c src/attention/*.c src/nn/*.c \
+                       src/model/*.c src/optim/*.c src/data/*.c src/dist/*.c src/io/*.c src/decode/*.c src/train/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_SRC  := $(wildcard src/cli/*.c)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
@@ -68,7 +68,7 @@ $(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h $(LIB_OBJ)
 
 # Every test binary runs at 1 thread and at 2; the last line is "N passed, M failed".
 test: all $(TEST_BIN) data/tiny/train.bin
-	@sh tests/run.sh $(BUILD) $(TEST_BIN)
+	@sh tests/run.sh $(BUILD) $(TEST_BIN) tests/test_layers.sh
 
 # a small offline corpus for end-to-end tests (tools/make_tiny_data.sh)
 data/tiny/train.bin:

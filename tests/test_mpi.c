@@ -1,4 +1,4 @@
-/* Data-parallel training under mpirun (issue 9, dist.h), end to end with the cformer binary of
+/* Data-parallel training under mpirun (dist.h), end to end with the cformer binary of
  * the MPI build (make MPI=1 test; built without MPI this test says SKIP and checks nothing):
  *   (a) 2 ranks with global batch B train like 1 process with batch B, for the default decoder
  *       and for Transformer-XL on ordered streams with 2 micro-batches a step (dropout 0): the same

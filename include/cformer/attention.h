@@ -1,9 +1,8 @@
-/* Attention variants (DESIGN.md section 3, ALGORITHMS.md sections 2-5) behind one interface.
- *
- * An attention layer (nn.h: cf_attn_layer) is projections around a core; cf_attn_core runs the
- * core its config names on a fused projection qkv [B, T, 3D] (all q columns, then k, then v; head
- * h is columns [h*Dh, (h+1)*Dh) of each) and returns [B, T, D] with the heads in the same layout.
- * It dispatches to one op per family:
+/* The ops of the attention variants (DESIGN.md section 3, ALGORITHMS.md sections 2-5). An
+ * attention layer (nn.h: cf_attn_layer) is projections around a core; its core (cf_attn_core) runs
+ * on a fused projection qkv [B, T, 3D] (all q columns, then k, then v; head h is columns
+ * [h*Dh, (h+1)*Dh) of each) and returns [B, T, D] with the heads in the same layout, through one
+ * op per family:
  *
  *   full                        cf_attention_qkv (src/ops/attention.c)
  *   window, sparse_strided,     cf_masked_attention_qkv (src/attention/masked.c): flash attention
@@ -19,23 +18,8 @@
 #define CFORMER_ATTENTION_H
 
 #include <stdint.h>
-#include "nn.h"
-
-/* The core of layer a on qkv [B, T, 3D] -> [B, T, D]. key_keep [B, T] (nonzero = real token) or
- * NULL masks padded keys (an encoder's padding); borrowed until backward has run. Attention dropout
- * (a->dropout, training only) applies to the softmax variants (full, window, sparse); linear and
- * performer have no probabilities to drop. */
-cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, const uint8_t *key_keep);
-
-/* Can a layer of n_heads heads over d_model columns run this config? 0, or -1 with cf_error_msg()
- * naming the key ("model.attention.combine: \"heads\" needs at least 2 heads"). path is the key
- * path of the config ("model.attention" or "model.attention[1]"). */
-int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model);
-
-/* Outside training the performer uses the random features of the step it last trained at (so that
- * evaluation sees the features the weights were fitted to). A layer fresh from a checkpoint has
- * not trained yet: this tells it the step (and train.seed) it was saved at. */
-void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step);
+#include "ops.h"
+#include "schema.h"
 
 /* ---- masked softmax attention: window and sparse (src/attention/masked.c) -------------------------
  * Conventions (ALGORITHMS.md sections 2.1 and 3), for query i and key j, l = stride:

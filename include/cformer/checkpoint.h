@@ -49,7 +49,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "train.h"
+#include "config.h"
+#include "model.h"
+#include "optim.h"
 
 #define CF_CKPT_FORMAT  "cformer-checkpoint"
 #define CF_CKPT_VERSION 1

@@ -167,7 +167,6 @@ cf_tensor *cf_tensor_new(cf_ctx *ctx, int ndim, const int *shape);
 cf_tensor *cf_tensor_1d(cf_ctx *ctx, int a);
 cf_tensor *cf_tensor_2d(cf_ctx *ctx, int a, int b);
 cf_tensor *cf_tensor_3d(cf_ctx *ctx, int a, int b, int c);
-cf_tensor *cf_tensor_4d(cf_ctx *ctx, int a, int b, int c, int d);
 /* a tensor header that views existing memory (no copy); the caller keeps `data` alive */
 cf_tensor *cf_tensor_view(cf_ctx *ctx, float *data, int ndim, const int *shape);
 /* an input that needs a gradient (tests, gradient checks) */

@@ -1,5 +1,5 @@
-/* Data-parallel training over MPI (issue 9): the ranks of a job, the few collectives the trainer
- * needs, and the gradient all-reduce that overlaps backward. src/train/dist.c.
+/* Data-parallel training over MPI: the ranks of a job, the few collectives the trainer
+ * needs, and the gradient all-reduce that overlaps backward. src/dist/dist.c.
  *
  * `make MPI=1` builds with mpicc and -DCF_MPI. Without it (the default build) there is no MPI at
  * all and this layer is the one-process case: rank 0 of 1, every collective is the identity, and
@@ -68,7 +68,6 @@ int  cf_dist_quiet(void);
 /* collectives over all ranks, in place; identities without MPI */
 void cf_dist_sum_f64(double *x, int n);
 void cf_dist_max_f64(double *x, int n);
-void cf_dist_barrier(void);
 /* rank 0's `bytes` bytes at buf to every rank */
 void cf_dist_bcast(void *buf, size_t bytes);
 /* rank 0 receives the n floats of every rank, in rank order, in recv (size * n floats); other

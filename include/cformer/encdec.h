@@ -64,23 +64,6 @@
 #define CF_TOK_PAD 258
 #define CF_ENCDEC_MIN_VOCAB 259
 
-/* ---- src/nn/cross_attention.c ------------------------------------------------------------------ */
-/* Multi-head attention of queries x [B, T, D] over a memory [B, S, D] (the encoder output). */
-typedef struct cf_cross_attn_layer {
-    cf_linear_layer q, kv, proj;      /* q [D, D], fused kv [2D, D], proj [D, D] */
-    int   n_heads;
-    float dropout;                    /* on the attention probabilities */
-} cf_cross_attn_layer;
-
-void cf_cross_attn_decl(cf_cross_attn_layer *l, cf_params *p, const char *prefix, int d, int n_heads,
-                        float dropout, int bias);
-/* the fused projection of the memory: [B, S, 2D], columns [0, D) keys, [D, 2D) values */
-cf_tensor *cf_cross_attn_kv(cf_ctx *ctx, const cf_cross_attn_layer *l, cf_tensor *mem);
-/* x [B, T, D] attending to mem [B, S, D]; mem_keep [B, S] nonzero = real token (NULL = all), borrowed
- * until backward has run -> [B, T, D] */
-cf_tensor *cf_cross_attn_apply(cf_ctx *ctx, const cf_cross_attn_layer *l, cf_tensor *x, cf_tensor *mem,
-                               const uint8_t *mem_keep);
-
 /* ---- src/model/encdec.c ------------------------------------------------------------------------ */
 typedef struct cf_dec_block {
     cf_block            self;         /* ln1, attn (causal), ln2, mlp, norm position, residual dropout */
@@ -135,46 +118,5 @@ cf_tensor *cf_encdec_logits(cf_model *m, cf_ctx *ctx, const cf_s2s_batch *b);
 /* mean cross-entropy in nats over the real target tokens, with label smoothing; logits_out
  * (optional) receives the logits. The batch's arrays are borrowed until backward has run. */
 cf_tensor *cf_encdec_loss(cf_model *m, cf_ctx *ctx, const cf_s2s_batch *b, float smoothing, cf_tensor **logits_out);
-
-/* ---- src/train/translate.c: decoding with cached keys and values -------------------------------- */
-/* The incremental decoder: the encoder runs once, each decoder layer's cross-attention keys and
- * values are projected once, and each step feeds one token per row, appending its self-attention
- * keys and values to per-layer caches. No gradient; memory from ctx's arena (reset by
- * cf_dec_cache_init, which keeps everything it allocates until the next cf_ctx_begin). */
-typedef struct cf_dec_cache {
-    cf_model *m;
-    cf_ctx   *ctx;
-    int       rows, S, max_T, t;  /* decoder rows, source tokens, step capacity, tokens fed so far */
-    float   **self_k, **self_v;   /* per layer [rows, max_T, D] */
-    float   **cross_k, **cross_v; /* per layer [rows, S, D] */
-    uint8_t  *keep;               /* [rows, S] */
-    float    *logits;             /* [rows, V]: the last step's */
-    size_t    mark;               /* arena position after the cache: each step rewinds to it */
-} cf_dec_cache;
-
-/* Encode n_src sources (src [n_src, S], keep [n_src, S]) and set up rows = n_src * per_src decoder
- * rows (row r decodes source r / per_src: beams share their source's encoder pass) for up to max_T
- * steps. -1 with cf_error_msg() when S or max_T exceed what the model's positions allow. */
-int cf_dec_cache_init(cf_dec_cache *c, cf_model *m, cf_ctx *ctx, const int32_t *src, const uint8_t *keep, int n_src,
-                      int S, int per_src, int max_T);
-/* feed tok[rows] at position c->t; returns the logits [rows, V] of the next token */
-const float *cf_dec_cache_step(cf_dec_cache *c, const int32_t *tok);
-/* beams: row r continues row parent[r] (its cached keys and values are copied) */
-void cf_dec_cache_reorder(cf_dec_cache *c, const int *parent);
-
-/* Greedy decoding of n sources (bytes src[i], src_len[i] each, cut to max_src bytes as training
- * cuts them: max_src = train.seq_len - 1): out[i] (capacity max_len) receives the bytes before EOS,
- * out_len[i] their count; a row that reaches max_len tokens without EOS keeps max_len bytes. Only
- * bytes and EOS are ever chosen (ties: the lower id). -1 with cf_error_msg() when the lengths exceed
- * what the model's positions allow. */
-int cf_translate_greedy(cf_model *m, cf_ctx *ctx, const uint8_t *const *src, const int *src_len, int n, int max_src,
-                        int max_len, uint8_t **out, int *out_len);
-/* Beam search with beam width K over one source: the K best continuations are kept at each step
- * by total log probability; a hypothesis that emits EOS is finished and the beam narrows by one;
- * the result is the finished hypothesis (or, if none finished in max_len steps, any) with the best
- * length-normalised log probability (total / tokens, EOS counted). K = 1 is greedy decoding.
- * score (optional) receives that normalised log probability in nats. */
-int cf_translate_beam(cf_model *m, cf_ctx *ctx, const uint8_t *src, int src_len, int max_src, int K, int max_len,
-                      uint8_t *out, int *out_len, float *score);
 
 #endif

@@ -16,8 +16,6 @@ int   cf_h5_read_i32(hid_t f, const char *file, const char *name, int32_t *dst, 
 /* shape of a dataset (ndim <= 4); -1 when missing */
 int   cf_h5_shape(hid_t f, const char *name, int *ndim, int64_t *shape);
 int   cf_h5_write_f32(hid_t f, const char *file, const char *name, const float *src, int ndim, const int64_t *shape);
-int   cf_h5_write_i64(hid_t f, const char *file, const char *name, const int64_t *src, int64_t n);
-int   cf_h5_write_u64(hid_t f, const char *file, const char *name, const uint64_t *src, int64_t n);
 int   cf_h5_read_u64(hid_t f, const char *file, const char *name, uint64_t *dst, int64_t n);
 int   cf_h5_read_i64(hid_t f, const char *file, const char *name, int64_t *dst, int64_t n);
 int   cf_h5_exists(hid_t f, const char *name);
@@ -25,7 +23,7 @@ int   cf_h5_exists(hid_t f, const char *name);
 int   cf_h5_write_string(hid_t f, const char *file, const char *name, const char *s);
 char *cf_h5_read_string(hid_t f, const char *file, const char *name);   /* malloc'd, NULL on error */
 
-/* ---- additions for checkpoints (src/train/checkpoint.c) ----
+/* ---- float64, scalars, attributes, groups ----
  * float64 datasets, scalar (0-d) datasets, attributes, groups. Reads accept a scalar or a
  * one-element 1-D dataset alike, so h5py-written files with either form load. */
 int   cf_h5_write_f64(hid_t f, const char *file, const char *name, const double *src, int64_t n);

@@ -3,9 +3,10 @@
 #ifndef CFORMER_NN_H
 #define CFORMER_NN_H
 
-#include "schema.h"
+#include "attention.h"
 #include "ops.h"
 #include "param.h"
+#include "schema.h"
 
 typedef struct cf_linear_layer { cf_tensor *w, *b; } cf_linear_layer;        /* w [out, in], b [out] or NULL */
 typedef struct cf_norm_layer { cf_tensor *w, *b; cf_norm_kind kind; float eps; } cf_norm_layer;
@@ -71,11 +72,43 @@ cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x,
  * r_w_bias and r_r_bias. Returns [B, Tq, D] after the output projection. */
 cf_tensor *cf_attn_xl_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *xq, cf_tensor *xc, cf_tensor *pos,
                             cf_tensor *u, cf_tensor *v_bias);
+/* the variant core of an attention layer, its config check and the performer's draw (src/nn/attention.c) */
+/* The core of layer a on qkv [B, T, 3D] -> [B, T, D]. key_keep [B, T] (nonzero = real token) or
+ * NULL masks padded keys (an encoder's padding); borrowed until backward has run. Attention dropout
+ * (a->dropout, training only) applies to the softmax variants (full, window, sparse); linear and
+ * performer have no probabilities to drop. */
+cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, const uint8_t *key_keep);
+
+/* Can a layer of n_heads heads over d_model columns run this config? 0, or -1 with cf_error_msg()
+ * naming the key ("model.attention.combine: \"heads\" needs at least 2 heads"). path is the key
+ * path of the config ("model.attention" or "model.attention[1]"). */
+int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model);
+
+/* Outside training the performer uses the random features of the step it last trained at (so that
+ * evaluation sees the features the weights were fitted to). A layer fresh from a checkpoint has
+ * not trained yet: this tells it the step (and train.seed) it was saved at. */
+void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step);
+
 /* src/nn/block.c; one transformer block, pre- or post-norm */
 void       cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model_config *m,
                          const cf_attn_config *attn, int causal);
 cf_tensor *cf_block_apply(cf_ctx *ctx, const cf_block *b, cf_tensor *x);
-/* cf_region_fn form of cf_block_apply, for gradient checkpointing (closure = the block) */
-cf_tensor *cf_block_region(cf_ctx *ctx, void *block, cf_tensor *x);
+
+/* ---- src/nn/cross_attention.c ------------------------------------------------------------------ */
+/* Multi-head attention of queries x [B, T, D] over a memory [B, S, D] (the encoder output). */
+typedef struct cf_cross_attn_layer {
+    cf_linear_layer q, kv, proj;      /* q [D, D], fused kv [2D, D], proj [D, D] */
+    int   n_heads;
+    float dropout;                    /* on the attention probabilities */
+} cf_cross_attn_layer;
+
+void cf_cross_attn_decl(cf_cross_attn_layer *l, cf_params *p, const char *prefix, int d, int n_heads,
+                        float dropout, int bias);
+/* the fused projection of the memory: [B, S, 2D], columns [0, D) keys, [D, 2D) values */
+cf_tensor *cf_cross_attn_kv(cf_ctx *ctx, const cf_cross_attn_layer *l, cf_tensor *mem);
+/* x [B, T, D] attending to mem [B, S, D]; mem_keep [B, S] nonzero = real token (NULL = all), borrowed
+ * until backward has run -> [B, T, D] */
+cf_tensor *cf_cross_attn_apply(cf_ctx *ctx, const cf_cross_attn_layer *l, cf_tensor *x, cf_tensor *mem,
+                               const uint8_t *mem_keep);
 
 #endif

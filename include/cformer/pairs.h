@@ -19,7 +19,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "encdec.h"
-#include "train.h"
 
 typedef struct cf_pairs {
     uint8_t *bytes;             /* the decoded bytes of every source and target, back to back */
@@ -55,15 +54,6 @@ int  cf_pairs_pick(const cf_pairs *p, uint64_t seed, uint64_t index, int r);
  * holds k B ints. */
 void cf_pairs_sample(const cf_pairs *p, uint64_t seed, uint64_t index, int B, int max_tokens, int pool, int *scratch,
                      cf_s2s_batch *b);
-
-/* ---- src/train/eval.c ---- */
-/* Validation of an encoder-decoder on pairs, in file order, batch pairs at a time, each cut to
- * seq_len tokens a side as in training: r->bpb = bits per scored target token (each target byte and
- * the closing EOS; label smoothing does not apply), r->exact = the fraction of pairs whose greedy
- * decoding (at most seq_len tokens) equals the whole target. max_tokens > 0 stops after the batch
- * in which the scored target tokens reach it (train.eval_tokens); 0 = every pair. */
-int cf_s2s_eval(cf_model *m, cf_ctx *ctx, const cf_pairs *p, int64_t max_tokens, int batch, int seq_len,
-                cf_eval_result *r);
 
 /* Escapes of the file format. cf_pairs_unescape decodes n bytes of one field into out (capacity n),
  * returning the decoded length, or -1 at a bad escape (*bad = its offset). cf_pairs_escape encodes

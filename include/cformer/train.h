@@ -1,25 +1,15 @@
-/* Training: AdamW, learning-rate schedule, gradient clipping, the trainer loop, evaluation in
- * bits per byte and sampling. */
+/* Training: the trainer loop, the learning-rate schedule, evaluation in bits per byte and the
+ * benchmark of the training step. */
 #ifndef CFORMER_TRAIN_H
 #define CFORMER_TRAIN_H
 
 #include "config.h"
 #include "data.h"
 #include "model.h"
+#include "optim.h"
+#include "pairs.h"
 
-/* ---- src/train/optim.c ---- */
-typedef struct cf_adamw {
-    float  *m, *v;         /* (numel) first and second moments, same layout as the param slab */
-    int64_t numel;
-    int64_t t;             /* steps taken (bias correction) */
-} cf_adamw;
-void  cf_adamw_init(cf_adamw *o, const cf_params *p);
-void  cf_adamw_free(cf_adamw *o);
-/* One step, exactly as torch.optim.AdamW: decoupled weight decay on tensors of 2+ dims only. */
-void  cf_adamw_step(cf_adamw *o, cf_params *p, float lr, const cf_train_config *t);
-/* Scale gradients so their global L2 norm is at most max_norm (as torch.nn.utils.clip_grad_norm_);
- * returns the norm before clipping. max_norm <= 0 only measures. */
-float cf_clip_grad_norm(cf_params *p, float max_norm);
+/* ---- src/train/schedule.c ---- */
 /* learning rate at step s (0-based): linear warmup, then cosine (or linear) decay to min_lr */
 float cf_lr_at(const cf_train_config *t, int s);
 
@@ -42,16 +32,14 @@ typedef struct cf_eval_result {
 int cf_eval_bpb(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int ctx_len, int stride,
                 int batch, cf_eval_result *r);
 
-/* ---- src/train/sample.c ---- */
-/* Append n_new bytes to out (which starts with the prompt of n_prompt bytes, capacity
- * n_prompt + n_new), sampling with temperature (0 = greedy) and top-k (0 = all) from a seeded RNG. */
-int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, float temperature, int top_k,
-              uint64_t seed);
+/* Validation of an encoder-decoder on pairs, in file order, batch pairs at a time, each cut to
+ * seq_len tokens a side as in training: r->bpb = bits per scored target token (each target byte and
+ * the closing EOS; label smoothing does not apply), r->exact = the fraction of pairs whose greedy
+ * decoding (at most seq_len tokens) equals the whole target. max_tokens > 0 stops after the batch
+ * in which the scored target tokens reach it (train.eval_tokens); 0 = every pair. */
+int cf_s2s_eval(cf_model *m, cf_ctx *ctx, const cf_pairs *p, int64_t max_tokens, int batch, int seq_len,
+                cf_eval_result *r);
 
-#endif
-
-#ifndef CFORMER_TRAINER_DECL
-#define CFORMER_TRAINER_DECL
 /* ---- src/train/trainer.c ---- */
 typedef struct cf_train_opts {
     const char *out_dir;     /* NULL: runs/<config name>-<timestamp> */
@@ -71,4 +59,5 @@ int cf_train(const cf_config *c, const cf_train_opts *o);
 /* Time the training step (forward, backward, AdamW) on random bytes after warm-up; prints
  * BENCH train_step ... and returns the median tokens/s. */
 double cf_bench_train_step(const cf_config *c, int steps);
+
 #endif

@@ -5,10 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cformer/cformer.h"
-#include "cformer/checkpoint.h"
-#include "cformer/dist.h"
-#include "cformer/pairs.h"
-#include "cformer/train.h"
 
 #define MAX_SETS 64
 

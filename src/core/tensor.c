@@ -26,9 +26,6 @@ cf_tensor *cf_tensor_new(cf_ctx *ctx, int ndim, const int *shape) {
 cf_tensor *cf_tensor_1d(cf_ctx *ctx, int a) { return cf_tensor_new(ctx, 1, (int[]){a}); }
 cf_tensor *cf_tensor_2d(cf_ctx *ctx, int a, int b) { return cf_tensor_new(ctx, 2, (int[]){a, b}); }
 cf_tensor *cf_tensor_3d(cf_ctx *ctx, int a, int b, int c) { return cf_tensor_new(ctx, 3, (int[]){a, b, c}); }
-cf_tensor *cf_tensor_4d(cf_ctx *ctx, int a, int b, int c, int d) {
-    return cf_tensor_new(ctx, 4, (int[]){a, b, c, d});
-}
 
 cf_tensor *cf_tensor_view(cf_ctx *ctx, float *data, int ndim, const int *shape) {
     cf_tensor *t = header(ctx, ndim, shape);

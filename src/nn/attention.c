@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cformer/attention.h"
+#include "cformer/nn.h"
 
 /* the block index in a name like "blocks.3.attn" or "decoder.blocks.3.attn" (0 if there is none) */
 static int layer_of(const char *prefix) {

@@ -27,7 +27,3 @@ cf_tensor *cf_block_apply(cf_ctx *ctx, const cf_block *b, cf_tensor *x) {
     x = cf_norm_apply(ctx, &b->ln1, cf_add(ctx, x, cf_dropout(ctx, cf_attn_apply(ctx, &b->attn, x), b->dropout)));
     return cf_norm_apply(ctx, &b->ln2, cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, x), b->dropout)));
 }
-
-cf_tensor *cf_block_region(cf_ctx *ctx, void *block, cf_tensor *x) {
-    return cf_block_apply(ctx, block, x);
-}

@@ -2,7 +2,7 @@
  * from the encoder output through one fused projection (one GEMM over the memory instead of two),
  * padded memory positions masked, output projection. */
 #include <stdio.h>
-#include "cformer/encdec.h"
+#include "cformer/nn.h"
 
 void cf_cross_attn_decl(cf_cross_attn_layer *l, cf_params *p, const char *prefix, int d, int n_heads,
                         float dropout, int bias) {

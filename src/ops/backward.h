@@ -1,4 +1,4 @@
-/* The backward half of every op, for the op table (src/autograd/op_table.c). Each is defined
+/* The backward half of every op, for the op table (src/ops/op_table.c). Each is defined
  * beside its forward in the file named here. Internal: not part of the public headers. */
 #ifndef CFORMER_OPS_BACKWARD_H
 #define CFORMER_OPS_BACKWARD_H

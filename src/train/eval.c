@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "cformer/pairs.h"
+#include "cformer/decode.h"
 #include "cformer/train.h"
 
 static double now_s(void) {

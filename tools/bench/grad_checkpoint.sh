@@ -1,5 +1,5 @@
 #!/bin/sh
-# BENCH grad_checkpoint lines (issue: gradient checkpointing for deep stacks): peak RSS and step
+# BENCH grad_checkpoint lines (gradient checkpointing for deep stacks): peak RSS and step
 # time of the training step with and without recomputation, for 64- and 128-layer stacks of the
 # kdoc-small width (d 256, 4 heads) at seq 1024, batch 1. Each case runs in its own process, so
 # peak RSS is that case's alone.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Data-parallel scaling of the training step (issue 9): on one machine of CORES cores (16), the
+# Data-parallel scaling of the training step: on one machine of CORES cores (16), the
 # training step of CONFIG (configs/enwik8-base.json, global batch train.batch_size) as
 #   1 process x CORES threads (no mpirun), then 1, 2, 4, 8 ranks x CORES/ranks threads
 # under mpirun, each rank bound to its own cores. Prints the BENCH mpi lines of `cformer bench`

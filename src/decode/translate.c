@@ -10,7 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cformer/encdec.h"
+#include "cformer/decode.h"
 
 /* below this many multiply-adds one step's attention stays on the calling thread */
 #define ATT_PAR_MIN (1 << 16)

@@ -1,53 +1,9 @@
-/* Byte files and the batch sampler (DESIGN.md section 8, data.h).
- *
- * Files are mapped rather than read: enwik8's 90 MB training split is then paged in on demand and
- * shared between processes, and opening it costs nothing. Every batch is a pure function of
- * (file, seed, batch index), so a resumed run regenerates exactly the batches it would have seen. */
-#include <errno.h>
-#include <fcntl.h>
-#include <stdio.h>
+/* The training batch sampler (data.h): random windows or ordered streams. Every batch is a pure
+ * function of (file, seed, batch index), so a resumed run regenerates exactly the batches it would
+ * have seen. */
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include "cformer/core.h"
 #include "cformer/data.h"
-
-int cf_bytes_open(cf_bytes *b, const char *path) {
-    memset(b, 0, sizeof *b);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return cf_set_error("cannot open \"%s\": %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return cf_set_error("cannot stat \"%s\": %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return cf_set_error("\"%s\": not a regular file", path);
-    }
-    if (st.st_size == 0) {
-        close(fd);
-        return cf_set_error("\"%s\": file is empty", path);
-    }
-    size_t len = (size_t)st.st_size;
-    void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-    int e = errno;
-    close(fd);   /* the mapping keeps the file alive */
-    if (map == MAP_FAILED) return cf_set_error("cannot map \"%s\": %s", path, strerror(e));
-    b->data = map;
-    b->n = len;
-    b->map = map;
-    b->map_len = len;
-    snprintf(b->path, sizeof b->path, "%s", path);
-    return 0;
-}
-
-void cf_bytes_close(cf_bytes *b) {
-    if (b->map) munmap(b->map, b->map_len);
-    memset(b, 0, sizeof *b);
-}
 
 int cf_sampler_init(cf_sampler *s, const cf_bytes *src, int batch, int seq_len, int ordered, uint64_t seed) {
     memset(s, 0, sizeof *s);

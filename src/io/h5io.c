@@ -127,14 +127,6 @@ int cf_h5_write_f32(hid_t f, const char *file, const char *name, const float *sr
     for (int i = 0; i < ndim; i++) dims[i] = (hsize_t)shape[i];
     return write_any(f, file, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, src, ndim, dims);
 }
-int cf_h5_write_i64(hid_t f, const char *file, const char *name, const int64_t *src, int64_t n) {
-    hsize_t dims[1] = {(hsize_t)n};
-    return write_any(f, file, name, H5T_STD_I64LE, H5T_NATIVE_INT64, src, 1, dims);
-}
-int cf_h5_write_u64(hid_t f, const char *file, const char *name, const uint64_t *src, int64_t n) {
-    hsize_t dims[1] = {(hsize_t)n};
-    return write_any(f, file, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, src, 1, dims);
-}
 
 int cf_h5_write_string(hid_t f, const char *file, const char *name, const char *str) {
     hid_t t = H5Tcopy(H5T_C_S1);
@@ -183,7 +175,7 @@ char *cf_h5_read_string(hid_t f, const char *file, const char *name) {
     return out;
 }
 
-/* ---- additions for checkpoints ------------------------------------------------------------------ */
+/* ---- float64, scalars, attributes, groups ------------------------------------------------------------------ */
 int cf_h5_write_f64(hid_t f, const char *file, const char *name, const double *src, int64_t n) {
     hsize_t dims[1] = {(hsize_t)n};
     return write_any(f, file, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, src, 1, dims);

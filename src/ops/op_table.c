@@ -1,7 +1,7 @@
 /* The op table: name and backward of every op kind, indexed by cf_op_kind. A kind without a row
  * here is caught by cf_op_table_check() (run by the test suite). */
 #include "cformer/core.h"
-#include "../ops/backward.h"
+#include "backward.h"
 
 const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_MATMUL]        = {"matmul", cf_matmul_backward},

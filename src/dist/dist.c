@@ -140,12 +140,6 @@ void cf_dist_max_f64(double *x, int n) {
 #endif
 }
 
-void cf_dist_barrier(void) {
-#ifdef CF_MPI
-    if (g_size > 1) MPI_Barrier(MPI_COMM_WORLD);
-#endif
-}
-
 void cf_dist_bcast(void *buf, size_t bytes) {
 #ifdef CF_MPI
     if (g_size > 1)
