@@ -97,11 +97,9 @@ typedef struct cf_s2s_batch {
 void cf_s2s_batch_alloc(cf_s2s_batch *b, int max_B, int max_len);
 void cf_s2s_batch_free(cf_s2s_batch *b);
 
-/* Called by cf_model_init for model.arch "encoder_decoder": declares and initialises the parameters
- * into m->params and builds m->ed. -1 with cf_error_msg() naming the key for a config it cannot
- * build (vocab_size below 259, an attention type without padding masks). */
-int  cf_encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed);
-void cf_encdec_free(cf_encdec *ed);
+/* cf_model_init builds it for model.arch "encoder_decoder" (cf_encdec_family): -1 with
+ * cf_error_msg() naming the key for a config it cannot build (vocab_size below 259, an attention
+ * type without padding masks). */
 /* a generous bound on the arena bytes of one training step of B rows of at most S source and
  * T target tokens (also enough for evaluation and decoding of B rows) */
 size_t cf_encdec_arena_bytes(const cf_model_config *c, int B, int S, int T);

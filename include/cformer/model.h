@@ -18,7 +18,10 @@ typedef struct cf_rec_state {
     int    *has;                      /* infini: 1 once layer l holds a memory */
 } cf_rec_state;
 
+typedef struct cf_model_family cf_model_family;
+
 typedef struct cf_model {
+    const cf_model_family *family;    /* what model.arch builds (below) */
     cf_model_config cfg;
     cf_params       params;
     cf_tensor      *tok_emb;          /* [V, D] */
@@ -45,12 +48,43 @@ typedef struct cf_model {
     int             stream;           /* 1: read and write *state outside training too (evaluation) */
 } cf_model;
 
-/* declare every parameter and initialise them: normal(0, init_std), residual output projections
- * (attn.proj, mlp.proj) scaled by 1/sqrt(2 n_layers), zero biases, unit norm weights. model.arch
- * "encoder_decoder" is built by cf_encdec_init (encdec.h).
+/* ---- the model interface (src/model/model.c) -------------------------------------------------------
+ * What the trainer, evaluator, benchmark and checkpoint code ask of a model, whatever its family:
+ * one row per model.arch, defined in the family's own file (decoder.c, encdec.c). A new family is
+ * a new file with its row, one line in cf_model_families, and its data kind (data.h). */
+
+/* One batch of either family. */
+typedef struct cf_batch {
+    int B, T;                          /* rows; tokens per row (an encoder-decoder's target side) */
+    const int32_t *x, *y;              /* decoder-only: input bytes and the bytes that follow [B, T] */
+    const struct cf_s2s_batch *pairs;  /* encoder-decoder: padded sources, decoder inputs, targets */
+    int64_t tokens;                    /* the real tokens it trains on (both sides of a pair) */
+} cf_batch;
+
+struct cf_model_family {
+    const char *name;                                                  /* == cf_arch_names[arch] */
+    /* declare the parameters and initialise them; -1 with cf_error_msg() naming the key for a
+     * configuration the family cannot build */
+    int    (*init)(cf_model *m, const cf_model_config *c, uint64_t seed);
+    void   (*free)(cf_model *m);                                       /* what init allocated besides params */
+    size_t (*arena_bytes)(const cf_model_config *c, int B, int T);     /* a bound for one step of B x T */
+    cf_tensor *(*loss)(cf_model *m, cf_ctx *ctx, const cf_batch *b);   /* mean cross-entropy in nats */
+    /* the self-attention layers, in declaration order, into out (NULL: only count them) */
+    int    (*attn_layers)(cf_model *m, cf_attn_layer **out);
+};
+extern const cf_model_family cf_decoder_family, cf_encdec_family;
+extern const cf_model_family *const cf_model_families[CF_ARCH_COUNT];
+
+/* Build the model of config c: every parameter declared and initialised (normal(0, init_std),
+ * residual output projections scaled by 1/sqrt(2 n_layers), zero biases, unit norm weights).
  * -1 with cf_error_msg() for a configuration the model cannot build. */
 int  cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed);
 void cf_model_free(cf_model *m);
+/* the loss of a batch of the model's own kind */
+cf_tensor *cf_model_batch_loss(cf_model *m, cf_ctx *ctx, const cf_batch *b);
+/* Outside training the performer uses the random features of the step it last trained at: a
+ * model fresh from a checkpoint saved after training batch `step` under `seed` is told so here. */
+void cf_model_set_step(cf_model *m, uint64_t seed, uint64_t step);
 void cf_model_set_checkpointing(cf_model *m, int k);
 /* Forget the recurrent state (*m->state): the next call starts every stream afresh. A no-op for
  * models without xl or infini layers. */
@@ -73,7 +107,8 @@ cf_tensor *cf_model_rec_blocks(cf_model *m, cf_ctx *ctx, cf_tensor *h);
 /* mean cross-entropy in nats of targets [B, T]; logits_out (optional) receives the logits */
 cf_tensor *cf_model_loss(cf_model *m, cf_ctx *ctx, const int32_t *ids, const int32_t *targets, int B, int T,
                          cf_tensor **logits_out);
-/* a generous bound on the arena bytes one training step of B x T needs */
+/* a generous bound on the arena bytes one training step of B x T needs (B pairs of at most T
+ * tokens a side for an encoder-decoder) */
 size_t cf_model_arena_bytes(const cf_model_config *c, int B, int T);
 
 #endif

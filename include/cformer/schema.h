@@ -7,7 +7,7 @@
 
 #include <stdint.h>
 
-typedef enum { CF_ARCH_DECODER, CF_ARCH_ENCODER_DECODER } cf_arch;
+typedef enum { CF_ARCH_DECODER, CF_ARCH_ENCODER_DECODER, CF_ARCH_COUNT } cf_arch;
 typedef enum { CF_NORM_LAYERNORM, CF_NORM_RMSNORM } cf_norm_kind;
 typedef enum { CF_NORM_PRE, CF_NORM_POST } cf_norm_pos;
 typedef enum { CF_ACT_GELU, CF_ACT_RELU } cf_act_kind;

@@ -18,6 +18,7 @@ const char *const cf_sample_names[] = {"random", "ordered", NULL};
 const char *const cf_combine_names[] = {"alternate", "heads", "merged", NULL};
 const char *const cf_favor_kernel_names[] = {"softmax", "relu", NULL};
 const char *const cf_update_names[] = {"linear", "delta", "none", NULL};
+_Static_assert(sizeof cf_arch_names / sizeof *cf_arch_names == CF_ARCH_COUNT + 1, "arch_names");
 _Static_assert(sizeof cf_attn_kind_names / sizeof *cf_attn_kind_names == CF_ATTN_KIND_COUNT + 1, "attn_names");
 
 const char *cf_attn_kind_name(cf_attn_kind k) {

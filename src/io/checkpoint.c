@@ -17,7 +17,6 @@
 #include <unistd.h>
 #include <cjson/cJSON.h>
 #include "cformer/checkpoint.h"
-#include "cformer/encdec.h"
 #include "cformer/attention.h"
 #include "cformer/h5io.h"
 
@@ -563,9 +562,7 @@ int cf_ckpt_load_model(const char *path, cf_config *c, cf_model *m, cf_train_sta
     /* evaluation and sampling use the random features (performer) of the last training step */
     if (s->next_batch) {
         uint64_t last = s->next_batch - 1;
-        for (int i = 0; i < m->n_blocks; i++) cf_attn_set_step(&m->blocks[i].attn, s->seed, last);
-        if (m->ed)
-            for (int i = 0; i < m->ed->n_enc; i++) cf_attn_set_step(&m->ed->enc[i].attn, s->seed, last);
+        cf_model_set_step(m, s->seed, last);
     }
     return 0;
 }

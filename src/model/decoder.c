@@ -5,8 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cformer/encdec.h"
-#include "cformer/attention.h"
 #include "cformer/model.h"
 
 static int ends_with(const char *s, const char *suffix) {
@@ -31,9 +29,7 @@ static void init_weights(cf_model *m, uint64_t seed) {
     }
 }
 
-int cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
-    memset(m, 0, sizeof *m);
-    if (c->arch == CF_ARCH_ENCODER_DECODER) return cf_encdec_init(m, c, seed);
+static int decoder_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     int has_xl = 0, has_infini = 0;
     for (int i = 0; i < c->n_attn; i++) {
         /* xl is built here (the decoder runs its memory); the others checked for this shape */
@@ -101,14 +97,11 @@ void cf_model_set_checkpointing(cf_model *m, int k) {
     }
 }
 
-void cf_model_free(cf_model *m) {
+static void decoder_free(cf_model *m) {
     cf_rec_state_free(m, &m->rec);
-    cf_params_free(&m->params);
     free(m->blocks);
     free(m->pos_table);
     free(m->regions);
-    cf_encdec_free(m->ed);
-    memset(m, 0, sizeof *m);
 }
 
 static cf_tensor *run_region(cf_ctx *ctx, void *closure, cf_tensor *x) {
@@ -119,7 +112,7 @@ static cf_tensor *run_region(cf_ctx *ctx, void *closure, cf_tensor *x) {
 
 cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, int T) {
     const cf_model_config *c = &m->cfg;
-    CF_ASSERT(!m->ed, "cf_model_logits: an encoder-decoder model (encdec.h: cf_encdec_logits)");
+    CF_ASSERT(m->family == &cf_decoder_family, "cf_model_logits: a %s model", m->family->name);
     if (m->has_xl) {
         /* word_emb(x) sqrt(D) (AdaptiveEmbedding.emb_scale), dropout, the blocks; no final norm
          * for post-norm, ln_f for pre-norm as in the other decoders */
@@ -161,8 +154,16 @@ cf_tensor *cf_model_loss(cf_model *m, cf_ctx *ctx, const int32_t *ids, const int
     return cf_cross_entropy(ctx, logits, targets, -1, 0.0f, NULL);
 }
 
-size_t cf_model_arena_bytes(const cf_model_config *c, int B, int T) {
-    if (c->arch == CF_ARCH_ENCODER_DECODER) return cf_encdec_arena_bytes(c, B, T, T);
+static cf_tensor *decoder_loss(cf_model *m, cf_ctx *ctx, const cf_batch *b) {
+    return cf_model_loss(m, ctx, b->x, b->y, b->B, b->T, NULL);
+}
+
+static int decoder_attn_layers(cf_model *m, cf_attn_layer **out) {
+    for (int i = 0; out && i < m->n_blocks; i++) out[i] = &m->blocks[i].attn;
+    return m->n_blocks;
+}
+
+static size_t decoder_arena_bytes(const cf_model_config *c, int B, int T) {
     /* xl: keys and values (and the pre-norm of the memory) over mem_len + T rows */
     int mem = 0;
     for (int i = 0; i < c->n_attn; i++)
@@ -182,3 +183,12 @@ size_t cf_model_arena_bytes(const cf_model_config *c, int B, int T) {
     }
     return (size_t)(total * sizeof(float) * 2) + ((size_t)256 << 20);
 }
+
+const cf_model_family cf_decoder_family = {
+    .name = "decoder",
+    .init = decoder_init,
+    .free = decoder_free,
+    .arena_bytes = decoder_arena_bytes,
+    .loss = decoder_loss,
+    .attn_layers = decoder_attn_layers,
+};

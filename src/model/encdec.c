@@ -57,9 +57,7 @@ static void dec_block_decl(cf_dec_block *b, cf_params *p, const char *prefix, co
                        c->bias);
 }
 
-int cf_encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
-    memset(m, 0, sizeof *m);
-    if (c->arch != CF_ARCH_ENCODER_DECODER) return cf_set_error("model.arch: cf_encdec_init needs \"encoder_decoder\"");
+static int encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     if (c->vocab_size < CF_ENCDEC_MIN_VOCAB)
         return cf_set_error("model.vocab_size: must be at least %d for encoder_decoder (256 bytes + BOS, EOS, PAD), "
                             "got %d", CF_ENCDEC_MIN_VOCAB, c->vocab_size);
@@ -120,7 +118,8 @@ int cf_encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     return 0;
 }
 
-void cf_encdec_free(cf_encdec *ed) {
+static void encdec_free(cf_model *m) {
+    cf_encdec *ed = m->ed;
     if (!ed) return;
     free(ed->enc);
     free(ed->dec);
@@ -276,3 +275,25 @@ cf_tensor *cf_encdec_loss(cf_model *m, cf_ctx *ctx, const cf_s2s_batch *b, float
     if (logits_out) *logits_out = logits;
     return cf_cross_entropy(ctx, logits, b->tgt_out, CF_TOK_PAD, smoothing, NULL);
 }
+
+static cf_tensor *encdec_batch_loss(cf_model *m, cf_ctx *ctx, const cf_batch *b) {
+    return cf_encdec_loss(m, ctx, b->pairs, m->cfg.label_smoothing, NULL);
+}
+
+/* the encoder's self-attention layers: the variants of model.attention run there (the decoder's
+ * self-attention is always full) */
+static int encdec_attn_layers(cf_model *m, cf_attn_layer **out) {
+    for (int i = 0; out && i < m->ed->n_enc; i++) out[i] = &m->ed->enc[i].attn;
+    return m->ed->n_enc;
+}
+
+static size_t encdec_arena_bytes_sq(const cf_model_config *c, int B, int T) { return cf_encdec_arena_bytes(c, B, T, T); }
+
+const cf_model_family cf_encdec_family = {
+    .name = "encoder_decoder",
+    .init = encdec_init,
+    .free = encdec_free,
+    .arena_bytes = encdec_arena_bytes_sq,
+    .loss = encdec_batch_loss,
+    .attn_layers = encdec_attn_layers,
+};
