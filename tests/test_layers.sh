@@ -8,7 +8,7 @@
 cd "$(dirname "$0")/.." || exit 1
 order="core kernels autograd ops attention nn model optim data dist io decode train cli"
 headers="core:core param:core schema:core kernels:kernels ops:ops attention:attention nn:nn
-model:model encdec:model optim:optim data:data pairs:data dist:dist h5io:io config:io
+model:model encdec:model optim:optim data:data pairs:data dataset:data dist:dist h5io:io config:io
 checkpoint:io decode:decode train:train cformer:cli"
 rank() { i=0; for l in $order; do [ "$l" = "$1" ] && { echo $i; return; }; i=$((i + 1)); done; echo -1; }
 header_layer() { for h in $headers; do [ "${h%%:*}" = "$1" ] && { echo "${h#*:}"; return; }; done; }

@@ -63,6 +63,7 @@ typedef struct cf_batch {
 
 struct cf_model_family {
     const char *name;                                                  /* == cf_arch_names[arch] */
+    const char *generator;                    /* the command that generates with it: "sample", "translate" */
     /* declare the parameters and initialise them; -1 with cf_error_msg() naming the key for a
      * configuration the family cannot build */
     int    (*init)(cf_model *m, const cf_model_config *c, uint64_t seed);

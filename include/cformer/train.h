@@ -4,10 +4,9 @@
 #define CFORMER_TRAIN_H
 
 #include "config.h"
-#include "data.h"
+#include "dataset.h"
 #include "model.h"
 #include "optim.h"
-#include "pairs.h"
 
 /* ---- src/train/schedule.c ---- */
 /* learning rate at step s (0-based): linear warmup, then cosine (or linear) decay to min_lr */
@@ -39,6 +38,14 @@ int cf_eval_bpb(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int ctx
  * in which the scored target tokens reach it (train.eval_tokens); 0 = every pair. */
 int cf_s2s_eval(cf_model *m, cf_ctx *ctx, const cf_pairs *p, int64_t max_tokens, int batch, int seq_len,
                 cf_eval_result *r);
+
+/* Split s of a run's data, as its kind evaluates it: bits per byte (windows, or streams with the
+ * state for recurrent models) of byte files, or bits per target token and exact match of pair
+ * files. limit > 0 reads at most that many bytes (pairs: scored target tokens). Under MPI a byte
+ * split is shared among the ranks (collective) and the figures are the whole split's. */
+int  cf_eval_dataset(cf_model *m, cf_ctx *ctx, const cf_dataset *d, cf_split s, size_t limit, cf_eval_result *r);
+/* the BENCH eval line of a final evaluation of split `split` */
+void cf_eval_print_bench(const cf_model *m, const cf_dataset *d, const char *split, const cf_eval_result *e);
 
 /* ---- src/train/trainer.c ---- */
 typedef struct cf_train_opts {

@@ -163,7 +163,9 @@ static int cmd_translate(int argc, char **argv) {
     char msg[256] = "";
     /* output tokens (bytes and the EOS) per input: training's limit unless --max-len says otherwise */
     if (!max_len) max_len = c.train.seq_len;
-    if (!m.ed) snprintf(msg, sizeof msg, "translate: %s is a decoder-only model (use cformer sample)", ckpt);
+    if (strcmp(m.family->generator, "translate"))
+        snprintf(msg, sizeof msg, "translate: %s is a %s model (use cformer %s)", ckpt,
+                 m.family == &cf_decoder_family ? "decoder-only" : m.family->name, m.family->generator);
     else if (c.model.position != CF_POS_NONE && max_len > c.model.max_seq_len)
         snprintf(msg, sizeof msg, "--max-len: %d exceeds the model's max_seq_len %d", max_len, c.model.max_seq_len);
     if (msg[0]) { cf_model_free(&m); return fail(msg); }
@@ -213,7 +215,7 @@ static int cmd_eval(int argc, char **argv) {
     cf_config c;
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
-    if (m.ed) {   /* an encoder-decoder scores pairs (section above) */
+    if (m.family == &cf_encdec_family) {   /* an encoder-decoder scores pairs (section above) */
         int rc = ctx_len || stride ? fail("eval: --ctx and --stride are for decoder models; an encoder-decoder scores pairs")
                                    : eval_pairs(&c, &m, data, limit);
         cf_model_free(&m);
@@ -285,7 +287,13 @@ static int cmd_sample(int argc, char **argv) {
     cf_config c;
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
-    if (m.ed) { cf_model_free(&m); return fail("sample: an encoder-decoder model generates with cformer translate"); }
+    if (strcmp(m.family->generator, "sample")) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "sample: an %s model generates with cformer %s",
+                 m.family == &cf_encdec_family ? "encoder-decoder" : m.family->name, m.family->generator);
+        cf_model_free(&m);
+        return fail(msg);
+    }
     int n_prompt = (int)strlen(prompt);
     if (n_prompt > 1000000) { cf_model_free(&m); return fail("--prompt: longer than 1000000 bytes"); }
     int W = c.model.max_seq_len;

@@ -186,6 +186,7 @@ static size_t decoder_arena_bytes(const cf_model_config *c, int B, int T) {
 
 const cf_model_family cf_decoder_family = {
     .name = "decoder",
+    .generator = "sample",
     .init = decoder_init,
     .free = decoder_free,
     .arena_bytes = decoder_arena_bytes,

@@ -1,11 +1,10 @@
-/* cformer bench: the training step's speed and memory on random bytes. Under mpirun (make MPI=1,
+/* cformer bench: the training step's speed and memory on random tokens. Under mpirun (make MPI=1,
  * dist.h) every rank trains its batch_size / ranks rows of the global batch with the gradient
  * all-reduce of the trainer, and rank 0 prints the figures of the whole job. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 #include "cformer/dist.h"
-#include "cformer/encdec.h"
 #include "cformer/train.h"
 
 static double now_s(void) {
@@ -21,14 +20,12 @@ static int cmp_d(const void *a, const void *b) {
 
 double cf_bench_train_step(const cf_config *c, int steps) {
     const cf_train_config *t = &c->train;
-    int B = t->batch_size, T = t->seq_len, V = c->model.vocab_size, ranks = cf_dist_size();
-    if (B % ranks)
-        return cf_set_error("train.batch_size: %d does not split over %d MPI ranks (use a multiple of %d)", B, ranks, ranks);
-    if (ranks > 1 && c->model.arch == CF_ARCH_ENCODER_DECODER)
-        return cf_set_error("model.arch: \"encoder_decoder\" does not train data-parallel yet (%d MPI ranks)", ranks);
-    B /= ranks;                                        /* this rank's rows */
+    int ranks = cf_dist_size();
+    cf_dataset data;
+    if (cf_dataset_open(&data, c, cf_dist_rank(), ranks, 0)) { cf_dataset_close(&data); return -1; }
+    int B = data.rows, T = t->seq_len;                 /* this rank's rows */
     cf_model m;
-    if (cf_model_init(&m, &c->model, t->seed)) return -1;
+    if (cf_model_init(&m, &c->model, t->seed)) { cf_dataset_close(&data); return -1; }
     cf_model_set_checkpointing(&m, t->grad_checkpoint);
     cf_adamw opt;
     cf_adamw_init(&opt, &m.params);
@@ -36,26 +33,8 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c->model, B, T), 1 << 20)) return -1;
     ctx.training = 1;
     ctx.seed = t->seed;
-    int32_t *x = cf_xmalloc(sizeof(int32_t) * (size_t)B * T), *y = cf_xmalloc(sizeof(int32_t) * (size_t)B * T);
-    cf_rng r;
-    cf_rng_seed(&r, 1);
-    for (int i = 0; i < B * T; i++) { x[i] = (int32_t)(cf_rng_next(&r) % V); y[i] = (int32_t)(cf_rng_next(&r) % V); }
-    /* an encoder-decoder trains on B pairs of seq_len tokens a side: random bytes, no padding */
-    int s2s = c->model.arch == CF_ARCH_ENCODER_DECODER;
-    cf_s2s_batch sb = {0};
-    if (s2s) {
-        cf_s2s_batch_alloc(&sb, B, T);
-        sb.B = B;
-        sb.S = sb.T = T;
-        for (int i = 0; i < B * T; i++) {
-            int last = i % T == T - 1;
-            sb.src[i] = last ? CF_TOK_EOS : x[i] % 256;
-            sb.tgt_in[i] = i % T == 0 ? CF_TOK_BOS : y[i - 1] % 256;
-            sb.tgt_out[i] = last ? CF_TOK_EOS : y[i] % 256;
-            sb.src_keep[i] = 1;
-        }
-        sb.src_tokens = sb.tgt_tokens = (int64_t)B * T;
-    }
+    cf_batch batch;
+    data.kind->synthetic(&data, &batch);
     cf_grad_sync *sync = ranks > 1 ? cf_grad_sync_new(&m.params, cf_grad_sync_default_bytes()) : NULL;
     float seed = 1.0f / (float)ranks;                  /* the sum over ranks is the global mean's gradient */
     double *ms = cf_xmalloc(sizeof(double) * (size_t)steps), wait_ms = 0;
@@ -64,8 +43,7 @@ double cf_bench_train_step(const cf_config *c, int steps) {
         cf_ctx_begin(&ctx, (uint64_t)(s + 2));
         cf_params_zero_grad(&m.params);
         if (sync) cf_grad_sync_arm(sync, &ctx);
-        cf_tensor *loss = s2s ? cf_encdec_loss(&m, &ctx, &sb, c->model.label_smoothing, NULL)
-                              : cf_model_loss(&m, &ctx, x, y, B, T, NULL);
+        cf_tensor *loss = cf_model_batch_loss(&m, &ctx, &batch);
         cf_backward(&ctx, loss, sync ? &seed : NULL);
         double w = sync ? cf_grad_sync_finish(sync, &ctx) : 0;
         cf_clip_grad_norm(&m.params, t->grad_clip);
@@ -73,8 +51,8 @@ double cf_bench_train_step(const cf_config *c, int steps) {
         if (s >= 0) { ms[s] = (now_s() - t0) * 1e3; wait_ms += w * 1e3; }
     }
     qsort(ms, (size_t)steps, sizeof(double), cmp_d);
-    /* tokens of both sides for an encoder-decoder, as the trainer's tokens_per_s; every rank's */
-    double med = ms[steps / 2], tps = (s2s ? 2.0 : 1.0) * B * ranks * T / (med / 1e3);
+    /* the tokens of the whole job (both sides of a pair), as the trainer's tokens_per_s */
+    double med = ms[steps / 2], tps = (double)batch.tokens / (med / 1e3);
     if (cf_dist_rank() == 0) {
         printf("BENCH train_step config=%s threads=%d B=%d T=%d step_ms=%.1f tokens_per_s=%.0f peak_rss_mb=%.0f arena_mb=%.0f\n",
                c->name, cf_num_threads(), B * ranks, T, med, tps, cf_peak_rss_mb(), ctx.arena.peak / 1048576.0);
@@ -89,8 +67,8 @@ double cf_bench_train_step(const cf_config *c, int steps) {
         fflush(stdout);
     }
     cf_grad_sync_free(sync);
-    free(ms); free(x); free(y);
-    cf_s2s_batch_free(&sb);
+    free(ms);
+    cf_dataset_close(&data);
     cf_ctx_free(&ctx);
     cf_adamw_free(&opt);
     cf_model_free(&m);

@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <stdio.h>
 #include "cformer/decode.h"
+#include "cformer/dist.h"
 #include "cformer/train.h"
 
 static double now_s(void) {
@@ -196,4 +198,120 @@ int cf_s2s_eval(cf_model *m, cf_ctx *ctx, const cf_pairs *p, int64_t max_tokens,
     r->exact = (double)exact / (double)pairs;
     r->seconds = now_s() - t0;
     return 0;
+}
+
+/* ---- evaluation split across MPI ranks ------------------------------------------------------------ */
+/* Bits per byte of bytes [0, n) of data across the N ranks (collective): each rank scores a contiguous share of what one
+ * process scores, and the bits and bytes are summed.
+ *
+ * Windowed models (eval.c: cf_eval_bpb): window k ends at e_k = min(L + k stride, n - 1) (L = the
+ * context, or n - 1 when shorter) and scores the targets (e_{k-1}, e_k]. Rank r takes windows
+ * [k0, k1) of the K and calls cf_eval_bpb on bytes [e_k0 - L, e_{k1-1}]: its first window is exactly
+ * window k0 of one process, and the following ones are windows k0 + 1 ... k1 - 1. Being a first
+ * window, it scores all of its L targets, and the X = L - (e_k0 - e_{k0-1}) targets before
+ * e_{k0-1} + 1 belong to the previous rank: a second call on bytes [e_k0 - L, e_k0 - L + X] scores
+ * exactly those (with the same context: the model is causal), and is subtracted. Every byte is
+ * scored once, with one process's context, so the result equals one process's up to float
+ * rounding (summation order, and GEMMs over other row counts).
+ * Recurrent models (xl, infini: cf_eval_bpb walks `batch` columns in order with their state): rank r
+ * takes columns [c0, c1) of the batch and calls cf_eval_bpb on their bytes with c1 - c0 columns;
+ * the columns' bounds can differ from one process's by a byte, and so can the result, slightly. */
+static int eval_bytes_split(cf_model *m, cf_ctx *ctx, const cf_config *c, int rank, int N, const uint8_t *data,
+                            size_t n, cf_eval_result *res) {
+    int B = c->train.batch_size, ctx_len = c->eval.ctx, stride = c->eval.stride, rc = 0;
+    memset(res, 0, sizeof *res);
+    double t0 = now_s(), bits = 0, bytes = 0;
+    cf_eval_result part;
+    if (n < 2 || stride <= 0 || stride > ctx_len) {
+        /* an error for every rank alike: let one process's function say it */
+        return cf_eval_bpb(m, ctx, data, n, ctx_len, stride, B, res);
+    }
+    if (cf_model_is_recurrent(m)) {
+        size_t tot = n - 1;
+        int cols = B;
+        if ((size_t)cols * (size_t)ctx_len > tot) cols = tot / (size_t)ctx_len > 0 ? (int)(tot / (size_t)ctx_len) : 1;
+        int c0 = (int)((int64_t)cols * rank / N), c1 = (int)((int64_t)cols * (rank + 1) / N);
+        if (c1 > c0) {
+            size_t s0 = 1 + (size_t)c0 * tot / (size_t)cols, s1 = 1 + (size_t)c1 * tot / (size_t)cols;
+            rc = cf_eval_bpb(m, ctx, data + s0 - 1, s1 - s0 + 1, ctx_len, stride, c1 - c0, &part);
+            bits = part.bits;
+            bytes = (double)part.bytes;
+        }
+    } else {
+        size_t L = n - 1 < (size_t)ctx_len ? n - 1 : (size_t)ctx_len, S = (size_t)stride;
+        size_t K = 1 + (n - 1 - L + S - 1) / S;
+#define WIN_END(k) (L + (size_t)(k) * S < n - 1 ? L + (size_t)(k) * S : n - 1)
+        size_t k0 = K * (size_t)rank / (size_t)N, k1 = K * (size_t)(rank + 1) / (size_t)N;
+        if (k1 > k0) {
+            size_t off = WIN_END(k0) - L, end = WIN_END(k1 - 1);
+            rc = cf_eval_bpb(m, ctx, data + off, end + 1 - off, ctx_len, stride, B, &part);
+            bits = part.bits;
+            bytes = (double)part.bytes;
+            size_t X = k0 ? L - (WIN_END(k0) - WIN_END(k0 - 1)) : 0;
+            if (!rc && X > 0) {
+                rc = cf_eval_bpb(m, ctx, data + off, X + 1, ctx_len, stride, B, &part);
+                bits -= part.bits;
+                bytes -= (double)part.bytes;
+            }
+        }
+#undef WIN_END
+    }
+    if (rc) return -1;
+    double v[2] = {bits, bytes}, secs = now_s() - t0;
+    cf_dist_sum_f64(v, 2);
+    cf_dist_max_f64(&secs, 1);
+    res->bits = v[0];
+    res->bytes = (int64_t)(v[1] + 0.5);
+    res->bpb = res->bits / v[1];
+    res->seconds = secs;
+    return 0;
+}
+
+/* ---- a split of a run's data, by data kind --------------------------------------------------------- */
+static int eval_bytes(cf_model *m, cf_ctx *ctx, const cf_dataset *d, cf_split s, size_t limit, cf_eval_result *res) {
+    const cf_config *c = d->c;
+    const cf_bytes *b = &d->bytes[s];
+    size_t n = limit && limit < b->n ? limit : b->n;
+    if (d->size > 1) return eval_bytes_split(m, ctx, c, d->rank, d->size, b->data, n, res);
+    return cf_eval_bpb(m, ctx, b->data, n, c->eval.ctx, c->eval.stride, c->train.batch_size, res);
+}
+
+static int eval_pairs(cf_model *m, cf_ctx *ctx, const cf_dataset *d, cf_split s, size_t limit, cf_eval_result *res) {
+    const cf_config *c = d->c;
+    return cf_s2s_eval(m, ctx, &d->pairs[s], (int64_t)limit, c->train.batch_size, c->train.seq_len, res);
+}
+
+static void bench_bytes(const cf_model *m, const cf_dataset *d, const char *split, const cf_eval_result *e) {
+    const cf_config *c = d->c;
+    if (cf_model_is_recurrent(m))   /* streamed in order with the state: no stride */
+        printf("BENCH eval split=%s bpb=%.4f bytes=%lld ctx=%d columns=%d tokens_per_s=%.0f\n", split, e->bpb,
+               (long long)e->bytes, c->eval.ctx, c->train.batch_size, e->bytes / e->seconds);
+    else
+        printf("BENCH eval split=%s bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", split, e->bpb,
+               (long long)e->bytes, c->eval.ctx, c->eval.stride, e->bytes / e->seconds);
+}
+
+static void bench_pairs(const cf_model *m, const cf_dataset *d, const char *split, const cf_eval_result *e) {
+    (void)m; (void)d;
+    printf("BENCH eval split=%s bpb=%.4f exact_match=%.4f pairs=%lld tokens=%lld seconds=%.1f\n", split, e->bpb,
+           e->exact, (long long)e->pairs, (long long)e->bytes, e->seconds);
+}
+
+typedef struct eval_kind {
+    int  (*eval)(cf_model *m, cf_ctx *ctx, const cf_dataset *d, cf_split s, size_t limit, cf_eval_result *res);
+    void (*bench)(const cf_model *m, const cf_dataset *d, const char *split, const cf_eval_result *e);
+} eval_kind;
+
+static const eval_kind eval_kinds[CF_ARCH_COUNT] = {
+    [CF_ARCH_DECODER] = {eval_bytes, bench_bytes},
+    [CF_ARCH_ENCODER_DECODER] = {eval_pairs, bench_pairs},
+};
+_Static_assert(sizeof eval_kinds / sizeof *eval_kinds == CF_ARCH_COUNT, "one evaluation per model.arch");
+
+int cf_eval_dataset(cf_model *m, cf_ctx *ctx, const cf_dataset *d, cf_split s, size_t limit, cf_eval_result *res) {
+    return eval_kinds[d->c->model.arch].eval(m, ctx, d, s, limit, res);
+}
+
+void cf_eval_print_bench(const cf_model *m, const cf_dataset *d, const char *split, const cf_eval_result *e) {
+    eval_kinds[d->c->model.arch].bench(m, d, split, e);
 }

@@ -32,7 +32,6 @@
 #include <unistd.h>
 #include "cformer/checkpoint.h"
 #include "cformer/dist.h"
-#include "cformer/pairs.h"
 #include "cformer/train.h"
 
 static double now_s(void) {
@@ -99,14 +98,7 @@ typedef struct run {
     cf_model   model;
     cf_adamw   opt;
     cf_ctx     ctx, eval_ctx;
-    cf_bytes   train, valid, test;
-    cf_sampler sampler;
-    /* model.arch "encoder_decoder": pair files in place of the byte files and sampler (pairs.h) */
-    int        s2s;
-    cf_pairs   ptrain, pvalid, ptest;
-    cf_s2s_batch batch;
-    int       *pool;           /* train.bucket_pool x batch_size scratch of cf_pairs_sample */
-    int32_t   *x, *y;
+    cf_dataset data;           /* byte files or pair files, as model.arch reads them */
     FILE      *log;
     char       dir[1024], ckpt_dir[1100];
     char       resume_path[1200], resume_dir[1024];   /* "" when not resuming */
@@ -124,15 +116,7 @@ static void run_free(run *r) {
     cf_adamw_free(&r->opt);
     cf_ctx_free(&r->ctx);
     cf_ctx_free(&r->eval_ctx);
-    cf_bytes_close(&r->train);
-    cf_bytes_close(&r->valid);
-    cf_bytes_close(&r->test);
-    cf_pairs_free(&r->ptrain);
-    cf_pairs_free(&r->pvalid);
-    cf_pairs_free(&r->ptest);
-    cf_s2s_batch_free(&r->batch);
-    free(r->pool);
-    free(r->x); free(r->y);
+    cf_dataset_close(&r->data);
     cf_grad_sync_free(r->sync);
     if (r->log) fclose(r->log);
 }
@@ -239,45 +223,6 @@ static int resume_load(run *r, const cf_config *user, int last) {
     return 0;
 }
 
-/* ---- encoder-decoder data: pair files (pairs.h), cut to train.seq_len tokens a side -------------- */
-static int s2s_load(cf_pairs *p, const char *key, const char *path, int T) {
-    if (cf_pairs_load(p, path, T)) {
-        char msg[1200];
-        snprintf(msg, sizeof msg, "%s", cf_error_msg());
-        return cf_set_error("%s: %s", key, msg);
-    }
-    return 0;
-}
-
-/* said once the run is set up (so that a failed set-up prints its one error line alone) */
-static void s2s_note_cuts(const run *r) {
-    const char *keys[3] = {"data.train", "data.valid", "data.test"};
-    const cf_pairs *ps[3] = {&r->ptrain, &r->pvalid, &r->ptest};
-    for (int i = 0; i < 3; i++) {
-        const cf_pairs *p = ps[i];
-        if (p->n && (p->n_cut_src || p->n_cut_tgt))
-            fprintf(stderr, "cformer: %s: %s: %d pairs; %d sources (longest %d bytes) and %d targets (longest %d bytes) "
-                            "are cut to train.seq_len %d tokens\n", keys[i], p->path, p->n, p->n_cut_src,
-                    p->max_src_len, p->n_cut_tgt, p->max_tgt_len, p->max_tokens);
-    }
-}
-
-static int s2s_open(run *r, const cf_config *c) {
-    int T = c->train.seq_len;
-    if (c->train.sampling == CF_SAMPLE_ORDERED)
-        return cf_set_error("train.sampling: \"ordered\" reads byte streams; encoder_decoder samples pairs at random");
-    if (T < 2) return cf_set_error("train.seq_len: encoder_decoder needs at least 2 tokens a side (a byte and EOS)");
-    if ((int64_t)c->train.batch_size * c->train.bucket_pool > (1 << 24))
-        return cf_set_error("train.bucket_pool: batch_size x bucket_pool must be at most %d (got %d x %d)", 1 << 24,
-                            c->train.batch_size, c->train.bucket_pool);
-    if (s2s_load(&r->ptrain, "data.train", c->data.train, T)) return -1;
-    if (c->data.valid[0] && s2s_load(&r->pvalid, "data.valid", c->data.valid, T)) return -1;
-    if (c->data.test[0] && s2s_load(&r->ptest, "data.test", c->data.test, T)) return -1;
-    cf_s2s_batch_alloc(&r->batch, c->train.batch_size, T);
-    r->pool = cf_xmalloc(sizeof(int) * (size_t)c->train.batch_size * c->train.bucket_pool);
-    return 0;
-}
-
 /* Everything in memory, nothing on disk: data, model, optimizer, and the checkpoint when resuming
  * (read by rank 0 alone; run_share_resume gives it to the others). */
 static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int last) {
@@ -289,24 +234,12 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     r->size = cf_dist_size();
     cf_train_state_init(&r->st, c);
     int B = c->train.batch_size, T = c->train.seq_len;
-    r->s2s = c->model.arch == CF_ARCH_ENCODER_DECODER;
-    if (B % r->size)
-        return cf_set_error("train.batch_size: %d does not split over %d MPI ranks (each rank trains on batch_size / "
-                            "ranks rows of every batch; use a multiple of %d)", B, r->size, r->size);
-    if (r->s2s && r->size > 1)
-        return cf_set_error("model.arch: \"encoder_decoder\" does not train data-parallel yet (%d MPI ranks); run "
-                            "it as one process", r->size);
-    r->rows = B / r->size;
+    if (cf_dataset_open(&r->data, r->c, r->rank, r->size, 0)) return -1;
+    r->rows = r->data.rows;
     if (o->resume && r->rank == 0 &&
         cf_ckpt_resolve(o->resume, r->resume_path, sizeof r->resume_path, r->resume_dir, sizeof r->resume_dir))
         return -1;
-    if (r->s2s) {
-        if (s2s_open(r, c)) return -1;
-    } else {
-        if (cf_bytes_open(&r->train, c->data.train)) return -1;
-        if (c->data.valid[0] && cf_bytes_open(&r->valid, c->data.valid)) return -1;
-        if (c->data.test[0] && cf_bytes_open(&r->test, c->data.test)) return -1;
-    }
+    if (r->data.kind->open(&r->data)) return -1;
     if (cf_model_init(&r->model, &c->model, c->train.seed)) return -1;
     cf_model_set_checkpointing(&r->model, c->train.grad_checkpoint);
     cf_adamw_init(&r->opt, &r->model.params);
@@ -318,18 +251,14 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
         r->st.batch_size = B;
         r->st.seq_len = T;
     }
-    if (!r->s2s &&
-        cf_sampler_init(&r->sampler, &r->train, B, T, c->train.sampling == CF_SAMPLE_ORDERED, r->cfg.train.seed))
-        return -1;
-    if (!r->s2s) cf_sampler_shard(&r->sampler, r->rank, r->size);
+    if (r->data.kind->start(&r->data, r->cfg.train.seed)) return -1;
     if (r->size > 1) r->sync = cf_grad_sync_new(&r->model.params, cf_grad_sync_default_bytes());
     if (cf_ctx_init(&r->ctx, cf_model_arena_bytes(&c->model, r->rows, T), 1 << 20)) return -1;
     r->ctx.seed = r->cfg.train.seed;
     r->ctx.training = 1;
-    if (cf_ctx_init(&r->eval_ctx, cf_model_arena_bytes(&c->model, B, r->s2s ? T : c->eval.ctx), 1 << 20)) return -1;
+    int eval_T = c->eval.ctx > T ? c->eval.ctx : T;   /* windows of eval.ctx bytes, or pairs of seq_len tokens */
+    if (cf_ctx_init(&r->eval_ctx, cf_model_arena_bytes(&c->model, B, eval_T), 1 << 20)) return -1;
     r->eval_ctx.grad_enabled = 0;
-    r->x = cf_xmalloc(sizeof(int32_t) * (size_t)r->rows * T);
-    r->y = cf_xmalloc(sizeof(int32_t) * (size_t)r->rows * T);
     return 0;
 }
 
@@ -347,7 +276,7 @@ static void run_share_resume(run *r) {
     cf_dist_bcast(r->opt.v, (size_t)p->numel * sizeof(float));
     cf_dist_bcast(&r->opt.t, sizeof r->opt.t);
     r->cfg.train.seed = r->st.seed;
-    r->sampler.seed = r->st.seed;
+    r->data.kind->start(&r->data, r->st.seed);   /* the checkpoint's streams: they opened under the config's */
     r->ctx.seed = r->st.seed;
     rec_scatter_from_root(r);
 }
@@ -461,102 +390,16 @@ static int save_checkpoint(run *r) {
     return rc;
 }
 
-static int has_split(const run *r, int test) {
-    return test ? r->test.n || r->ptest.n : r->valid.n || r->pvalid.n;
-}
-
-/* Evaluation split across ranks (collective): each rank scores a contiguous share of what one
- * process scores, and the bits and bytes are summed.
- *
- * Windowed models (eval.c: cf_eval_bpb): window k ends at e_k = min(L + k stride, n - 1) (L = the
- * context, or n - 1 when shorter) and scores the targets (e_{k-1}, e_k]. Rank r takes windows
- * [k0, k1) of the K and calls cf_eval_bpb on bytes [e_k0 - L, e_{k1-1}]: its first window is exactly
- * window k0 of one process, and the following ones are windows k0 + 1 ... k1 - 1. Being a first
- * window, it scores all of its L targets, and the X = L - (e_k0 - e_{k0-1}) targets before
- * e_{k0-1} + 1 belong to the previous rank: a second call on bytes [e_k0 - L, e_k0 - L + X] scores
- * exactly those (with the same context: the model is causal), and is subtracted. Every byte is
- * scored once, with one process's context, so the result equals one process's up to float
- * rounding (summation order, and GEMMs over other row counts).
- * Recurrent models (xl, infini: cf_eval_bpb walks `batch` columns in order with their state): rank r
- * takes columns [c0, c1) of the batch and calls cf_eval_bpb on their bytes with c1 - c0 columns;
- * the columns' bounds can differ from one process's by a byte, and so can the result, slightly. */
-static int evaluate_split(run *r, const uint8_t *data, size_t n, cf_eval_result *res) {
-    const cf_config *c = r->c;
-    int B = c->train.batch_size, ctx_len = c->eval.ctx, stride = c->eval.stride, N = r->size, rc = 0;
-    memset(res, 0, sizeof *res);
-    double t0 = now_s(), bits = 0, bytes = 0;
-    cf_eval_result part;
-    if (n < 2 || stride <= 0 || stride > ctx_len) {
-        /* an error for every rank alike: let one process's function say it */
-        return cf_eval_bpb(&r->model, &r->eval_ctx, data, n, ctx_len, stride, B, res);
-    }
-    if (cf_model_is_recurrent(&r->model)) {
-        size_t tot = n - 1;
-        int cols = B;
-        if ((size_t)cols * (size_t)ctx_len > tot) cols = tot / (size_t)ctx_len > 0 ? (int)(tot / (size_t)ctx_len) : 1;
-        int c0 = (int)((int64_t)cols * r->rank / N), c1 = (int)((int64_t)cols * (r->rank + 1) / N);
-        if (c1 > c0) {
-            size_t s0 = 1 + (size_t)c0 * tot / (size_t)cols, s1 = 1 + (size_t)c1 * tot / (size_t)cols;
-            rc = cf_eval_bpb(&r->model, &r->eval_ctx, data + s0 - 1, s1 - s0 + 1, ctx_len, stride, c1 - c0, &part);
-            bits = part.bits;
-            bytes = (double)part.bytes;
-        }
-    } else {
-        size_t L = n - 1 < (size_t)ctx_len ? n - 1 : (size_t)ctx_len, S = (size_t)stride;
-        size_t K = 1 + (n - 1 - L + S - 1) / S;
-#define WIN_END(k) (L + (size_t)(k) * S < n - 1 ? L + (size_t)(k) * S : n - 1)
-        size_t k0 = K * (size_t)r->rank / (size_t)N, k1 = K * (size_t)(r->rank + 1) / (size_t)N;
-        if (k1 > k0) {
-            size_t off = WIN_END(k0) - L, end = WIN_END(k1 - 1);
-            rc = cf_eval_bpb(&r->model, &r->eval_ctx, data + off, end + 1 - off, ctx_len, stride, B, &part);
-            bits = part.bits;
-            bytes = (double)part.bytes;
-            size_t X = k0 ? L - (WIN_END(k0) - WIN_END(k0 - 1)) : 0;
-            if (!rc && X > 0) {
-                rc = cf_eval_bpb(&r->model, &r->eval_ctx, data + off, X + 1, ctx_len, stride, B, &part);
-                bits -= part.bits;
-                bytes -= (double)part.bytes;
-            }
-        }
-#undef WIN_END
-    }
-    if (rc) return -1;
-    double v[2] = {bits, bytes}, secs = now_s() - t0;
-    cf_dist_sum_f64(v, 2);
-    cf_dist_max_f64(&secs, 1);
-    res->bits = v[0];
-    res->bytes = (int64_t)(v[1] + 0.5);
-    res->bpb = res->bits / v[1];
-    res->seconds = secs;
-    return 0;
-}
+static int has_split(const run *r, int test) { return cf_dataset_has(&r->data, test ? CF_SPLIT_TEST : CF_SPLIT_VALID); }
 
 /* validation during training reads at most train.eval_tokens bytes (0 = the whole split); an
  * encoder-decoder scores pairs up to that many target tokens and decodes them greedily */
 static int evaluate(run *r, int test, size_t limit, cf_eval_result *res) {
-    const cf_config *c = r->c;
-    if (r->s2s)
-        return cf_s2s_eval(&r->model, &r->eval_ctx, test ? &r->ptest : &r->pvalid, (int64_t)limit, c->train.batch_size,
-                           c->train.seq_len, res);
-    const cf_bytes *b = test ? &r->test : &r->valid;
-    size_t n = limit && limit < b->n ? limit : b->n;
-    if (r->size > 1) return evaluate_split(r, b->data, n, res);
-    return cf_eval_bpb(&r->model, &r->eval_ctx, b->data, n, c->eval.ctx, c->eval.stride, c->train.batch_size, res);
+    return cf_eval_dataset(&r->model, &r->eval_ctx, &r->data, test ? CF_SPLIT_TEST : CF_SPLIT_VALID, limit, res);
 }
 
-/* the BENCH line of a final evaluation (DESIGN.md section 9) */
 static void print_bench(const run *r, const char *split, const cf_eval_result *e) {
-    const cf_config *c = r->c;
-    if (r->rank != 0) return;
-    if (r->s2s)
-        printf("BENCH eval split=%s bpb=%.4f exact_match=%.4f pairs=%lld tokens=%lld seconds=%.1f\n", split, e->bpb,
-               e->exact, (long long)e->pairs, (long long)e->bytes, e->seconds);
-    else if (cf_model_is_recurrent(&r->model))   /* streamed in order with the state: no stride */
-        printf("BENCH eval split=%s bpb=%.4f bytes=%lld ctx=%d columns=%d tokens_per_s=%.0f\n", split, e->bpb,
-               (long long)e->bytes, c->eval.ctx, c->train.batch_size, e->bytes / e->seconds);
-    else
-        printf("BENCH eval split=%s bpb=%.4f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f\n", split, e->bpb,
-               (long long)e->bytes, c->eval.ctx, c->eval.stride, e->bytes / e->seconds);
+    if (r->rank == 0) cf_eval_print_bench(&r->model, &r->data, split, e);
 }
 
 static void log_eval(run *r, int64_t step, const char *split, const cf_eval_result *e) {
@@ -578,27 +421,19 @@ static void log_eval(run *r, int64_t step, const char *split, const cf_eval_resu
  * gradient of the global mean), and *tokens counts the global batch. */
 static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm, int64_t *tokens) {
     const cf_train_config *t = &r->c->train;
-    int B = r->rows, T = t->seq_len;
     cf_params_zero_grad(&r->model.params);
     float seed = 1.0f / (float)(t->grad_accum * r->size), total = 0;
     for (int a = 0; a < t->grad_accum; a++) {
         uint64_t index = first_batch + (uint64_t)a;
-        cf_tensor *loss;
         if (r->sync && a == t->grad_accum - 1) cf_grad_sync_arm(r->sync, &r->ctx);
-        if (r->s2s) {
-            cf_pairs_sample(&r->ptrain, r->cfg.train.seed, index, B, T, t->bucket_pool, r->pool, &r->batch);
-            cf_ctx_begin(&r->ctx, index);
-            loss = cf_encdec_loss(&r->model, &r->ctx, &r->batch, r->c->model.label_smoothing, NULL);
-            *tokens += r->batch.src_tokens + r->batch.tgt_tokens;
-        } else {
-            cf_sampler_batch(&r->sampler, index, r->x, r->y);
-            cf_ctx_begin(&r->ctx, index);
-            /* dropout masks are keyed by the call counter and the element of this rank's rows: give
-             * each rank its own range of calls, or every rank would draw rank 0's masks */
-            r->ctx.rng_calls = (uint64_t)r->rank << 32;
-            loss = cf_model_loss(&r->model, &r->ctx, r->x, r->y, B, T, NULL);
-            *tokens += (int64_t)B * r->size * T;
-        }
+        cf_batch b;
+        r->data.kind->batch(&r->data, index, &b);
+        cf_ctx_begin(&r->ctx, index);
+        /* dropout masks are keyed by the call counter and the element of this rank's rows: give
+         * each rank its own range of calls, or every rank would draw rank 0's masks */
+        r->ctx.rng_calls = (uint64_t)r->rank << 32;
+        cf_tensor *loss = cf_model_batch_loss(&r->model, &r->ctx, &b);
+        *tokens += b.tokens;
         total += loss->data[0];
         /* on several ranks the step goes on: the reduction needs every rank, and a NaN reaches
          * every rank's gradient norm through it */
@@ -659,14 +494,13 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
     if (r.size > 1) bad = cf_dist_agree_error(bad) != 0;
     if (bad) { run_free(&r); return -1; }
     run_share_resume(&r);
-    if (r.s2s) s2s_note_cuts(&r);
+    if (r.rank == 0) r.data.kind->note(&r.data);
     int lead = r.rank == 0;
     int tty = isatty(2) && !o->quiet && lead, rc = 0, stop = 0;
-    int64_t tokens_per_step = (int64_t)t->batch_size * t->seq_len * t->grad_accum, n_params = 0;
+    int64_t n_params = 0;
     for (int i = 0; i < r.model.params.n; i++) n_params += r.model.params.t[i]->numel;   /* the slab pads */
     char per_step[64], threads[160];
-    if (r.s2s) snprintf(per_step, sizeof per_step, "%d pairs", t->batch_size * t->grad_accum);
-    else snprintf(per_step, sizeof per_step, "%lld tokens", (long long)tokens_per_step);
+    r.data.kind->describe_step(&r.data, per_step, sizeof per_step);
     snprintf(threads, sizeof threads, "%d threads", cf_num_threads());
     if (r.size > 1) {
         double th[2] = {cf_num_threads(), -cf_num_threads()};
