@@ -94,6 +94,29 @@ int  cf_model_is_recurrent(const cf_model *m);
 /* Allocate st for `batch` streams (freeing what it held), every stream empty. */
 void cf_rec_state_alloc(const cf_model *m, cf_rec_state *st, int batch);
 void cf_rec_state_free(const cf_model *m, cf_rec_state *st);
+
+/* The state of one layer as named arrays of one row per stream, for the code that saves, loads,
+ * scatters and gathers it without knowing the variant (checkpoints, MPI). A stream's part of an
+ * array has `shape` (ndim dims); when `used` < shape[0] only the first `used` sub-rows hold data
+ * (Transformer-XL's memory before it has seen mem_len rows). */
+#define CF_STATE_MAX_ARRAYS 2
+typedef struct cf_state_array {
+    const char *name;          /* its dataset name in checkpoints: "xl_mem", "infini_M", "infini_z" */
+    float  *data;              /* [batch, shape...]; NULL when described without a state */
+    int     ndim;
+    int64_t shape[3];          /* one stream's part; shape[0] is the capacity in sub-rows */
+    int64_t row;               /* floats per stream: the product of shape */
+    int     used;              /* sub-rows of shape[0] in use */
+    int     nonneg;            /* every value is >= 0 (a normaliser: a sum of positive features) */
+} cf_state_array;
+/* the arrays of layer l (0 for a stateless layer) with st's data and counters, or only their
+ * names and shapes when st is NULL; returns how many, and whether the layer holds state now in
+ * *present (NULL: not asked) */
+int  cf_rec_state_arrays(const cf_model *m, const cf_rec_state *st, int l, cf_state_array *out, int *present);
+/* record that layer l holds state, its variable arrays `used` sub-rows (0: holds none) */
+void cf_rec_state_set_used(const cf_model *m, cf_rec_state *st, int l, int used);
+/* streams [row0, row0 + dst->batch) of src into dst (both allocated for m), with the counters */
+void cf_rec_state_copy_rows(const cf_model *m, cf_rec_state *dst, const cf_rec_state *src, int row0);
 /* Transformer-XL's memory length at evaluation (cformer eval --mem-len): every xl layer keeps n
  * rows from now on; the state is reset. */
 void cf_model_set_mem_len(cf_model *m, int n);

@@ -106,30 +106,28 @@ static int write_tensors(hid_t f, const char *file, const char *group, const cf_
     return 0;
 }
 
-/* the training streams' recurrent state (model.h cf_rec_state), layer by layer */
+/* the training streams' recurrent state (model.h cf_rec_state), layer by layer: each array of a
+ * layer that holds state as [B, used, ...] (only the sub-rows in use) */
 static int write_rec_state(hid_t f, const char *file, const cf_model *m) {
     const cf_rec_state *st = &m->rec;
     if (!st->batch) return 0;
-    int B = st->batch, D = m->cfg.d_model, H = m->cfg.n_heads, d = D / H;
+    int64_t B = st->batch;
     for (int l = 0; l < m->n_blocks; l++) {
-        char name[128];
-        if (st->mem_used[l]) {
-            /* only the rows in use: the memory of a stream that has seen fewer than mem_len */
-            int used = st->mem_used[l], cap = st->mem_cap[l];
-            float *rows = cf_xmalloc((size_t)B * used * D * sizeof(float));
-            for (int b = 0; b < B; b++)
-                memcpy(rows + (size_t)b * used * D, st->mem[l] + (size_t)b * cap * D, (size_t)used * D * sizeof(float));
-            snprintf(name, sizeof name, "/state/attention/layer.%d/xl_mem", l);
-            int rc = pre_write(file, name) || cf_h5_write_f32(f, file, name + 1, rows, 3, (int64_t[]){B, used, D});
+        cf_state_array arr[CF_STATE_MAX_ARRAYS];
+        int present, n = cf_rec_state_arrays(m, st, l, arr, &present);
+        if (!present) continue;
+        for (int k = 0; k < n; k++) {
+            const cf_state_array *a = &arr[k];
+            int64_t sub = a->row / a->shape[0], part = a->used * sub, dims[4] = {B, a->used, a->shape[1], a->shape[2]};
+            float *rows = cf_xmalloc((size_t)(B * part) * sizeof(float));
+            for (int64_t b = 0; b < B; b++)
+                memcpy(rows + b * part, a->data + b * a->row, (size_t)part * sizeof(float));
+            char name[128];
+            snprintf(name, sizeof name, "/state/attention/layer.%d/%s", l, a->name);
+            int rc = pre_write(file, name) || cf_h5_write_f32(f, file, name + 1, rows, a->ndim + 1, dims);
             free(rows);
             if (rc) return -1;
             post_write();
-        }
-        if (st->has[l]) {
-            snprintf(name, sizeof name, "/state/attention/layer.%d/infini_M", l);
-            WRITE(name, cf_h5_write_f32(f, file, name + 1, st->M[l], 4, (int64_t[]){B, H, d, d}));
-            snprintf(name, sizeof name, "/state/attention/layer.%d/infini_z", l);
-            WRITE(name, cf_h5_write_f32(f, file, name + 1, st->z[l], 3, (int64_t[]){B, H, d}));
         }
     }
     return 0;
@@ -430,7 +428,6 @@ static int load_rec_state(hid_t f, const char *path, cf_model *m) {
         if (m->rec.batch) cf_rec_state_free(m, &m->rec);
         return 0;
     }
-    int D = m->cfg.d_model, H = m->cfg.n_heads, d = D / H;
     int64_t B = 0;
     /* first pass: names and shapes, so that nothing is allocated for a file that is wrong */
     for (int i = 0; i < layers.n; i++) {
@@ -441,61 +438,64 @@ static int load_rec_state(hid_t f, const char *path, cf_model *m) {
             return cf_set_error("%s: /state/attention/%s: not a layer of this model (layer.0 .. layer.%d)", path, nm,
                                 m->n_blocks - 1);
         cf_attn_kind type = m->blocks[l].attn.cfg.type;
-        if (type != CF_ATTN_XL && type != CF_ATTN_INFINI)
+        cf_state_array arr[CF_STATE_MAX_ARRAYS];
+        int n = cf_rec_state_arrays(m, NULL, (int)l, arr, NULL);
+        if (!n)
             return cf_set_error("%s: /state/attention/%s: recurrent attention state, but layer %ld is of type %s and "
                                 "keeps none", path, nm, l, cf_attn_kind_name(type));
+        char want[96] = "";
+        for (int k = 0; k < n; k++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%s", k ? " " : "", arr[k].name);
         member_list ds;
         char group[64], name[128];
         snprintf(group, sizeof group, "state/attention/%s", nm);
         if (list_group(f, path, group, &ds)) return -1;
         for (int j = 0; j < ds.n; j++) {
-            const char *want = type == CF_ATTN_XL ? "xl_mem" : "infini_M infini_z";
-            if (!strstr(want, ds.names[j]) || strchr(ds.names[j], ' '))
+            int known = 0;
+            for (int k = 0; k < n; k++) known |= !strcmp(ds.names[j], arr[k].name);
+            if (!known)
                 return cf_set_error("%s: /%s/%s: unexpected in the state of a layer of type %s (expected %s)", path,
                                     group, ds.names[j], cf_attn_kind_name(type), want);
         }
-        if (type == CF_ATTN_XL) {
-            snprintf(name, sizeof name, "%s/xl_mem", group);
-            int cap = m->blocks[l].attn.cfg.mem_len;
-            if (state_shape(f, path, name, 3, (int64_t[]){0, -(int64_t)(cap > 0 ? cap : 1), D}, &B, NULL)) return -1;
-        } else {
-            snprintf(name, sizeof name, "%s/infini_M", group);
-            if (state_shape(f, path, name, 4, (int64_t[]){0, H, d, d}, &B, NULL)) return -1;
-            snprintf(name, sizeof name, "%s/infini_z", group);
-            if (state_shape(f, path, name, 3, (int64_t[]){0, H, d}, &B, NULL)) return -1;
+        for (int k = 0; k < n; k++) {
+            /* the first sub-row dimension may be shorter than the capacity (a memory not yet full) */
+            int64_t shape[4] = {0, arr[k].used < arr[k].shape[0] ? -arr[k].shape[0] : arr[k].shape[0],
+                                arr[k].shape[1], arr[k].shape[2]};
+            snprintf(name, sizeof name, "%s/%s", group, arr[k].name);
+            if (state_shape(f, path, name, arr[k].ndim + 1, shape, &B, NULL)) return -1;
         }
     }
     cf_rec_state_alloc(m, &m->rec, (int)B);
     cf_rec_state *st = &m->rec;
     for (int i = 0; i < layers.n; i++) {
-        int l = atoi(layers.names[i] + 6);
-        char name[128];
-        if (m->blocks[l].attn.cfg.type == CF_ATTN_XL) {
-            snprintf(name, sizeof name, "state/attention/%s/xl_mem", layers.names[i]);
-            int64_t b0 = B, used = 0;
-            state_shape(f, path, name, 3, (int64_t[]){0, -(int64_t)st->mem_cap[l], D}, &b0, &used);
-            float *rows = cf_xmalloc((size_t)B * used * D * sizeof(float));
-            int rc = cf_h5_read_f32(f, path, name, rows, 3, (int[]){(int)B, (int)used, D}, B * used * D);
-            for (int b = 0; !rc && b < B; b++)
-                memcpy(st->mem[l] + (size_t)b * st->mem_cap[l] * D, rows + (size_t)b * used * D,
-                       (size_t)used * D * sizeof(float));
-            int64_t bad = rc ? -1 : first_non_finite(rows, B * used * D);
-            free(rows);
+        int l = atoi(layers.names[i] + 6), used = 0;
+        cf_state_array arr[CF_STATE_MAX_ARRAYS];
+        int n = cf_rec_state_arrays(m, st, l, arr, NULL);
+        for (int k = 0; k < n; k++) {
+            cf_state_array *a = &arr[k];
+            char name[128];
+            snprintf(name, sizeof name, "state/attention/%s/%s", layers.names[i], a->name);
+            int64_t b0 = B, rows = 0, sub = a->row / a->shape[0];
+            state_shape(f, path, name, a->ndim + 1, (int64_t[]){0, -a->shape[0], a->shape[1], a->shape[2]}, &b0, &rows);
+            int64_t part = rows * sub;
+            int dims[4] = {(int)B, (int)rows, (int)a->shape[1], (int)a->shape[2]};
+            float *buf = cf_xmalloc((size_t)(B * part) * sizeof(float));
+            int rc = cf_h5_read_f32(f, path, name, buf, a->ndim + 1, dims, B * part);
+            for (int64_t b = 0; !rc && b < B; b++)
+                memcpy(a->data + b * a->row, buf + b * part, (size_t)part * sizeof(float));
+            int64_t bad = -1;
+            for (int64_t j = 0; !rc && j < B * part && bad < 0; j++)
+                if (!isfinite(buf[j]) || (a->nonneg && !(buf[j] >= 0))) bad = j;
+            float v = bad >= 0 ? buf[bad] : 0;
+            free(buf);
             if (rc) return -1;
+            if (bad >= 0 && a->nonneg)
+                return cf_set_error("%s: /%s: element %lld is %g (a normaliser is a sum of positive features)", path,
+                                    name, (long long)bad, v);
             if (bad >= 0) return cf_set_error("%s: /%s: element %lld is not finite", path, name, (long long)bad);
-            st->mem_used[l] = (int)used;
-        } else {
-            snprintf(name, sizeof name, "state/attention/%s/infini_M", layers.names[i]);
-            if (cf_h5_read_f32(f, path, name, st->M[l], 4, (int[]){(int)B, H, d, d}, B * H * d * d)) return -1;
-            if (first_non_finite(st->M[l], B * H * d * d) >= 0) return cf_set_error("%s: /%s: not finite", path, name);
-            snprintf(name, sizeof name, "state/attention/%s/infini_z", layers.names[i]);
-            if (cf_h5_read_f32(f, path, name, st->z[l], 3, (int[]){(int)B, H, d}, B * H * d)) return -1;
-            for (int64_t j = 0; j < B * H * d; j++)
-                if (!(st->z[l][j] >= 0) || !isfinite(st->z[l][j]))
-                    return cf_set_error("%s: /%s: element %lld is %g (a normaliser is a sum of positive features)",
-                                        path, name, (long long)j, st->z[l][j]);
-            st->has[l] = 1;
+            if (k == 0) used = (int)rows;
         }
+        cf_rec_state_set_used(m, st, l, used);
     }
     return 0;
 }

@@ -45,6 +45,39 @@ void cf_rec_state_alloc(const cf_model *m, cf_rec_state *st, int batch) {
     }
 }
 
+int cf_rec_state_arrays(const cf_model *m, const cf_rec_state *st, int l, cf_state_array *out, int *present) {
+    const cf_attn_config *a = &m->blocks[l].attn.cfg;
+    int64_t D = m->cfg.d_model, H = m->cfg.n_heads, d = dh_of(m);
+    int n = 0, has = 0;
+    if (a->type == CF_ATTN_XL && a->mem_len > 0) {
+        int used = st ? st->mem_used[l] : 0;
+        out[n++] = (cf_state_array){"xl_mem", st ? st->mem[l] : NULL, 2, {a->mem_len, D}, a->mem_len * D, used, 0};
+        has = used > 0;
+    } else if (a->type == CF_ATTN_INFINI) {
+        has = st ? st->has[l] : 0;
+        out[n++] = (cf_state_array){"infini_M", st ? st->M[l] : NULL, 3, {H, d, d}, H * d * d, (int)H, 0};
+        out[n++] = (cf_state_array){"infini_z", st ? st->z[l] : NULL, 2, {H, d}, H * d, (int)H, 1};
+    }
+    if (present) *present = has;
+    return n;
+}
+
+void cf_rec_state_set_used(const cf_model *m, cf_rec_state *st, int l, int used) {
+    if (m->blocks[l].attn.cfg.type == CF_ATTN_XL) st->mem_used[l] = used;
+    else st->has[l] = used > 0;
+}
+
+void cf_rec_state_copy_rows(const cf_model *m, cf_rec_state *dst, const cf_rec_state *src, int row0) {
+    for (int l = 0; l < m->n_blocks; l++) {
+        cf_state_array a[CF_STATE_MAX_ARRAYS], b[CF_STATE_MAX_ARRAYS];
+        int present, n = cf_rec_state_arrays(m, src, l, a, &present);
+        cf_rec_state_arrays(m, dst, l, b, NULL);
+        for (int k = 0; k < n; k++)
+            memcpy(b[k].data, a[k].data + (int64_t)row0 * a[k].row, (size_t)(dst->batch * a[k].row) * sizeof(float));
+        if (n) cf_rec_state_set_used(m, dst, l, present ? a[0].used : 0);
+    }
+}
+
 void cf_model_reset_memory(cf_model *m) {
     cf_rec_state *st = m->state;
     if (!st || !st->batch) return;

@@ -125,29 +125,6 @@ static void run_free(run *r) {
  * m->rec holds one row per stream this rank trains (model.h); checkpoints hold the rows of all
  * train.batch_size streams in global order, so that a run resumes with any number of ranks. */
 
-/* floats per stream of layer l's arrays: xl memory, infini M and z (src/model/recurrent.c layout) */
-static void rec_row_sizes(const cf_model *m, const cf_rec_state *st, int l, int64_t sz[3]) {
-    int64_t D = m->cfg.d_model, H = m->cfg.n_heads, d = D / H;
-    sz[0] = st->mem[l] ? (int64_t)st->mem_cap[l] * D : 0;
-    sz[1] = st->M[l] ? H * d * d : 0;
-    sz[2] = st->z[l] ? H * d : 0;
-}
-
-static float **rec_array(cf_rec_state *st, int k) { return k == 0 ? st->mem : k == 1 ? st->M : st->z; }
-
-/* rows [row0, row0 + dst->batch) of src into dst (both allocated for the model), with the counters */
-static void rec_copy_rows(const cf_model *m, cf_rec_state *dst, cf_rec_state *src, int row0) {
-    for (int l = 0; l < m->n_blocks; l++) {
-        int64_t sz[3];
-        rec_row_sizes(m, src, l, sz);
-        for (int k = 0; k < 3; k++)
-            if (sz[k]) memcpy(rec_array(dst, k)[l], rec_array(src, k)[l] + (int64_t)row0 * sz[k],
-                              (size_t)(dst->batch * sz[k]) * sizeof(float));
-        dst->mem_used[l] = src->mem_used[l];
-        dst->has[l] = src->has[l];
-    }
-}
-
 /* Collective: rank 0's m->rec (the whole batch, as loaded) to every rank, which keeps its rows. */
 static void rec_scatter_from_root(run *r) {
     cf_model *m = &r->model;
@@ -159,20 +136,19 @@ static void rec_scatter_from_root(run *r) {
         return;
     }
     if (r->rank != 0) cf_rec_state_alloc(m, &m->rec, batch);
-    cf_rec_state *st = &m->rec;
-    cf_dist_bcast(st->mem_used, sizeof(int) * (size_t)m->n_blocks);
-    cf_dist_bcast(st->has, sizeof(int) * (size_t)m->n_blocks);
     for (int l = 0; l < m->n_blocks; l++) {
-        int64_t sz[3];
-        rec_row_sizes(m, st, l, sz);
-        for (int k = 0; k < 3; k++)
-            if (sz[k]) cf_dist_bcast(rec_array(st, k)[l], (size_t)(batch * sz[k]) * sizeof(float));
+        cf_state_array a[CF_STATE_MAX_ARRAYS];
+        int present, n = cf_rec_state_arrays(m, &m->rec, l, a, &present);
+        int used = present ? a[0].used : 0;
+        cf_dist_bcast(&used, sizeof used);
+        for (int k = 0; k < n; k++) cf_dist_bcast(a[k].data, (size_t)(batch * a[k].row) * sizeof(float));
+        if (n) cf_rec_state_set_used(m, &m->rec, l, used);
     }
     cf_rec_state mine = {0};
     cf_rec_state_alloc(m, &mine, r->rows);
-    rec_copy_rows(m, &mine, st, r->rank * r->rows);
-    cf_rec_state_free(m, st);
-    *st = mine;
+    cf_rec_state_copy_rows(m, &mine, &m->rec, r->rank * r->rows);
+    cf_rec_state_free(m, &m->rec);
+    m->rec = mine;
 }
 
 /* Collective: every rank's rows of m->rec, in global order, into *all on rank 0 (all->batch = 0
@@ -181,15 +157,14 @@ static void rec_gather_to_root(run *r, cf_rec_state *all) {
     cf_model *m = &r->model;
     memset(all, 0, sizeof *all);
     if (r->size == 1 || !cf_model_is_recurrent(m) || m->rec.batch != r->rows) return;
-    cf_rec_state *st = &m->rec;
     if (r->rank == 0) cf_rec_state_alloc(m, all, r->c->train.batch_size);
     for (int l = 0; l < m->n_blocks; l++) {
-        int64_t sz[3];
-        rec_row_sizes(m, st, l, sz);
-        for (int k = 0; k < 3; k++)
-            if (sz[k]) cf_dist_gather_f32(rec_array(st, k)[l], r->rank == 0 ? rec_array(all, k)[l] : NULL,
-                                          (int64_t)r->rows * sz[k]);
-        if (r->rank == 0) { all->mem_used[l] = st->mem_used[l]; all->has[l] = st->has[l]; }
+        cf_state_array mine[CF_STATE_MAX_ARRAYS], dst[CF_STATE_MAX_ARRAYS];
+        int present, n = cf_rec_state_arrays(m, &m->rec, l, mine, &present);
+        if (r->rank == 0) cf_rec_state_arrays(m, all, l, dst, NULL);
+        for (int k = 0; k < n; k++)
+            cf_dist_gather_f32(mine[k].data, r->rank == 0 ? dst[k].data : NULL, (int64_t)r->rows * mine[k].row);
+        if (n && r->rank == 0) cf_rec_state_set_used(m, all, l, present ? mine[0].used : 0);
     }
 }
 
