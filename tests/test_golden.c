@@ -1,4 +1,4 @@
-/* The default decoder against its PyTorch twin (../shared/bench/torch_gpt.py --golden): on the
+/* The default decoder against its PyTorch twin (tools/torch_gpt.py --golden): on the
  * same weights and batch, logits, loss and every parameter's gradient agree to float32 rounding,
  * and five AdamW steps give the same losses. The .h5 files were written once with Debian's
  * python3-torch (tests/golden/README.md), so this test needs no PyTorch. */

@@ -1,6 +1,6 @@
 /* The decoder-only language model: token embedding + positions, n blocks, final norm, output
  * projection (tied to the token embedding by default). Exactly GPT-2 with the default config;
- * ../shared/bench/torch_gpt.py is its PyTorch twin and tests/test_golden.c holds us to it. */
+ * tools/torch_gpt.py is its PyTorch twin and tests/test_golden.c holds us to it. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
