@@ -13,17 +13,13 @@
 
 int cf_bytes_open(cf_bytes *b, const char *path) {
     memset(b, 0, sizeof *b);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return cf_set_error("cannot open \"%s\": %s", path, strerror(errno));
+    int fd = cf_open_regular(path);
+    if (fd < 0) return -1;
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
         return cf_set_error("cannot stat \"%s\": %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return cf_set_error("\"%s\": not a regular file", path);
     }
     if (st.st_size == 0) {
         close(fd);

@@ -260,6 +260,7 @@ static hid_t ckpt_open(const char *path) {
     struct stat st;
     if (stat(path, &st)) { cf_set_error("%s: cannot open: %s", path, strerror(errno)); return -1; }
     if (!S_ISREG(st.st_mode)) { cf_set_error("%s: not a regular file", path); return -1; }
+    if (access(path, R_OK)) { cf_set_error("%s: cannot open: %s", path, strerror(errno)); return -1; }
     cf_h5_quiet();
     if (H5Fis_hdf5(path) <= 0) { cf_set_error("%s: not an HDF5 file (or its header is damaged)", path); return -1; }
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);

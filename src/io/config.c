@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cjson/cJSON.h>
 #include "cformer/config.h"
 #include "cformer/core.h"
@@ -599,8 +600,10 @@ int cf_config_parse(cf_config *c, const char *json_text, const char *const *over
 
 int cf_config_load(cf_config *c, const char *path, const char *const *overrides, int n_overrides,
                    int check_files) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return cf_set_error("cannot open \"%s\": %s", path, strerror(errno));
+    int fd = cf_open_regular(path);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "rb");
+    if (fd >= 0 && !f) close(fd);
+    if (!f) return fd < 0 ? -1 : cf_set_error("cannot open \"%s\": %s", path, strerror(errno));
     size_t cap = 4096, n = 0;
     char *text = cf_xmalloc(cap);
     for (;;) {
