@@ -21,6 +21,7 @@
  *                           status 3, no message) or "perturb" (rank r's weights change, which the
  *                           next checksum comparison finds) */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -198,6 +199,30 @@ static int resume_load(run *r, const cf_config *user, int last) {
     return 0;
 }
 
+/* --out DIR may name a new or empty directory, or the run being resumed: a run directory is never
+ * taken over by another run, which would replace its checkpoints and append to its log. */
+static int check_out_dir(const run *r, const char *out) {
+    char probe[1300], mine[PATH_MAX], theirs[PATH_MAX];
+    const char *marks[3] = {"ckpt/latest.h5", "config.json", "log.jsonl"}, *found = NULL;
+    for (int i = 0; i < 3 && !found; i++) {
+        snprintf(probe, sizeof probe, "%s/%s", out, marks[i]);
+        if (access(probe, F_OK) == 0) found = marks[i];
+    }
+    if (!found) return 0;
+    if (r->resume_path[0] && realpath(out, mine)) {
+        /* the run resumed from: its directory, or the run whose ckpt/ holds the checkpoint */
+        snprintf(probe, sizeof probe, "%s", r->resume_dir[0] ? r->resume_dir : r->resume_path);
+        for (int up = r->resume_dir[0] ? 0 : 2; up > 0; up--) {   /* RUN/ckpt/step_N.h5 -> RUN */
+            char *slash = strrchr(probe, '/');
+            if (slash) *slash = 0;
+            else snprintf(probe, sizeof probe, ".");
+        }
+        if (realpath(probe, theirs) && !strcmp(mine, theirs)) return 0;
+    }
+    return cf_set_error("--out: \"%s\" holds another run (%s); continue it with --resume %s, or choose a new directory",
+                        out, found, out);
+}
+
 /* Everything in memory, nothing on disk: data, model, optimizer, and the checkpoint when resuming
  * (read by rank 0 alone; run_share_resume gives it to the others). */
 static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int last) {
@@ -214,6 +239,7 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     if (o->resume && r->rank == 0 &&
         cf_ckpt_resolve(o->resume, r->resume_path, sizeof r->resume_path, r->resume_dir, sizeof r->resume_dir))
         return -1;
+    if (o->out_dir && r->rank == 0 && check_out_dir(r, o->out_dir)) return -1;
     if (r->data.kind->open(&r->data)) return -1;
     if (cf_model_init(&r->model, &c->model, c->train.seed)) return -1;
     cf_model_set_checkpointing(&r->model, c->train.grad_checkpoint);
