@@ -7,13 +7,14 @@
  *   /params/<name>             float32, each parameter's own shape; the names and [out, in] linear
  *                              layouts of the PyTorch twin (tok_emb.weight, blocks.0.attn.qkv.weight,
  *                              ...), so h5py + torch load them with no renaming
- *   /optimizer/name            string: the optimizer (train.optimizer: "adamw"); a file
+ *   /optimizer/name            string: the optimizer (train.optimizer: "adamw", "lion"); a file
  *                              without it holds AdamW's state. Loading refuses another optimizer's.
  *   /optimizer/t               int64 scalar: optimizer steps taken (AdamW's bias correction)
  *   /optimizer/<slab>/<name>   float32: the optimizer's state slabs (optim.h), one dataset per
  *                              parameter, same names as /params and, for the optimizers here, the
  *                              same shapes:
  *                                adamw: m (first moments), v (second moments, never negative)
+ *                                lion:  m (momentum)
  *   /state/seed                uint64 scalar: train.seed. All randomness of training (batch windows,
  *                              dropout masks) is counter-based, keyed by (seed, batch index), so the
  *                              seed and the next batch index ARE the RNG state.

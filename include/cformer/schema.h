@@ -22,7 +22,7 @@ typedef enum { CF_UPDATE_LINEAR, CF_UPDATE_DELTA, CF_UPDATE_NONE } cf_update_kin
 typedef enum { CF_SCHED_COSINE, CF_SCHED_LINEAR, CF_SCHED_CONSTANT } cf_sched_kind;
 typedef enum { CF_SAMPLE_RANDOM, CF_SAMPLE_ORDERED } cf_sample_kind;
 /* train.optimizer; each kind is a row of the optimizer table (optim.h, src/optim/optim.c) */
-typedef enum { CF_OPTIM_ADAMW, CF_OPTIM_KIND_COUNT } cf_optim_kind;
+typedef enum { CF_OPTIM_ADAMW, CF_OPTIM_LION, CF_OPTIM_KIND_COUNT } cf_optim_kind;
 
 /* model.attention (one object, or a list of them: one per layer, cycled if shorter) */
 typedef struct cf_attn_config {

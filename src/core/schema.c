@@ -18,7 +18,7 @@ const char *const cf_sample_names[] = {"random", "ordered", NULL};
 const char *const cf_combine_names[] = {"alternate", "heads", "merged", NULL};
 const char *const cf_favor_kernel_names[] = {"softmax", "relu", NULL};
 const char *const cf_update_names[] = {"linear", "delta", "none", NULL};
-const char *const cf_optim_names[] = {"adamw", NULL};
+const char *const cf_optim_names[] = {"adamw", "lion", NULL};
 _Static_assert(sizeof cf_attn_kind_names / sizeof *cf_attn_kind_names == CF_ATTN_KIND_COUNT + 1, "attn_names");
 _Static_assert(sizeof cf_optim_names / sizeof *cf_optim_names == CF_OPTIM_KIND_COUNT + 1, "optim_names");
 

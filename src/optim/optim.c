@@ -6,6 +6,8 @@
 static const cf_optim_info rows[] = {
     /* AdamW (Loshchilov and Hutter 2019): first and second moments */
     [CF_OPTIM_ADAMW] = {2, {{"m", 0}, {"v", 1}}, NULL, cf_optim_adamw_step},
+    /* Lion (Chen et al. 2023): momentum */
+    [CF_OPTIM_LION]  = {1, {{"m", 0}}, NULL, cf_optim_lion_step},
 };
 _Static_assert(sizeof rows / sizeof *rows == CF_OPTIM_KIND_COUNT, "one row per cf_optim_kind");
 

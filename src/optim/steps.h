@@ -6,5 +6,6 @@
 #include "cformer/optim.h"
 
 void cf_optim_adamw_step(cf_optim *o, cf_params *p, float lr, const cf_train_config *t);   /* adamw.c */
+void cf_optim_lion_step(cf_optim *o, cf_params *p, float lr, const cf_train_config *t);    /* lion.c */
 
 #endif
