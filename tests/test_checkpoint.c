@@ -3,7 +3,10 @@
  *   - round trip: save and load give back every weight, moment and state field bitwise; the
  *     layout is the documented one and /params matches the golden files' names and shapes;
  *   - exact resume: N steps straight == N/2 steps (--until) + resume to N, bitwise (final weights,
- *     AdamW moments, every logged loss), for random windows and ordered streams, dropout on;
+ *     optimizer state, every logged loss), for random windows and ordered streams, dropout on,
+ *     with AdamW and with Lion;
+ *   - the optimizer in the file: /optimizer/name and the slabs of the run's optimizer; a file
+ *     without the name loads as AdamW; resuming with another train.optimizer is refused;
  *   - a writer killed mid-save (CF_CKPT_FAIL_AFTER) leaves the previous checkpoint intact and
  *     loadable, its leftover temporary is never taken for a checkpoint, and resuming from there
  *     still ends bitwise where the uninterrupted run did;
@@ -502,6 +505,81 @@ static void test_rec_state_saved(const char *const *xl_over, const char *const *
     }
 }
 
+/* ---- the optimizer in the file ------------------------------------------------------------------------ */
+/* the "loss" values of a log, in order; returns how many (at most n) */
+static int log_loss_values(const char *run, float *loss, int n) {
+    char *l = log_losses(run), *p = l;
+    int k = 0, used;
+    long long step;
+    while (k < n && sscanf(p, "%lld:%f %n", &step, &loss[k], &used) == 2) { k++; p += used; }
+    free(l);
+    return k;
+}
+
+/* Lion (run by test_exact_resume as mode "lion"): the loss goes down, the file holds its name and
+ * its one slab, and neither optimizer resumes from the other's checkpoint */
+static void test_lion_run(const char *const *lion_over, int n_over) {
+    char run[300], p[400];
+    path_of(run, sizeof run, root, "lion-straight");
+    float loss[8];
+    int n = log_loss_values(run, loss, 8);
+    CHECK(n == 8 && loss[7] < loss[0] - 0.1f && loss[6] + loss[7] < loss[0] + loss[1] - 0.2f,
+          "lion: the loss does not go down over 8 steps (%d logged, %.4f ... %.4f)", n, loss[0], n ? loss[n - 1] : 0.f);
+    path_of(p, sizeof p, run, "ckpt/latest.h5");
+    hid_t f = cf_h5_open_read(p);
+    char *name = f >= 0 ? cf_h5_read_string(f, p, "optimizer/name") : NULL;
+    CHECK(name && !strcmp(name, "lion") && cf_h5_exists(f, "optimizer/m/tok_emb.weight") &&
+          !cf_h5_exists(f, "optimizer/v"), "lion checkpoint: /optimizer/name \"%s\", or /optimizer/m missing, or a "
+          "/optimizer/v", name ? name : cf_error_msg());
+    free(name);
+    if (f >= 0) H5Fclose(f);
+    /* a Lion run resumed as AdamW: one line naming both, the run directory untouched */
+    cf_config c;
+    const char *ov[16];
+    for (int i = 0; i < n_over; i++) ov[i] = lion_over[i];
+    ov[n_over] = "train.optimizer=\"adamw\"";
+    ov[n_over + 1] = "train.steps=9";
+    make_config(&c, ov, n_over + 2);
+    char *snap = snapshot(run);
+    int st = train_child(&c, NULL, run, 0, NULL, NULL);
+    const char *out = child_output();
+    const char *nl = strchr(out, '\n');
+    CHECK(EXITED(st, 2) && strstr(out, "optimizer \"lion\", the run's train.optimizer is \"adamw\"") && nl && !nl[1],
+          "lion run resumed as adamw: status %d, want one line: %s", st, out);
+    char *after = snapshot(run);
+    CHECK(!strcmp(snap, after), "a refused resume changed the run directory");
+    printf("resume lion as adamw   -> %s", out);
+    free(snap);
+    free(after);
+}
+
+/* A checkpoint without /optimizer/name (the layout of files that hold AdamW state only) loads as
+ * AdamW, bitwise, and is refused to a Lion run with one line naming both. */
+static void test_unnamed_optimizer(const char *straight) {
+    char good[400], p[400];
+    path_of(good, sizeof good, straight, "ckpt/latest.h5");
+    snprintf(p, sizeof p, "%s/unnamed.h5", root);
+    copy_file(good, p);
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    CHECK(f >= 0 && H5Ldelete(f, "optimizer/name", H5P_DEFAULT) >= 0, "cannot delete /optimizer/name from %s", p);
+    if (f >= 0) H5Fclose(f);
+    f = cf_h5_open_read(p);
+    CHECK(f >= 0 && !cf_h5_exists(f, "optimizer/name"), "/optimizer/name is still there");
+    if (f >= 0) H5Fclose(f);
+    cf_config c;
+    make_config(&c, (const char *[]){"train.sampling=\"random\"", "model.dropout=0.1"}, 2);
+    CHECK(c.train.optimizer == CF_OPTIM_ADAMW && same_ckpt(p, good, &c),
+          "a checkpoint without /optimizer/name does not load as the AdamW checkpoint it was: %s", cf_error_msg());
+    make_config(&c, (const char *[]){"train.optimizer=\"lion\""}, 1);
+    loaded l;
+    int rc = load_all(p, &c, &l);
+    free_loaded(&l);
+    const char *msg = cf_error_msg();
+    CHECK(rc == -1 && strstr(msg, p) && strstr(msg, "optimizer \"adamw\", the run's train.optimizer is \"lion\"") &&
+          !strchr(msg, '\n'), "an unnamed checkpoint loaded by Lion: rc %d: %s", rc, msg);
+    printf("unnamed, as lion       -> %s\n", msg);
+}
+
 /* ---- 3. a writer killed in the middle of a save ----------------------------------------------------- */
 static void test_kill_mid_write(const cf_config *c, const char *straight) {
     char k[300], latest[400], step4[400], step6[400], ckdir[400];
@@ -732,6 +810,7 @@ static void test_bad_input(const char *good_run) {
         {"model.d_ff=96", "/params/blocks.0.mlp.fc.weight: shape (64, 32) in the checkpoint, (96, 32) in the model"},
         {"model.n_layers=3", "/params/blocks.2.ln1.weight: missing"},
         {"model.activation=\"relu\"", "model.activation: \"gelu\" -> \"relu\""},
+        {"train.optimizer=\"lion\"", "optimizer \"adamw\", the run's train.optimizer is \"lion\""},
     };
     for (size_t i = 0; i < sizeof changes / sizeof *changes; i++) {
         cf_config c3;
@@ -892,10 +971,16 @@ int main(void) {
     test_exact_resume("infini", inf_over, 3);
     test_exact_resume("infini+xl", mix_over, 4);
     test_rec_state_saved(xl_over, inf_over);
+    /* Lion at its customary betas and a third of the AdamW runs' lr */
+    const char *lion_over[] = {"train.sampling=\"random\"", "model.dropout=0.1", "train.optimizer=\"lion\"",
+                               "train.lr=1e-3", "train.min_lr=1e-4", "train.beta2=0.99"};
+    test_exact_resume("lion", lion_over, 6);
+    test_lion_run(lion_over, 6);
     cf_config c;
     make_config(&c, random_over, 2);
     char straight[300];
     path_of(straight, sizeof straight, root, "random-straight");
+    test_unnamed_optimizer(straight);
     test_kill_mid_write(&c, straight);
     test_signals();
     test_bad_input(straight);
