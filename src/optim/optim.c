@@ -39,8 +39,10 @@ void cf_optim_init(cf_optim *o, cf_optim_kind k, const cf_params *p) {
             sl->offset[i] = sl->numel;
             sl->numel += (n + 15) & ~(int64_t)15;
         }
-        CF_ASSERT(rows[k].state_shape || (sl->numel == p->numel && (!p->n || !memcmp(sl->offset, p->offset,
-                  sizeof(int64_t) * (size_t)p->n))), "optimizer state and parameter slabs differ in layout");
+        int as_params = sl->numel == p->numel &&
+                        (!p->n || !memcmp(sl->offset, p->offset, sizeof(int64_t) * (size_t)p->n));
+        CF_ASSERT(rows[k].state_shape || as_params, "optimizer %s: state and parameter slabs differ in layout",
+                  cf_optim_name(k));
         sl->data = cf_xcalloc((size_t)(sl->numel ? sl->numel : 1), sizeof(float));
     }
 }
