@@ -33,8 +33,8 @@ static void trains(const char *what, const char *const *sets, int n_sets) {
     CF_ASSERT(cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, B, T), 1 << 16) == 0, "%s", cf_error_msg());
     ctx.training = 1;
     ctx.seed = 1;
-    cf_adamw opt;
-    cf_adamw_init(&opt, &m.params);
+    cf_optim opt;
+    cf_optim_init(&opt, c.train.optimizer, &m.params);
     float first = 0, last = 0;
     int finite = 1;
     for (int s = 0; s < 12; s++) {
@@ -46,12 +46,12 @@ static void trains(const char *what, const char *const *sets, int n_sets) {
         finite &= isfinite(loss->data[0]) && isfinite(g);
         if (s == 0) first = loss->data[0];
         last = loss->data[0];
-        cf_adamw_step(&opt, &m.params, 3e-3f, &c.train);
+        cf_optim_step(&opt, &m.params, 3e-3f, &c.train);
     }
     printf("%s: loss %.4f -> %.4f in 12 steps\n", what, first, last);
     CHECK(finite, "%s: a loss or gradient norm is not finite", what);
     CHECK(last < first - 0.5f, "%s: loss %.4f -> %.4f does not go down", what, first, last);
-    cf_adamw_free(&opt);
+    cf_optim_free(&opt);
     cf_ctx_free(&ctx);
     cf_model_free(&m);
     free(x); free(y);

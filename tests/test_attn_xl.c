@@ -392,8 +392,8 @@ static void test_model_trains(const char *norm) {
     CF_ASSERT(cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, B, T), 1 << 14) == 0, "%s", cf_error_msg());
     ctx.training = 1;
     ctx.seed = 1;
-    cf_adamw opt;
-    cf_adamw_init(&opt, &m.params);
+    cf_optim opt;
+    cf_optim_init(&opt, c.train.optimizer, &m.params);
     float first = 0, last = 0;
     int finite = 1;
     for (int s = 0; s < 15; s++) {
@@ -405,12 +405,12 @@ static void test_model_trains(const char *norm) {
         finite &= isfinite(loss->data[0]) && isfinite(g);
         if (s == 0) first = loss->data[0];
         last = loss->data[0];
-        cf_adamw_step(&opt, &m.params, 1e-2f, &c.train);
+        cf_optim_step(&opt, &m.params, 1e-2f, &c.train);
     }
     printf("xl %s: loss %.4f -> %.4f in 15 steps (memory carried)\n", norm, first, last);
     CHECK(finite, "xl %s: a loss or gradient norm is not finite", norm);
     CHECK(last < first - 0.5f, "xl %s: loss %.4f -> %.4f does not go down", norm, first, last);
-    cf_adamw_free(&opt);
+    cf_optim_free(&opt);
     cf_ctx_free(&ctx);
     cf_model_free(&m);
 }

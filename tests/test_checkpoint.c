@@ -3,7 +3,10 @@
  *   - round trip: save and load give back every weight, moment and state field bitwise; the
  *     layout is the documented one and /params matches the golden files' names and shapes;
  *   - exact resume: N steps straight == N/2 steps (--until) + resume to N, bitwise (final weights,
- *     AdamW moments, every logged loss), for random windows and ordered streams, dropout on;
+ *     optimizer state, every logged loss), for random windows and ordered streams, dropout on,
+ *     with AdamW and with Lion;
+ *   - the optimizer in the file: /optimizer/name and the slabs of the run's optimizer; a file
+ *     without the name loads as AdamW; resuming with another train.optimizer is refused;
  *   - a writer killed mid-save (CF_CKPT_FAIL_AFTER) leaves the previous checkpoint intact and
  *     loadable, its leftover temporary is never taken for a checkpoint, and resuming from there
  *     still ends bitwise where the uninterrupted run did;
@@ -177,17 +180,26 @@ static int train_child(const cf_config *c, const char *out, const char *resume, 
 #define EXITED(st, code) (WIFEXITED(st) && WEXITSTATUS(st) == (code))
 
 /* ---- checkpoint comparisons ------------------------------------------------------------------------ */
-typedef struct { cf_model m; cf_adamw o; cf_train_state s; } loaded;
+typedef struct { cf_model m; cf_optim o; cf_train_state s; } loaded;
 
 static int load_all(const char *path, const cf_config *c, loaded *l) {
     memset(l, 0, sizeof *l);
     CF_ASSERT(cf_model_init(&l->m, &c->model, 99) == 0, "%s", cf_error_msg());
-    cf_adamw_init(&l->o, &l->m.params);
+    cf_optim_init(&l->o, c->train.optimizer, &l->m.params);
     return cf_ckpt_load(path, &l->m, &l->o, &l->s);
 }
 
+/* every slab of two optimizers of the same kind and parameters is bitwise equal */
+static int same_optim(const cf_optim *a, const cf_optim *b) {
+    int same = a->kind == b->kind && a->t == b->t && a->n_slabs == b->n_slabs;
+    for (int k = 0; same && k < a->n_slabs; k++)
+        same = a->slab[k].numel == b->slab[k].numel &&
+               !memcmp(a->slab[k].data, b->slab[k].data, sizeof(float) * (size_t)a->slab[k].numel);
+    return same;
+}
+
 static void free_loaded(loaded *l) {
-    cf_adamw_free(&l->o);
+    cf_optim_free(&l->o);
     cf_model_free(&l->m);
 }
 
@@ -218,8 +230,7 @@ static int same_ckpt(const char *a, const char *b, const cf_config *c) {
     if (!ok) printf("  load: %s\n", cf_error_msg());
     size_t bytes = (size_t)x.m.params.numel * sizeof(float);
     if (ok) {
-        ok = !memcmp(x.m.params.values, y.m.params.values, bytes) && !memcmp(x.o.m, y.o.m, bytes) &&
-             !memcmp(x.o.v, y.o.v, bytes) && x.o.t == y.o.t && x.s.step == y.s.step &&
+        ok = !memcmp(x.m.params.values, y.m.params.values, bytes) && same_optim(&x.o, &y.o) && x.s.step == y.s.step &&
              x.s.tokens_seen == y.s.tokens_seen && x.s.next_batch == y.s.next_batch && x.s.seed == y.s.seed;
         if (ok && !same_rec(&x.m, &y.m)) {
             printf("  the recurrent attention state differs\n");
@@ -280,8 +291,8 @@ static void check_golden_names(const char *golden, const char *ckpt_dir) {
     free(json);
     cf_model m;
     CF_ASSERT(cf_model_init(&m, &c.model, 3) == 0, "%s", cf_error_msg());
-    cf_adamw o;
-    cf_adamw_init(&o, &m.params);
+    cf_optim o;
+    cf_optim_init(&o, c.train.optimizer, &m.params);
     cf_train_state s;
     cf_train_state_init(&s, &c);
     char path[600];
@@ -306,7 +317,7 @@ static void check_golden_names(const char *golden, const char *ckpt_dir) {
     }
     H5Fclose(f);
     H5Fclose(g);
-    cf_adamw_free(&o);
+    cf_optim_free(&o);
     cf_model_free(&m);
 }
 
@@ -319,11 +330,11 @@ static void test_roundtrip(void) {
     make_config(&c, NULL, 0);
     cf_model m;
     CF_ASSERT(cf_model_init(&m, &c.model, 5) == 0, "%s", cf_error_msg());
-    cf_adamw o;
-    cf_adamw_init(&o, &m.params);
+    cf_optim o;
+    cf_optim_init(&o, c.train.optimizer, &m.params);
     t_fill_uniform(m.params.values, m.params.numel, -1, 1, 11);
-    t_fill_uniform(o.m, o.numel, -1e-3f, 1e-3f, 12);
-    t_fill_uniform(o.v, o.numel, 0, 1e-5f, 13);
+    t_fill_uniform(o.slab[0].data, o.slab[0].numel, -1e-3f, 1e-3f, 12);
+    t_fill_uniform(o.slab[1].data, o.slab[1].numel, 0, 1e-5f, 13);
     o.t = 7;
     cf_train_state s;
     cf_train_state_init(&s, &c);
@@ -339,7 +350,7 @@ static void test_roundtrip(void) {
     CHECK(load_all(path, &c, &l) == 0, "load: %s", cf_error_msg());
     size_t bytes = (size_t)m.params.numel * sizeof(float);
     CHECK(!memcmp(l.m.params.values, m.params.values, bytes), "weights differ after a round trip");
-    CHECK(!memcmp(l.o.m, o.m, bytes) && !memcmp(l.o.v, o.v, bytes) && l.o.t == 7, "AdamW state differs");
+    CHECK(same_optim(&l.o, &o) && l.o.t == 7, "AdamW state differs");
     CHECK(l.s.step == 7 && l.s.tokens_seen == 7 * 64 && l.s.next_batch == 14 && l.s.seed == c.train.seed &&
           l.s.best_valid_bpb == 3.25 && l.s.elapsed_s == 1.5 && l.s.batch_size == c.train.batch_size &&
           l.s.seq_len == c.train.seq_len && l.s.sampling == CF_SAMPLE_RANDOM, "train state differs");
@@ -389,7 +400,7 @@ static void test_roundtrip(void) {
     CHECK(cf_ckpt_save(path, &c, &m, &o, &s) == -1 && strstr(cf_error_msg(), "NaN"), "NaN weights saved: %s",
           cf_error_msg());
     CHECK(ckpt_step(path, &c) == 8 && count_temps(dir) == 0, "refused save touched the checkpoint");
-    cf_adamw_free(&o);
+    cf_optim_free(&o);
     cf_model_free(&m);
 
     /* config differences */
@@ -492,6 +503,81 @@ static void test_rec_state_saved(const char *const *xl_over, const char *const *
         free(la);
         free(lb);
     }
+}
+
+/* ---- the optimizer in the file ------------------------------------------------------------------------ */
+/* the "loss" values of a log, in order; returns how many (at most n) */
+static int log_loss_values(const char *run, float *loss, int n) {
+    char *l = log_losses(run), *p = l;
+    int k = 0, used;
+    long long step;
+    while (k < n && sscanf(p, "%lld:%f %n", &step, &loss[k], &used) == 2) { k++; p += used; }
+    free(l);
+    return k;
+}
+
+/* Lion (run by test_exact_resume as mode "lion"): the loss goes down, the file holds its name and
+ * its one slab, and neither optimizer resumes from the other's checkpoint */
+static void test_lion_run(const char *const *lion_over, int n_over) {
+    char run[300], p[400];
+    path_of(run, sizeof run, root, "lion-straight");
+    float loss[8];
+    int n = log_loss_values(run, loss, 8);
+    CHECK(n == 8 && loss[7] < loss[0] - 0.1f && loss[6] + loss[7] < loss[0] + loss[1] - 0.2f,
+          "lion: the loss does not go down over 8 steps (%d logged, %.4f ... %.4f)", n, loss[0], n ? loss[n - 1] : 0.f);
+    path_of(p, sizeof p, run, "ckpt/latest.h5");
+    hid_t f = cf_h5_open_read(p);
+    char *name = f >= 0 ? cf_h5_read_string(f, p, "optimizer/name") : NULL;
+    CHECK(name && !strcmp(name, "lion") && cf_h5_exists(f, "optimizer/m/tok_emb.weight") &&
+          !cf_h5_exists(f, "optimizer/v"), "lion checkpoint: /optimizer/name \"%s\", or /optimizer/m missing, or a "
+          "/optimizer/v", name ? name : cf_error_msg());
+    free(name);
+    if (f >= 0) H5Fclose(f);
+    /* a Lion run resumed as AdamW: one line naming both, the run directory untouched */
+    cf_config c;
+    const char *ov[16];
+    for (int i = 0; i < n_over; i++) ov[i] = lion_over[i];
+    ov[n_over] = "train.optimizer=\"adamw\"";
+    ov[n_over + 1] = "train.steps=9";
+    make_config(&c, ov, n_over + 2);
+    char *snap = snapshot(run);
+    int st = train_child(&c, NULL, run, 0, NULL, NULL);
+    const char *out = child_output();
+    const char *nl = strchr(out, '\n');
+    CHECK(EXITED(st, 2) && strstr(out, "optimizer \"lion\", the run's train.optimizer is \"adamw\"") && nl && !nl[1],
+          "lion run resumed as adamw: status %d, want one line: %s", st, out);
+    char *after = snapshot(run);
+    CHECK(!strcmp(snap, after), "a refused resume changed the run directory");
+    printf("resume lion as adamw   -> %s", out);
+    free(snap);
+    free(after);
+}
+
+/* A checkpoint without /optimizer/name (the layout of files that hold AdamW state only) loads as
+ * AdamW, bitwise, and is refused to a Lion run with one line naming both. */
+static void test_unnamed_optimizer(const char *straight) {
+    char good[400], p[400];
+    path_of(good, sizeof good, straight, "ckpt/latest.h5");
+    snprintf(p, sizeof p, "%s/unnamed.h5", root);
+    copy_file(good, p);
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    CHECK(f >= 0 && H5Ldelete(f, "optimizer/name", H5P_DEFAULT) >= 0, "cannot delete /optimizer/name from %s", p);
+    if (f >= 0) H5Fclose(f);
+    f = cf_h5_open_read(p);
+    CHECK(f >= 0 && !cf_h5_exists(f, "optimizer/name"), "/optimizer/name is still there");
+    if (f >= 0) H5Fclose(f);
+    cf_config c;
+    make_config(&c, (const char *[]){"train.sampling=\"random\"", "model.dropout=0.1"}, 2);
+    CHECK(c.train.optimizer == CF_OPTIM_ADAMW && same_ckpt(p, good, &c),
+          "a checkpoint without /optimizer/name does not load as the AdamW checkpoint it was: %s", cf_error_msg());
+    make_config(&c, (const char *[]){"train.optimizer=\"lion\""}, 1);
+    loaded l;
+    int rc = load_all(p, &c, &l);
+    free_loaded(&l);
+    const char *msg = cf_error_msg();
+    CHECK(rc == -1 && strstr(msg, p) && strstr(msg, "optimizer \"adamw\", the run's train.optimizer is \"lion\"") &&
+          !strchr(msg, '\n'), "an unnamed checkpoint loaded by Lion: rc %d: %s", rc, msg);
+    printf("unnamed, as lion       -> %s\n", msg);
 }
 
 /* ---- 3. a writer killed in the middle of a save ----------------------------------------------------- */
@@ -724,6 +810,7 @@ static void test_bad_input(const char *good_run) {
         {"model.d_ff=96", "/params/blocks.0.mlp.fc.weight: shape (64, 32) in the checkpoint, (96, 32) in the model"},
         {"model.n_layers=3", "/params/blocks.2.ln1.weight: missing"},
         {"model.activation=\"relu\"", "model.activation: \"gelu\" -> \"relu\""},
+        {"train.optimizer=\"lion\"", "optimizer \"adamw\", the run's train.optimizer is \"lion\""},
     };
     for (size_t i = 0; i < sizeof changes / sizeof *changes; i++) {
         cf_config c3;
@@ -884,10 +971,16 @@ int main(void) {
     test_exact_resume("infini", inf_over, 3);
     test_exact_resume("infini+xl", mix_over, 4);
     test_rec_state_saved(xl_over, inf_over);
+    /* Lion at its customary betas and a third of the AdamW runs' lr */
+    const char *lion_over[] = {"train.sampling=\"random\"", "model.dropout=0.1", "train.optimizer=\"lion\"",
+                               "train.lr=1e-3", "train.min_lr=1e-4", "train.beta2=0.99"};
+    test_exact_resume("lion", lion_over, 6);
+    test_lion_run(lion_over, 6);
     cf_config c;
     make_config(&c, random_over, 2);
     char straight[300];
     path_of(straight, sizeof straight, root, "random-straight");
+    test_unnamed_optimizer(straight);
     test_kill_mid_write(&c, straight);
     test_signals();
     test_bad_input(straight);

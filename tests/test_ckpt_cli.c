@@ -169,6 +169,9 @@ int main(int argc, char **argv) {
     expect_bad("resume finished run", (const char *[]){"train", cfg, "--resume", rdir, NULL}, "nothing to train");
     expect_bad("resume other shape", (const char *[]){"train", cfg, "--resume", rdir, "--set", "model.d_model=64", NULL},
                "/params/tok_emb.weight: shape (256, 32) in the checkpoint, (256, 64) in the model");
+    expect_bad("resume other optimizer",
+               (const char *[]){"train", cfg, "--resume", rdir, "--set", "train.optimizer=\"lion\"", NULL},
+               "the checkpoint holds the state of optimizer \"adamw\", the run's train.optimizer is \"lion\"");
     expect_bad("unwritable --out", (const char *[]){"train", cfg, "--out", under, NULL}, "cannot create");
     CHECK(!exists(under), "a run directory appeared under a file");
 

@@ -27,8 +27,8 @@ static void expect_ok(const char *json, const char *const *ov, int n_ov) {
 static void test_defaults(void) {
     cf_config d;
     cf_config_defaults(&d);
-    CHECK(d.model.vocab_size == 256 && d.model.d_model == 256 && d.train.batch_size == 8 && d.train.seed == 1,
-          "defaults");
+    CHECK(d.model.vocab_size == 256 && d.model.d_model == 256 && d.train.batch_size == 8 && d.train.seed == 1 &&
+          d.train.optimizer == CF_OPTIM_ADAMW, "defaults");
     expect_ok("{}", NULL, 0);
     const cf_model_config *m = &cfg.model;
     CHECK(m->d_ff == 4 * m->d_model, "d_ff resolved to 4 * d_model, got %d", m->d_ff);
@@ -61,6 +61,8 @@ static void test_errors(void) {
                  "model.norm: expected one of layernorm, rmsnorm, got \"batchnorm\"");
     expect_error("{\"model\": {\"attention\": {\"kernel\": \"tanh\"}}}", NULL, 0, 0,
                  "model.attention.kernel: expected one of softmax, relu, got \"tanh\"");
+    expect_error("{\"train\": {\"optimizer\": \"sgd\"}}", NULL, 0, 0,
+                 "train.optimizer: expected one of adamw, lion, got \"sgd\"");
     expect_error("{\"data\": {\"train\": 7}}", NULL, 0, 0, "data.train: expected a string, got number");
     expect_error("{\"model\": {\"d_model\": 256, \"n_heads\": 6}}", NULL, 0, 0,
                  "model.n_heads: must divide model.d_model (256 % 6 != 0)");
@@ -135,6 +137,9 @@ static void test_overrides(void) {
     CHECK(strcmp(cfg.data.train, "some dir/x.bin") == 0, "override path: %s", cfg.data.train);
     CHECK(cfg.train.lr == 1e-3f && cfg.model.tie_embeddings == 0 && cfg.eval.ctx == 128, "override values");
     CHECK(cfg.eval.stride == 64, "stride default follows overridden ctx");
+    const char *ov_opt[] = {"train.optimizer=lion"};
+    expect_ok("{}", ov_opt, 1);
+    CHECK(cfg.train.optimizer == CF_OPTIM_LION, "train.optimizer \"lion\"");
 
     const char *ov2[] = {"model.attention.type=window", "model.attention.window=32"};
     expect_ok("{\"model\": {\"attention\": {\"type\": \"full\"}}}", ov2, 2);
@@ -240,7 +245,8 @@ static void test_round_trip(void) {
                " {\"type\": \"infini\", \"segment_len\": 32, \"update\": \"delta\"},"
                " {\"type\": \"sparse_fixed\", \"combine\": \"merged\", \"c\": 2}]},"
                " \"train\": {\"lr\": 0.00037, \"min_lr\": 1.7e-7, \"seed\": 9007199254740991, \"grad_checkpoint\": 3,"
-               " \"beta2\": 0.999, \"eps\": 1e-9, \"sampling\": \"ordered\", \"schedule\": \"linear\"},"
+               " \"beta2\": 0.999, \"eps\": 1e-9, \"sampling\": \"ordered\", \"schedule\": \"linear\","
+               " \"optimizer\": \"lion\"},"
                " \"data\": {\"train\": \"a \\\"quoted\\\" path.bin\", \"valid\": \"v.bin\"},"
                " \"eval\": {\"ctx\": 200, \"stride\": 7}}");
     round_trip("{\"train\": {\"grad_checkpoint\": \"blocks\"}, \"model\": {\"attention\": [{\"type\": \"performer\","

@@ -75,19 +75,19 @@ static void check_golden(const char *path, int checkpointing) {
     /* five AdamW steps on the same batch at constant lr */
     double losses[5];
     CHECK(cf_h5_read_f64(f, path, "expect/losses", losses, 5) == 0, "%s", cf_error_msg());
-    cf_adamw opt;
-    cf_adamw_init(&opt, &m.params);
+    cf_optim opt;
+    cf_optim_init(&opt, CF_OPTIM_ADAMW, &m.params);
     for (int s = 0; s < 5; s++) {
         cf_ctx_begin(&ctx, (uint64_t)s);
         cf_params_zero_grad(&m.params);
         cf_tensor *l = cf_model_loss(&m, &ctx, x, y, B, T, NULL);
         cf_backward(&ctx, l, NULL);
         cf_clip_grad_norm(&m.params, c.train.grad_clip);
-        cf_adamw_step(&opt, &m.params, cf_lr_at(&c.train, s), &c.train);
+        cf_optim_step(&opt, &m.params, cf_lr_at(&c.train, s), &c.train);
         CHECK(fabs(l->data[0] - losses[s]) < 1e-4 * fabs(losses[s]), "%s step %d loss %.7f, torch %.7f", path, s,
               l->data[0], losses[s]);
     }
-    cf_adamw_free(&opt);
+    cf_optim_free(&opt);
     cf_ctx_free(&ctx);
     cf_model_free(&m);
     free(buf); free(x); free(y);

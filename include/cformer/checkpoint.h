@@ -7,9 +7,14 @@
  *   /params/<name>             float32, each parameter's own shape; the names and [out, in] linear
  *                              layouts of the PyTorch twin (tok_emb.weight, blocks.0.attn.qkv.weight,
  *                              ...), so h5py + torch load them with no renaming
- *   /optimizer/t               int64 scalar: AdamW steps taken (bias correction)
- *   /optimizer/m/<name>        float32, AdamW first moments, same names and shapes as /params
- *   /optimizer/v/<name>        float32, AdamW second moments
+ *   /optimizer/name            string: the optimizer (train.optimizer: "adamw", "lion"); a file
+ *                              without it holds AdamW's state. Loading refuses another optimizer's.
+ *   /optimizer/t               int64 scalar: optimizer steps taken (AdamW's bias correction)
+ *   /optimizer/<slab>/<name>   float32: the optimizer's state slabs (optim.h), one dataset per
+ *                              parameter, same names as /params and, for the optimizers here, the
+ *                              same shapes:
+ *                                adamw: m (first moments), v (second moments, never negative)
+ *                                lion:  m (momentum)
  *   /state/seed                uint64 scalar: train.seed. All randomness of training (batch windows,
  *                              dropout masks) is counter-based, keyed by (seed, batch index), so the
  *                              seed and the next batch index ARE the RNG state.
@@ -73,7 +78,7 @@ void cf_train_state_init(cf_train_state *s, const cf_config *c);
 
 /* Write a checkpoint atomically to path (see above). Refuses weights that are not finite, so a
  * diverged model never replaces a good checkpoint. */
-int cf_ckpt_save(const char *path, const cf_config *c, const cf_model *m, const cf_adamw *o,
+int cf_ckpt_save(const char *path, const cf_config *c, const cf_model *m, const cf_optim *o,
                  const cf_train_state *s);
 
 /* Make dst another name of the finished checkpoint src (RUN/ckpt/latest.h5), atomically: a hard
@@ -85,11 +90,12 @@ int cf_ckpt_publish(const char *src, const char *dst);
 int cf_ckpt_read_config(const char *path, cf_config *c);
 
 /* Load into a model already built (cf_model_init) from a config with the same shape, and
- * optionally the optimizer (o, initialised with cf_adamw_init) and the state (s). Every model
+ * optionally the optimizer (o, initialised with cf_optim_init for the model's parameters and the
+ * kind the file holds: another kind is an error naming both) and the state (s). Every model
  * parameter must be in the file with the same shape, and the file must hold no other: the error
- * names the first parameter that differs. Weights and moments must be finite. On error m, o, s
- * may be partly overwritten (discard them); the file is never written. */
-int cf_ckpt_load(const char *path, cf_model *m, cf_adamw *o, cf_train_state *s);
+ * names the first parameter that differs. Weights and optimizer state must be finite. On error m,
+ * o, s may be partly overwritten (discard them); the file is never written. */
+int cf_ckpt_load(const char *path, cf_model *m, cf_optim *o, cf_train_state *s);
 
 /* For eval, sample, info: read the config, build the model from it and load its weights; s is
  * optional. On error nothing needs freeing. */

@@ -6,7 +6,7 @@
  * the trainer never creates a gradient reducer.
  *
  * The model of a data-parallel step (the trainer, src/train/trainer.c):
- *   - every rank holds the whole model and the same AdamW state; train.batch_size is the global
+ *   - every rank holds the whole model and the same optimizer state; train.batch_size is the global
  *     batch and rank r trains on rows [r*B/N, (r+1)*B/N) of every global batch (data.h);
  *   - the loss of the last micro-batch is seeded with 1 / (grad_accum * N), so the SUM of the
  *     ranks' gradients is the gradient of the global mean loss;
@@ -14,7 +14,7 @@
  *     buckets, contiguous ranges of whole parameters: a bucket's MPI_Iallreduce starts as soon as
  *     backward can no longer add to any of its parameters (below), so communication overlaps the
  *     rest of backward; the trainer waits for all of them before clipping (global norm of the
- *     reduced gradient, the same on every rank) and the AdamW step, which keeps the ranks' weights
+ *     reduced gradient, the same on every rank) and the optimizer step, which keeps the ranks' weights
  *     identical (cf_dist_check_params compares them).
  *
  * When is a parameter's gradient final? The tape is the execution order and a node's backward

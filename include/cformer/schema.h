@@ -21,6 +21,8 @@ typedef enum { CF_FAVOR_SOFTMAX, CF_FAVOR_RELU } cf_favor_kernel;
 typedef enum { CF_UPDATE_LINEAR, CF_UPDATE_DELTA, CF_UPDATE_NONE } cf_update_kind;
 typedef enum { CF_SCHED_COSINE, CF_SCHED_LINEAR, CF_SCHED_CONSTANT } cf_sched_kind;
 typedef enum { CF_SAMPLE_RANDOM, CF_SAMPLE_ORDERED } cf_sample_kind;
+/* train.optimizer; each kind is a row of the optimizer table (optim.h, src/optim/optim.c) */
+typedef enum { CF_OPTIM_ADAMW, CF_OPTIM_LION, CF_OPTIM_KIND_COUNT } cf_optim_kind;
 
 /* model.attention (one object, or a list of them: one per layer, cycled if shorter) */
 typedef struct cf_attn_config {
@@ -75,6 +77,7 @@ typedef struct cf_train_config {
     int     warmup_steps;       /* 100 */
     cf_sched_kind schedule;     /* "cosine" */
     float   min_lr;             /* 3e-5 */
+    cf_optim_kind optimizer;    /* "adamw" */
     float   weight_decay;       /* 0.1 */
     float   beta1, beta2, eps;  /* 0.9, 0.95, 1e-8 */
     float   grad_clip;          /* 1.0; 0 = off */
@@ -121,7 +124,8 @@ const cf_attn_config *cf_config_layer_attn(const cf_model_config *m, int layer);
 extern const char *const cf_arch_names[], *const cf_norm_names[], *const cf_norm_pos_names[],
     *const cf_act_names[], *const cf_pos_names[], *const cf_attn_kind_names[], *const cf_sched_names[],
     *const cf_sample_names[], *const cf_combine_names[], *const cf_favor_kernel_names[],
-    *const cf_update_names[];
+    *const cf_update_names[], *const cf_optim_names[];
 const char *cf_attn_kind_name(cf_attn_kind k);
+const char *cf_optim_name(cf_optim_kind k);
 
 #endif

@@ -63,8 +63,8 @@ typedef struct cf_train_opts {
 int cf_train(const cf_config *c, const cf_train_opts *o);
 
 /* ---- src/train/bench.c ---- */
-/* Time the training step (forward, backward, AdamW) on random bytes after warm-up; prints
- * BENCH train_step ... and returns the median tokens/s. */
+/* Time the training step (forward, backward, train.optimizer's step) on random bytes after
+ * warm-up; prints BENCH train_step ... and returns the median tokens/s. */
 double cf_bench_train_step(const cf_config *c, int steps);
 
 #endif

@@ -18,11 +18,17 @@ const char *const cf_sample_names[] = {"random", "ordered", NULL};
 const char *const cf_combine_names[] = {"alternate", "heads", "merged", NULL};
 const char *const cf_favor_kernel_names[] = {"softmax", "relu", NULL};
 const char *const cf_update_names[] = {"linear", "delta", "none", NULL};
+const char *const cf_optim_names[] = {"adamw", "lion", NULL};
 _Static_assert(sizeof cf_arch_names / sizeof *cf_arch_names == CF_ARCH_COUNT + 1, "arch_names");
 _Static_assert(sizeof cf_attn_kind_names / sizeof *cf_attn_kind_names == CF_ATTN_KIND_COUNT + 1, "attn_names");
+_Static_assert(sizeof cf_optim_names / sizeof *cf_optim_names == CF_OPTIM_KIND_COUNT + 1, "optim_names");
 
 const char *cf_attn_kind_name(cf_attn_kind k) {
     return (unsigned)k < CF_ATTN_KIND_COUNT ? cf_attn_kind_names[k] : "unknown";
+}
+
+const char *cf_optim_name(cf_optim_kind k) {
+    return (unsigned)k < CF_OPTIM_KIND_COUNT ? cf_optim_names[k] : "unknown";
 }
 
 /* ---- defaults ------------------------------------------------------------------------------------ */
@@ -77,6 +83,7 @@ void cf_config_defaults(cf_config *c) {
     t->warmup_steps = 100;
     t->schedule = CF_SCHED_COSINE;
     t->min_lr = 3e-5f;
+    t->optimizer = CF_OPTIM_ADAMW;
     t->weight_decay = 0.1f;
     t->beta1 = 0.9f;
     t->beta2 = 0.95f;

@@ -94,14 +94,26 @@ static void post_write(void) {
 #define WRITE(what, call) do { if (pre_write(file, what) || (call)) return -1; post_write(); } while (0)
 
 /* ---- save ----------------------------------------------------------------------------------------- */
-static int write_tensors(hid_t f, const char *file, const char *group, const cf_params *p, const float *base) {
+/* tensor i of a group: the parameter p->t[i] (o NULL) or its state in slab s of o; its shape in shape[] */
+static float *group_tensor(const cf_params *p, const cf_optim *o, int s, int i, int *ndim, int64_t shape[CF_MAX_DIMS]) {
+    const cf_tensor *t = p->t[i];
+    if (o) {
+        *ndim = cf_optim_state_shape(o, s, t, shape);
+        return cf_optim_state(o, s, i);
+    }
+    *ndim = t->ndim;
+    for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
+    return t->data;
+}
+
+static int write_tensors(hid_t f, const char *file, const char *group, const cf_params *p, const cf_optim *o, int s) {
     for (int i = 0; i < p->n; i++) {
-        const cf_tensor *t = p->t[i];
         char name[512];
+        int nd;
         int64_t shape[CF_MAX_DIMS];
-        for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
-        snprintf(name, sizeof name, "/%s/%s", group, t->name);
-        WRITE(name, cf_h5_write_f32(f, file, name + 1, base + p->offset[i], t->ndim, shape));
+        const float *x = group_tensor(p, o, s, i, &nd, shape);
+        snprintf(name, sizeof name, "/%s/%s", group, p->t[i]->name);
+        WRITE(name, cf_h5_write_f32(f, file, name + 1, x, nd, shape));
     }
     return 0;
 }
@@ -133,7 +145,7 @@ static int write_rec_state(hid_t f, const char *file, const cf_model *m) {
     return 0;
 }
 
-static int write_all(hid_t f, const char *file, const cf_config *c, const cf_model *m, const cf_adamw *o,
+static int write_all(hid_t f, const char *file, const cf_config *c, const cf_model *m, const cf_optim *o,
                      const cf_train_state *s) {
     WRITE("attribute format", cf_h5_write_attr_string(f, file, "/", "format", CF_CKPT_FORMAT));
     WRITE("attribute format_version", cf_h5_write_attr_i64(f, file, "/", "format_version", CF_CKPT_VERSION));
@@ -144,11 +156,15 @@ static int write_all(hid_t f, const char *file, const cf_config *c, const cf_mod
     free(json);
     if (rc) return -1;
     post_write();
-    if (write_tensors(f, file, "params", &m->params, m->params.values)) return -1;
+    if (write_tensors(f, file, "params", &m->params, NULL, 0)) return -1;
+    WRITE("/optimizer/name", cf_h5_write_string(f, file, "optimizer/name", cf_optim_name(o->kind)));
     int64_t t = o->t;
     WRITE("/optimizer/t", cf_h5_write_scalar(f, file, "optimizer/t", H5T_NATIVE_INT64, &t));
-    if (write_tensors(f, file, "optimizer/m", &m->params, o->m)) return -1;
-    if (write_tensors(f, file, "optimizer/v", &m->params, o->v)) return -1;
+    for (int k = 0; k < o->n_slabs; k++) {
+        char group[64];
+        snprintf(group, sizeof group, "optimizer/%s", o->slab[k].name);
+        if (write_tensors(f, file, group, &m->params, o, k)) return -1;
+    }
     int64_t bs = s->batch_size, sl = s->seq_len;
     WRITE("/state/seed", cf_h5_write_scalar(f, file, "state/seed", H5T_NATIVE_UINT64, &s->seed));
     WRITE("/state/next_batch", cf_h5_write_scalar(f, file, "state/next_batch", H5T_NATIVE_UINT64, &s->next_batch));
@@ -170,9 +186,9 @@ static int64_t first_non_finite(const float *x, int64_t n) {
     return -1;
 }
 
-int cf_ckpt_save(const char *path, const cf_config *c, const cf_model *m, const cf_adamw *o,
+int cf_ckpt_save(const char *path, const cf_config *c, const cf_model *m, const cf_optim *o,
                  const cf_train_state *s) {
-    CF_ASSERT(m && o && s && o->numel == m->params.numel, "cf_ckpt_save: model, optimizer and state are required");
+    CF_ASSERT(m && o && s && o->n_params == m->params.n, "cf_ckpt_save: model, optimizer and state are required");
     const char *file = path;
     for (int i = 0; i < m->params.n; i++) {
         const cf_tensor *t = m->params.t[i];
@@ -290,34 +306,36 @@ static const char *shape_str(int nd, const int64_t *d, char *buf, size_t n) {
     return buf;
 }
 
-/* read group/<name> of every parameter into base (the params slab or a moment buffer) */
-static int read_tensors(hid_t f, const char *path, const char *group, const cf_params *p, float *base, int moments) {
+/* read group/<name> of every parameter into the parameters (o NULL) or slab s of o */
+static int read_tensors(hid_t f, const char *path, const char *group, const cf_params *p, cf_optim *o, int s) {
     for (int i = 0; i < p->n; i++) {
         const cf_tensor *t = p->t[i];
         char name[512], a[96], b[96];
         snprintf(name, sizeof name, "%s/%s", group, t->name);
-        int64_t dims[CF_MAX_DIMS], want[CF_MAX_DIMS];
-        int nd = 0;
-        for (int d = 0; d < t->ndim; d++) want[d] = t->shape[d];
+        int64_t dims[CF_MAX_DIMS], want[CF_MAX_DIMS], numel = 1;
+        int nd = 0, want_nd, shape[CF_MAX_DIMS];
+        float *dst = group_tensor(p, o, s, i, &want_nd, want);
+        for (int d = 0; d < want_nd; d++) numel *= shape[d] = (int)want[d];
         if (!cf_h5_exists(f, name))
             return cf_set_error("%s: /%s: missing (the model has parameter %s; was the checkpoint made for another "
                                 "model shape?)", path, name, t->name);
         if (cf_h5_shape(f, name, &nd, dims))
             return cf_set_error("%s: /%s: not a dataset of at most %d dimensions", path, name, CF_MAX_DIMS);
-        int same = nd == t->ndim;
+        int same = nd == want_nd;
         for (int d = 0; same && d < nd; d++) same = dims[d] == want[d];
         if (!same)
             return cf_set_error("%s: /%s: shape (%s) in the checkpoint, (%s) in the model: the model's shape must "
                                 "match the checkpoint's", path, name, shape_str(nd, dims, a, sizeof a),
-                                shape_str(t->ndim, want, b, sizeof b));
-        float *dst = base + p->offset[i];
-        if (cf_h5_read_f32(f, path, name, dst, t->ndim, t->shape, t->numel)) return -1;
-        int64_t j = first_non_finite(dst, t->numel);
+                                shape_str(want_nd, want, b, sizeof b));
+        if (cf_h5_read_f32(f, path, name, dst, want_nd, shape, numel)) return -1;
+        int64_t j = first_non_finite(dst, numel);
         if (j >= 0)
             return cf_set_error("%s: /%s: element %lld is %s", path, name, (long long)j, isnan(dst[j]) ? "NaN" : "infinite");
-        if (moments == 2)
-            for (int64_t k = 0; k < t->numel; k++)
-                if (dst[k] < 0) return cf_set_error("%s: /%s: element %lld is negative (a second moment)", path, name, (long long)k);
+        if (o && o->info->slabs[s].nonneg)
+            for (int64_t k = 0; k < numel; k++)
+                if (dst[k] < 0)
+                    return cf_set_error("%s: /%s: element %lld is negative (%s's %s is never negative)", path, name,
+                                        (long long)k, cf_optim_name(o->kind), o->slab[s].name);
     }
     return 0;
 }
@@ -342,6 +360,20 @@ static int check_no_extra(hid_t f, const char *path, const char *group, const cf
         return cf_set_error("%s: /%s/%s: in the checkpoint but not in the model (was the checkpoint made for "
                             "another model shape?)", path, group, e.extra);
     return 0;
+}
+
+/* The file's optimizer must be the run's: one optimizer's state means nothing to another. A file
+ * without /optimizer/name holds AdamW's state. */
+static int check_optimizer(hid_t f, const char *path, const cf_optim *o) {
+    char *name = NULL;
+    if (cf_h5_exists(f, "optimizer/name") && !(name = cf_h5_read_string(f, path, "optimizer/name"))) return -1;
+    const char *have = name ? name : cf_optim_name(CF_OPTIM_ADAMW), *want = cf_optim_name(o->kind);
+    int rc = 0;
+    if (strcmp(have, want))
+        rc = cf_set_error("%s: the checkpoint holds the state of optimizer \"%s\", the run's train.optimizer is \"%s\" "
+                          "(resume with train.optimizer \"%s\", or start a new run)", path, have, want, have);
+    free(name);
+    return rc;
 }
 
 static int read_scalar_u64(hid_t f, const char *path, const char *name, uint64_t *v) {
@@ -501,21 +533,24 @@ static int load_rec_state(hid_t f, const char *path, cf_model *m) {
     return 0;
 }
 
-int cf_ckpt_load(const char *path, cf_model *m, cf_adamw *o, cf_train_state *s) {
+int cf_ckpt_load(const char *path, cf_model *m, cf_optim *o, cf_train_state *s) {
     hid_t f = ckpt_open(path);
     if (f < 0) return -1;
-    int rc = read_tensors(f, path, "params", &m->params, m->params.values, 0);
+    int rc = read_tensors(f, path, "params", &m->params, NULL, 0);
     if (!rc) rc = check_no_extra(f, path, "params", &m->params);
     if (!rc && o) {
-        CF_ASSERT(o->numel == m->params.numel, "cf_ckpt_load: optimizer not initialised for this model");
+        CF_ASSERT(o->n_params == m->params.n, "cf_ckpt_load: optimizer not initialised for this model");
         int64_t t = 0;
-        rc = cf_h5_read_i64(f, path, "optimizer/t", &t, 1);
+        rc = check_optimizer(f, path, o);
+        if (!rc) rc = cf_h5_read_i64(f, path, "optimizer/t", &t, 1);
         if (!rc && t < 0) rc = cf_set_error("%s: /optimizer/t: %lld is negative", path, (long long)t);
         o->t = t;
-        if (!rc) rc = read_tensors(f, path, "optimizer/m", &m->params, o->m, 1);
-        if (!rc) rc = check_no_extra(f, path, "optimizer/m", &m->params);
-        if (!rc) rc = read_tensors(f, path, "optimizer/v", &m->params, o->v, 2);
-        if (!rc) rc = check_no_extra(f, path, "optimizer/v", &m->params);
+        for (int k = 0; !rc && k < o->n_slabs; k++) {
+            char group[64];
+            snprintf(group, sizeof group, "optimizer/%s", o->slab[k].name);
+            rc = read_tensors(f, path, group, &m->params, o, k);
+            if (!rc) rc = check_no_extra(f, path, group, &m->params);
+        }
     }
     if (!rc && s) rc = load_state(f, path, s);
     if (!rc) rc = load_rec_state(f, path, m);

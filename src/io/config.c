@@ -27,7 +27,7 @@ _Static_assert(sizeof(cf_arch) == sizeof(int) && sizeof(cf_norm_kind) == sizeof(
                sizeof(cf_pos_kind) == sizeof(int) && sizeof(cf_attn_kind) == sizeof(int) &&
                sizeof(cf_sched_kind) == sizeof(int) && sizeof(cf_sample_kind) == sizeof(int) &&
                sizeof(cf_combine_kind) == sizeof(int) && sizeof(cf_favor_kernel) == sizeof(int) &&
-               sizeof(cf_update_kind) == sizeof(int),
+               sizeof(cf_update_kind) == sizeof(int) && sizeof(cf_optim_kind) == sizeof(int),
                "config enums must be int-sized");
 
 /* ---- key tables ---------------------------------------------------------------------------------- */
@@ -103,6 +103,7 @@ static const key_def train_keys[] = {
     KEY(cf_train_config, warmup_steps, K_INT, NULL),
     KEY(cf_train_config, schedule, K_ENUM, cf_sched_names),
     KEY(cf_train_config, min_lr, K_FLOAT, NULL),
+    KEY(cf_train_config, optimizer, K_ENUM, cf_optim_names),
     KEY(cf_train_config, weight_decay, K_FLOAT, NULL),
     KEY(cf_train_config, beta1, K_FLOAT, NULL),
     KEY(cf_train_config, beta2, K_FLOAT, NULL),

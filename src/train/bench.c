@@ -27,8 +27,8 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     cf_model m;
     if (cf_model_init(&m, &c->model, t->seed)) { cf_dataset_close(&data); return -1; }
     cf_model_set_checkpointing(&m, t->grad_checkpoint);
-    cf_adamw opt;
-    cf_adamw_init(&opt, &m.params);
+    cf_optim opt;
+    cf_optim_init(&opt, t->optimizer, &m.params);
     cf_ctx ctx;
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c->model, B, T), 1 << 20)) return -1;
     ctx.training = 1;
@@ -47,7 +47,7 @@ double cf_bench_train_step(const cf_config *c, int steps) {
         cf_backward(&ctx, loss, sync ? &seed : NULL);
         double w = sync ? cf_grad_sync_finish(sync, &ctx) : 0;
         cf_clip_grad_norm(&m.params, t->grad_clip);
-        cf_adamw_step(&opt, &m.params, t->lr, t);
+        cf_optim_step(&opt, &m.params, t->lr, t);
         if (s >= 0) { ms[s] = (now_s() - t0) * 1e3; wait_ms += w * 1e3; }
     }
     qsort(ms, (size_t)steps, sizeof(double), cmp_d);
@@ -70,7 +70,7 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     free(ms);
     cf_dataset_close(&data);
     cf_ctx_free(&ctx);
-    cf_adamw_free(&opt);
+    cf_optim_free(&opt);
     cf_model_free(&m);
     return tps;
 }

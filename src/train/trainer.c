@@ -1,14 +1,14 @@
-/* The training loop: sample a batch, forward, backward, clip, AdamW; log, evaluate, checkpoint,
- * stop on NaN or on SIGINT/SIGTERM.
+/* The training loop: sample a batch, forward, backward, clip, optimizer step; log, evaluate,
+ * checkpoint, stop on NaN or on SIGINT/SIGTERM.
  *
  * Everything random is a function of (seed, batch index), so a run is bitwise repeatable at a fixed
- * thread count, and a run resumed from a checkpoint (weights, AdamW moments and step, seed, next
+ * thread count, and a run resumed from a checkpoint (weights, optimizer state and step, seed, next
  * batch index) continues exactly as if it had never stopped. A resume is checked completely
  * (checkpoint, model shape, step range) before anything is written, so bad input changes nothing
  * on disk.
  *
  * Under MPI (dist.h) every rank runs this loop on its rows of each global batch; the gradient is
- * summed across ranks during backward, so every rank takes the same AdamW step. Rank 0 alone
+ * summed across ranks during backward, so every rank takes the same optimizer step. Rank 0 alone
  * touches the run directory (config, log, checkpoints, resume) and prints progress; it broadcasts
  * what it loads on resume and gathers the recurrent state of every rank's streams when it saves.
  * Errors that every rank meets at the same point (set-up, a NaN loss) end every rank with one
@@ -97,7 +97,7 @@ typedef struct run {
     cf_config  cfg;            /* the effective config: the user's, with the checkpoint's seed on resume */
     const cf_config *c;        /* = &cfg */
     cf_model   model;
-    cf_adamw   opt;
+    cf_optim   opt;
     cf_ctx     ctx, eval_ctx;
     cf_dataset data;           /* byte files or pair files, as model.arch reads them */
     FILE      *log;
@@ -114,7 +114,7 @@ typedef struct run {
 
 static void run_free(run *r) {
     cf_model_free(&r->model);
-    cf_adamw_free(&r->opt);
+    cf_optim_free(&r->opt);
     cf_ctx_free(&r->ctx);
     cf_ctx_free(&r->eval_ctx);
     cf_dataset_close(&r->data);
@@ -243,7 +243,7 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     if (r->data.kind->open(&r->data)) return -1;
     if (cf_model_init(&r->model, &c->model, c->train.seed)) return -1;
     cf_model_set_checkpointing(&r->model, c->train.grad_checkpoint);
-    cf_adamw_init(&r->opt, &r->model.params);
+    cf_optim_init(&r->opt, c->train.optimizer, &r->model.params);
     if (r->resume_path[0]) {
         if (resume_load(r, c, last)) return -1;
         r->cfg.train.seed = r->st.seed;
@@ -263,8 +263,8 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     return 0;
 }
 
-/* Collective, after every rank has prepared: what rank 0 resumed from (weights, AdamW moments and
- * step, training state, the streams' recurrent state) to every rank. */
+/* Collective, after every rank has prepared: what rank 0 resumed from (weights, optimizer state
+ * and step, training state, the streams' recurrent state) to every rank. */
 static void run_share_resume(run *r) {
     if (r->size == 1) return;
     int resumed = r->resume_path[0] != 0;
@@ -273,8 +273,8 @@ static void run_share_resume(run *r) {
     cf_params *p = &r->model.params;
     cf_dist_bcast(&r->st, sizeof r->st);
     cf_dist_bcast(p->values, (size_t)p->numel * sizeof(float));
-    cf_dist_bcast(r->opt.m, (size_t)p->numel * sizeof(float));
-    cf_dist_bcast(r->opt.v, (size_t)p->numel * sizeof(float));
+    for (int k = 0; k < r->opt.n_slabs; k++)
+        cf_dist_bcast(r->opt.slab[k].data, (size_t)r->opt.slab[k].numel * sizeof(float));
     cf_dist_bcast(&r->opt.t, sizeof r->opt.t);
     r->cfg.train.seed = r->st.seed;
     r->data.kind->start(&r->data, r->st.seed);   /* the checkpoint's streams: they opened under the config's */
@@ -444,7 +444,7 @@ static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm
     if (r->sync) r->allreduce_s = cf_grad_sync_finish(r->sync, &r->ctx);
     *grad_norm = cf_clip_grad_norm(&r->model.params, t->grad_clip);
     if (!isfinite(*grad_norm)) return *grad_norm;
-    cf_adamw_step(&r->opt, &r->model.params, lr, t);
+    cf_optim_step(&r->opt, &r->model.params, lr, t);
     return total / (float)t->grad_accum;
 }
 
