@@ -312,8 +312,8 @@ static void performer_exact(int causal, int relu) {
     CHECK(eo < 1e-5 && eg < 1e-4, "performer causal=%d relu=%d: output err %.3g, gradient err %.3g against the "
           "quadratic formula", causal, relu, eo, eg);
     free(G);
-    CHECK(lb->L.draw_index == 2 && lb->L.draw_seed == 9, "performer: training draw not recorded (%lld)",
-          (long long)lb->L.draw_index);
+    CHECK(lb->L.draw->index == 2 && lb->L.draw->seed == 9, "performer: training draw not recorded (%lld)",
+          (long long)lb->L.draw->index);
     cf_ctx_free(&ctx);
     free_layer(lb);
     free(qkv); free(dO); free(w); free(fq); free(fk); free(out); free(dfq); free(dfk); free(dv);

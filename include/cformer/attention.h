@@ -1,19 +1,29 @@
-/* The ops of the attention variants (DESIGN.md section 3, ALGORITHMS.md sections 2-5). An
- * attention layer (nn.h: cf_attn_layer) is projections around a core; its core (cf_attn_core) runs
- * on a fused projection qkv [B, T, 3D] (all q columns, then k, then v; head h is columns
- * [h*Dh, (h+1)*Dh) of each) and returns [B, T, D] with the heads in the same layout, through one
- * op per family:
+/* The ops of the attention variants and the table that names them (DESIGN.md section 3,
+ * ALGORITHMS.md sections 2-5). An attention layer (nn.h: cf_attn_layer) is projections around a
+ * core; its core runs on a fused projection qkv [B, T, 3D] (all q columns, then k, then v; head h
+ * is columns [h*Dh, (h+1)*Dh) of each) and returns [B, T, D] with the heads in the same layout,
+ * through one op per family:
  *
- *   full                        cf_attention_qkv (src/ops/attention.c)
+ *   full                        cf_attention_qkv (src/ops/attention.c; its row in full.c)
  *   window, sparse_strided,     cf_masked_attention_qkv (src/attention/masked.c): flash attention
  *   sparse_fixed                over the blocks a pattern can see (window.c, sparse.c say which)
  *   linear                      cf_linear_attention_qkv (src/attention/linear.c): elu(x)+1 features
  *   performer                   cf_favor_features twice, then cf_kernel_attention (performer.c,
  *                               linear.c): FAVOR+ random features, the same prefix-sum kernel
+ *   xl, infini                  cf_xl_attention, cf_infini_attention (xl.c, infini.c): recurrent,
+ *                               their state passed with each call (cf_attn_state)
  *
  * None of them keeps a T x T matrix: window and sparse keep the output and a log-sum-exp per row
  * and head, linear and performer the output and a denominator per row and head (plus, for the
- * performer, the features, O(T m)). */
+ * performer, the features, O(T m)).
+ *
+ * The variant table (src/attention/table.c) has one row (cf_attn_variant) per cf_attn_kind: its
+ * name, flags, config check, extra parameters and core; the layer (nn/attention.c) and the models
+ * reach a variant only through it. To add a variant: write src/attention/<name>.c with its op and
+ * its row at the end; add one line to the list in table.c; add the enum value to schema.h and its
+ * name to cf_attn_kind_names in schema.c; add its config keys (schema.h, schema.c, io/config.c);
+ * add its tests. A stateful one also adds its state to the union cf_attn_state below, and the
+ * model that carries that state between calls passes it to cf_block_apply_state. */
 #ifndef CFORMER_ATTENTION_H
 #define CFORMER_ATTENTION_H
 
@@ -115,5 +125,91 @@ void cf_xl_sinusoids(float *R, int klen, int d, int clamp_len);
 cf_tensor *cf_infini_attention(cf_ctx *ctx, cf_tensor *qkv, cf_tensor *a_dot, cf_tensor *beta, int n_heads,
                                int segment_len, int delta, const float *M0, const float *z0, float *M_out,
                                float *z_out);
+
+/* ---- the variant table (src/attention/table.c; each row at the end of its variant's file) ---------- */
+
+/* The state one call of a recurrent variant reads and writes, one member per such variant, passed
+ * with the call (cf_attn_call.state; NULL: none) by the model that keeps it between calls.
+ * infini: the memory the call starts from (M0, z0 [B, H, Dh, Dh] and [B, H, Dh]; NULL = none yet)
+ * and where it leaves the memory after its last segment (M_out, z_out; NULL = do not write: a
+ * checkpointed region's recomputation must not) */
+typedef struct cf_infini_io { const float *M0, *z0; float *M_out, *z_out; } cf_infini_io;
+/* xl: keys and values come from xc [B, Tk, D] = concat(memory, segment) (memory rows first,
+ * Tk = mlen + Tq; the call's input x [B, Tq, D] gives the queries), both through the layer's qkv
+ * weights (q rows, then k, v rows); pos [Tk, D] the relative sinusoids (cf_xl_sinusoids,
+ * distances Tk-1 ... 0), projected by the layer's r_net; u, v_bias [H, Dh] the model's shared
+ * r_w_bias and r_r_bias. xl needs it. */
+typedef struct cf_xl_io { cf_tensor *xc, *pos, *u, *v_bias; } cf_xl_io;
+typedef union cf_attn_state {
+    cf_infini_io infini;
+    cf_xl_io     xl;
+} cf_attn_state;
+
+/* performer: the draw of random features (train.seed, redraw index) a layer last trained with,
+ * read outside training; index -1 = none yet. A record apart from the layer (which its calls take
+ * as const): the core writes it in training, cf_attn_set_step after a checkpoint is loaded. */
+typedef struct cf_attn_draw { uint64_t seed; int64_t index; } cf_attn_draw;
+
+/* What a variant's core sees of one call of one layer (nn/attention.c fills it from its layer). */
+typedef struct cf_attn_call {
+    const cf_attn_config *cfg;      /* the variant and its settings */
+    int      n_heads, causal;
+    float    dropout;               /* on the attention probabilities (training only) */
+    int      layer;                 /* the block index: sparse "alternate" takes part 1 or 2 by its parity */
+    uint64_t layer_key;             /* a hash of the layer's name prefix: keys the performer's features */
+    cf_tensor *qkv_w, *qkv_b;       /* the fused projection [3D, D] and its bias [3D] or NULL */
+    cf_tensor *const *extra;        /* the variant's own parameters, in the order of its row's extra[] */
+    cf_attn_draw  *draw;            /* the layer's draw record (performer), or NULL */
+    const uint8_t *key_keep;        /* [B, T] nonzero = real token, or NULL; borrowed until backward */
+    const cf_attn_state *state;     /* the recurrent state of this call, or NULL */
+} cf_attn_call;
+
+/* cf_attn_variant.flags */
+enum {
+    CF_ATTN_RECURRENT   = 1 << 0,   /* carries state along a stream from one call to the next */
+    CF_ATTN_KEY_PADDING = 1 << 1,   /* takes key padding masks (key_keep), as an encoder needs */
+    CF_ATTN_CAUSAL_ONLY = 1 << 2,   /* has no bidirectional form */
+    CF_ATTN_OWN_QKV     = 1 << 3,   /* the core projects the layer's input itself (from qkv_w, qkv_b):
+                                     * its input is x [B, T, D], not the fused projection */
+};
+
+/* the size of an extra parameter's dimension: the model width or the head count */
+typedef enum { CF_ATTN_DIM_MODEL, CF_ATTN_DIM_HEADS } cf_attn_dim;
+/* an extra parameter: declared as "<layer prefix>.<name>" after qkv and proj, in row order */
+typedef struct cf_attn_param { const char *name; int ndim; cf_attn_dim shape[2]; } cf_attn_param;
+#define CF_ATTN_MAX_EXTRA 2
+
+/* One row of the table: what the layer, the models and the config check know of a variant. */
+typedef struct cf_attn_variant {
+    const char *name;               /* cf_attn_kind_names[kind] */
+    unsigned    flags;              /* CF_ATTN_* above */
+    /* Can a layer of n_heads heads over d_model columns run config c? 0, or -1 with cf_error_msg()
+     * naming the key under path ("model.attention[1].stride: ..."). NULL: every config the reader
+     * accepts. */
+    int (*check)(const cf_attn_config *c, const char *path, int n_heads, int d_model);
+    int           n_extra;
+    cf_attn_param extra[CF_ATTN_MAX_EXTRA];
+    /* in: qkv [B, T, 3D], or x [B, T, D] with CF_ATTN_OWN_QKV -> [B, T, D] before the output
+     * projection */
+    cf_tensor *(*core)(cf_ctx *ctx, const cf_attn_call *call, cf_tensor *in);
+} cf_attn_variant;
+
+/* the row of kind k (asserts that k has one) */
+const cf_attn_variant *cf_attn_variant_of(cf_attn_kind k);
+/* every kind has a row with a core and the kind's name: 0, or -1 with cf_error_msg() */
+int cf_attn_table_check(void);
+/* The one check of an attention config, for a layer of n_heads heads over d_model columns in a
+ * causal decoder stack (encoder 0) or a bidirectional encoder over padded keys (encoder 1): the
+ * variant's row check, and whether the variant can serve there. 0, or -1 with cf_error_msg()
+ * naming the key; path is the key path of the config ("model.attention" or "model.attention[1]"). */
+int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model, int encoder);
+/* Run call's variant on in (see cf_attn_variant.core), asserting what its flags rule out (key
+ * padding, a bidirectional call) and the input's shape. */
+cf_tensor *cf_attn_forward(cf_ctx *ctx, const cf_attn_call *call, cf_tensor *in);
+
+/* the options of the softmax kernels for a call: its causality, attention dropout, key padding */
+static inline cf_attn_opts cf_attn_call_opts(const cf_attn_call *c) {
+    return (cf_attn_opts){.causal = c->causal, .dropout = c->dropout, .key_keep = c->key_keep};
+}
 
 #endif

@@ -13,11 +13,7 @@ typedef struct cf_norm_layer { cf_tensor *w, *b; cf_norm_kind kind; float eps; }
 typedef struct cf_mlp_layer { cf_linear_layer fc, proj; cf_act_kind act; } cf_mlp_layer;
 
 /* Multi-head attention: fused q/k/v projection (self-attention) or q and fused k/v (cross),
- * a variant core, an output projection. */
-/* the recurrent state one infini layer's call reads (M0, z0: NULL = none yet) and writes (M_out,
- * z_out: NULL = do not; a checkpointed region's recomputation must not) */
-typedef struct cf_infini_io { const float *M0, *z0; float *M_out, *z_out; } cf_infini_io;
-
+ * a variant core (attention.h: the row of cfg.type in the variant table), an output projection. */
 typedef struct cf_attn_layer {
     cf_linear_layer qkv, proj;
     int   n_heads;
@@ -28,17 +24,12 @@ typedef struct cf_attn_layer {
      * "blocks.3.attn", "encoder.blocks.3.attn"): */
     int      layer;              /* the block index: sparse "alternate" takes part 1 or 2 by its parity */
     uint64_t layer_key;          /* a hash of the whole prefix: keys the performer's random features */
-    /* performer: the draw of the random features the layer last trained with (train.seed and the
-     * redraw index), used outside training; draw_index -1 = none yet (see cf_attn_set_step) */
-    uint64_t draw_seed;
-    int64_t  draw_index;
-    /* xl: r_net (D -> D, no bias), projecting the relative sinusoids ("<prefix>.r_net.weight");
-     * r_net.w is NULL for the other types */
-    cf_linear_layer r_net;
-    /* infini: the per-head gate beta [H] ("<prefix>.gate", starts at 0: half memory, half local),
-     * and the state of the current call, set by the model (NULL: start without memory) */
-    cf_tensor          *gate;
-    const cf_infini_io *infini;
+    /* the variant's own parameters ("<prefix>.<name>" of its row's extra[]: xl r_net.weight [D, D],
+     * infini gate [H]), NULL past its n_extra */
+    cf_tensor *extra[CF_ATTN_MAX_EXTRA];
+    /* the performer's draw record (owned by the cf_params the layer was declared in): the core
+     * notes the draw it trains with there and reads it outside training (see cf_attn_set_step) */
+    cf_attn_draw *draw;
 } cf_attn_layer;
 
 typedef struct cf_block {
@@ -62,27 +53,19 @@ cf_tensor *cf_mlp_apply(cf_ctx *ctx, const cf_mlp_layer *m, cf_tensor *x);
 void       cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
                         float dropout, const cf_attn_config *cfg, int bias);
 cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x);
-/* the same with a key padding mask [B, T] (nonzero = real token; NULL = none) for every variant,
- * borrowed until backward has run (an encoder's padded source) */
+/* the same with a key padding mask [B, T] (nonzero = real token; NULL = none) for the variants that
+ * take one, borrowed until backward has run (an encoder's padded source) */
 cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep);
-/* Transformer-XL layer (cfg.type xl, ALGORITHMS.md section 1.2): queries from xq [B, Tq, D], keys
- * and values from xc [B, Tk, D] = concat(memory, segment) (memory rows first, Tk = mlen + Tq), both
- * through the layer's qkv weights (q rows, then k, v rows); rk = pos W_r with pos [Tk, D] the
- * relative sinusoids (cf_xl_sinusoids, distances Tk-1 ... 0); u, v_bias [H, Dh] the model's
- * r_w_bias and r_r_bias. Returns [B, Tq, D] after the output projection. */
-cf_tensor *cf_attn_xl_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *xq, cf_tensor *xc, cf_tensor *pos,
-                            cf_tensor *u, cf_tensor *v_bias);
-/* the variant core of an attention layer, its config check and the performer's draw (src/nn/attention.c) */
-/* The core of layer a on qkv [B, T, 3D] -> [B, T, D]. key_keep [B, T] (nonzero = real token) or
- * NULL masks padded keys (an encoder's padding); borrowed until backward has run. Attention dropout
- * (a->dropout, training only) applies to the softmax variants (full, window, sparse); linear and
- * performer have no probabilities to drop. */
+/* the same with the recurrent state of this call (attention.h: cf_attn_state; NULL = none): infini
+ * reads and writes its memory there; xl takes its queries from x and its keys, values and relative
+ * positions from state->xl, and needs it */
+cf_tensor *cf_attn_apply_state(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep,
+                               const cf_attn_state *state);
+/* The core of layer a on qkv [B, T, 3D] -> [B, T, D], without state, for the variants that run on
+ * the fused projection (all but xl). key_keep [B, T] (nonzero = real token) or NULL masks padded
+ * keys; borrowed until backward has run. Attention dropout (a->dropout, training only) applies to
+ * the softmax variants (full, window, sparse); linear and performer have no probabilities to drop. */
 cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, const uint8_t *key_keep);
-
-/* Can a layer of n_heads heads over d_model columns run this config? 0, or -1 with cf_error_msg()
- * naming the key ("model.attention.combine: \"heads\" needs at least 2 heads"). path is the key
- * path of the config ("model.attention" or "model.attention[1]"). */
-int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model);
 
 /* Outside training the performer uses the random features of the step it last trained at (so that
  * evaluation sees the features the weights were fitted to). A layer fresh from a checkpoint has
@@ -93,6 +76,8 @@ void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step);
 void       cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model_config *m,
                          const cf_attn_config *attn, int causal);
 cf_tensor *cf_block_apply(cf_ctx *ctx, const cf_block *b, cf_tensor *x);
+/* the same with the recurrent state of the block's attention call (cf_attn_apply_state) */
+cf_tensor *cf_block_apply_state(cf_ctx *ctx, const cf_block *b, cf_tensor *x, const cf_attn_state *state);
 
 /* ---- src/nn/cross_attention.c ------------------------------------------------------------------ */
 /* Multi-head attention of queries x [B, T, D] over a memory [B, S, D] (the encoder output). */

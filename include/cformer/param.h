@@ -13,6 +13,8 @@ typedef struct cf_params {
     float      *grads;      /* (numel) */
     int64_t     numel;
     int         finalized;
+    void      **notes;      /* cf_params_note's blocks */
+    int         n_notes;
 } cf_params;
 
 void       cf_params_init(cf_params *p);
@@ -21,6 +23,9 @@ cf_tensor *cf_param_add(cf_params *p, const char *name, int ndim, const int *sha
 void       cf_params_finalize(cf_params *p);        /* allocates the slabs (zeroed) */
 void       cf_params_zero_grad(cf_params *p);
 cf_tensor *cf_params_find(const cf_params *p, const char *name);
+/* zeroed memory that lives as long as the parameters but is not one (no gradient, not in the
+ * slabs, not saved): what a layer notes about how it last ran (the performer's draw) */
+void      *cf_params_note(cf_params *p, size_t bytes);
 void       cf_params_free(cf_params *p);
 
 #endif

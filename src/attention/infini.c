@@ -428,3 +428,31 @@ void cf_infini_attention_backward(cf_ctx *ctx, cf_node *n) {
             for (int b = 0; b < g.B; b++) dbeta[h] += slots[(int64_t)b * g.H + h];
     cf_arena_rewind(&ctx->arena, mark);
 }
+
+/* ---- the row of Infini-attention ---------------------------------------------------------------------- */
+
+static int infini_check(const cf_attn_config *c, const char *path, int n_heads, int d_model) {
+    (void)n_heads; (void)d_model;
+    /* segments of local attention are blocks of the sparse_fixed "own block" pattern */
+    if (c->segment_len < 1) return cf_set_error("%s.segment_len: must be >= 1 (got %d)", path, c->segment_len);
+    return 0;
+}
+
+/* local attention inside each segment (causal, block-diagonal), then the memory and the gate
+ * (extra[0]); the memory the call starts from and leaves is call->state->infini (NULL: none, and
+ * nothing written) */
+static cf_tensor *infini_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv) {
+    cf_attn_opts o = cf_attn_call_opts(c);
+    cf_attn_pattern p = {.type = CF_ATTN_SPARSE_FIXED, .stride = c->cfg->segment_len, .c = 1, .parts = 1};
+    cf_tensor *a_dot = cf_masked_attention_qkv(ctx, qkv, c->n_heads, &p, &o);
+    if (c->cfg->update == CF_UPDATE_NONE) return a_dot;         /* the ablation: no memory at all */
+    const cf_infini_io *io = c->state ? &c->state->infini : NULL;
+    return cf_infini_attention(ctx, qkv, a_dot, c->extra[0], c->n_heads, c->cfg->segment_len,
+                               c->cfg->update == CF_UPDATE_DELTA, io ? io->M0 : NULL, io ? io->z0 : NULL,
+                               io ? io->M_out : NULL, io ? io->z_out : NULL);
+}
+
+/* the gate beta [H] ("<prefix>.gate", starts at 0: half memory, half local) */
+const cf_attn_variant cf_attn_infini = {
+    .name = "infini", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY, .check = infini_check,
+    .n_extra = 1, .extra = {{"gate", 1, {CF_ATTN_DIM_HEADS}}}, .core = infini_core};

@@ -434,3 +434,11 @@ void cf_kernel_attention_backward(cf_ctx *ctx, cf_node *n) {
     }
     run(ctx, &g, 1);
 }
+
+/* ---- the row of linear attention ---------------------------------------------------------------------- */
+
+static cf_tensor *linear_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv) {
+    return cf_linear_attention_qkv(ctx, qkv, c->n_heads, c->causal, c->key_keep);
+}
+
+const cf_attn_variant cf_attn_linear = {.name = "linear", .flags = CF_ATTN_KEY_PADDING, .core = linear_core};

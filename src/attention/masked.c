@@ -761,3 +761,19 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     }
     cf_arena_rewind(&ctx->arena, mark);
 }
+
+/* ---- the core of the pattern variants (window.c and sparse.c hold their rows) ----------------------- */
+
+cf_attn_pattern cf_attn_pattern_of(const cf_attn_config *c, int layer) {
+    cf_attn_pattern p = {.type = c->type, .window = c->window, .stride = c->stride, .c = c->c};
+    if (c->combine == CF_COMBINE_HEADS) p.split_heads = 1;
+    else if (c->combine == CF_COMBINE_MERGED) p.parts = 3;
+    else p.parts = layer % 2 ? 2 : 1;                                     /* "alternate" */
+    return p;
+}
+
+cf_tensor *cf_masked_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv) {
+    cf_attn_pattern p = cf_attn_pattern_of(c->cfg, c->layer);
+    cf_attn_opts o = cf_attn_call_opts(c);
+    return cf_masked_attention_qkv(ctx, qkv, c->n_heads, &p, &o);
+}

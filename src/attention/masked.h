@@ -69,4 +69,7 @@ plist cf_plist_summary(int l, int c, int T);
 void cf_window_plan(cf_ctx *ctx, plan *p, const cf_attn_pattern *pat, int causal);
 void cf_sparse_plan(cf_ctx *ctx, plan *p, const cf_attn_pattern *pat, int causal);
 
+/* the core of the window and sparse rows: the call's pattern (cf_attn_pattern_of) on qkv */
+cf_tensor *cf_masked_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv);
+
 #endif

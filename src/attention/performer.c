@@ -258,3 +258,46 @@ void cf_favor_backward(cf_ctx *ctx, cf_node *n) {
     }
     cf_arena_rewind(&ctx->arena, mark);
 }
+
+/* ---- the row of the Performer ----------------------------------------------------------------------- */
+
+static int performer_check(const cf_attn_config *c, const char *path, int n_heads, int d_model) {
+    (void)n_heads; (void)d_model;
+    if (c->features < 1) return cf_set_error("%s.features: must be >= 1 (got %d)", path, c->features);
+    if (c->redraw_every < 1) return cf_set_error("%s.redraw_every: must be >= 1 (got %d)", path, c->redraw_every);
+    return 0;
+}
+
+/* The random features of this call: in training a pure function of (train.seed, layer,
+ * ctx->step / redraw_every), noted in the layer's draw record; outside training the noted draw,
+ * so evaluation and sampling use the features the weights were last trained with. */
+static float *performer_w(cf_ctx *ctx, const cf_attn_call *c, int m, int d) {
+    uint64_t seed;
+    int64_t index;
+    if (ctx->training) {
+        seed = ctx->seed;
+        index = (int64_t)(ctx->step / (uint64_t)c->cfg->redraw_every);
+        if (c->draw) *c->draw = (cf_attn_draw){.seed = seed, .index = index};
+    } else if (c->draw && c->draw->index >= 0) {
+        seed = c->draw->seed;
+        index = c->draw->index;
+    } else {
+        seed = ctx->seed;
+        index = 0;
+    }
+    float *w = cf_scratch(ctx, (size_t)m * d * sizeof(float));
+    cf_performer_draw(ctx, w, m, d, seed, c->layer_key, (uint64_t)index);
+    return w;
+}
+
+static cf_tensor *performer_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv) {
+    int m = c->cfg->features, d = qkv->shape[2] / 3 / c->n_heads, relu = c->cfg->kernel == CF_FAVOR_RELU;
+    float *w = performer_w(ctx, c, m, d);
+    cf_tensor *fq = cf_favor_features(ctx, qkv, 0, c->n_heads, w, m, relu, NULL);
+    cf_tensor *fk = cf_favor_features(ctx, qkv, 1, c->n_heads, w, m, relu, c->key_keep);
+    /* no eps: the features are positive (their own eps terms), so the denominator is too */
+    return cf_kernel_attention(ctx, fq, fk, qkv, c->n_heads, c->causal, 0.0f, c->key_keep);
+}
+
+const cf_attn_variant cf_attn_performer = {
+    .name = "performer", .flags = CF_ATTN_KEY_PADDING, .check = performer_check, .core = performer_core};

@@ -65,3 +65,21 @@ void cf_sparse_plan(cf_ctx *ctx, plan *p, const cf_attn_pattern *pat, int causal
         add_part(ctx, p, pat, causal, 0, 0, pat->parts, 0);
     }
 }
+
+/* ---- the rows of sparse_strided and sparse_fixed ------------------------------------------------------ */
+
+static int sparse_check(const cf_attn_config *c, const char *path, int n_heads, int d_model) {
+    (void)d_model;
+    if (c->stride < 1) return cf_set_error("%s.stride: must be >= 1 (got %d)", path, c->stride);
+    if (c->type == CF_ATTN_SPARSE_FIXED && (c->c < 1 || c->c > c->stride))
+        return cf_set_error("%s.c: must be in [1, stride %d] (got %d)", path, c->stride, c->c);
+    if (c->combine == CF_COMBINE_HEADS && n_heads < 2)
+        return cf_set_error("%s.combine: \"heads\" splits the two parts between heads and needs at least 2 "
+                            "heads (model.n_heads is %d)", path, n_heads);
+    return 0;
+}
+
+const cf_attn_variant cf_attn_sparse_strided = {
+    .name = "sparse_strided", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core};
+const cf_attn_variant cf_attn_sparse_fixed = {
+    .name = "sparse_fixed", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core};

@@ -12,3 +12,5 @@ void cf_window_plan(cf_ctx *ctx, plan *p, const cf_attn_pattern *pat, int causal
     s->q = s->k = cf_plist_ident(p->T);
     s->r = (rule){.kind = R_BAND, .back = pat->window, .fwd = causal ? 0 : pat->window, .causal = causal};
 }
+
+const cf_attn_variant cf_attn_window = {.name = "window", .flags = CF_ATTN_KEY_PADDING, .core = cf_masked_core};

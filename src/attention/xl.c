@@ -349,3 +349,47 @@ void cf_xl_sinusoids(float *R, int klen, int d, int clamp_len) {
         }
     }
 }
+
+/* ---- the row of Transformer-XL ------------------------------------------------------------------------ */
+
+static int xl_check(const cf_attn_config *c, const char *path, int n_heads, int d_model) {
+    (void)c; (void)n_heads;
+    if (d_model % 2) return cf_set_error("%s.type: xl needs an even model.d_model (got %d)", path, d_model);
+    return 0;
+}
+
+/* rows [r0, r0 + n) of parameter w (2-D, or 1-D for a bias) as a tensor whose gradient lands in
+ * the same rows of w's gradient slab */
+static cf_tensor *param_rows(cf_ctx *ctx, cf_tensor *w, int r0, int n) {
+    int cols = w->ndim == 2 ? w->shape[1] : 1;
+    cf_tensor *t = w->ndim == 2 ? cf_tensor_view(ctx, w->data + (int64_t)r0 * cols, 2, (int[]){n, cols})
+                                : cf_tensor_view(ctx, w->data + r0, 1, (int[]){n});
+    t->grad = w->grad ? w->grad + (int64_t)r0 * cols : NULL;
+    t->requires_grad = w->requires_grad;
+    return t;
+}
+
+/* queries from the layer's input xq [B, Tq, D], keys and values from the state's xc, the
+ * sinusoids through r_net (extra[0]): the relative-position attention of cf_xl_attention */
+static cf_tensor *xl_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *xq) {
+    CF_ASSERT(c->state, "xl attention needs its memory and relative positions (cf_attn_state.xl)");
+    const cf_xl_io *io = &c->state->xl;
+    cf_tensor *xc = io->xc, *pos = io->pos;
+    int D = c->qkv_w->shape[1];
+    CF_ASSERT(xq->ndim == 3 && xc->ndim == 3 && xq->shape[2] == D && xc->shape[2] == D && pos->ndim == 2 &&
+              pos->shape[0] == xc->shape[1] && pos->shape[1] == D,
+              "xl attention: xq %s, xc %s, pos %s do not match d_model %d", cf_shape_str(xq), cf_shape_str(xc),
+              cf_shape_str(pos), D);
+    cf_tensor *bq = c->qkv_b ? param_rows(ctx, c->qkv_b, 0, D) : NULL;
+    cf_tensor *bkv = c->qkv_b ? param_rows(ctx, c->qkv_b, D, 2 * D) : NULL;
+    cf_tensor *q = cf_linear(ctx, xq, param_rows(ctx, c->qkv_w, 0, D), bq);              /* (B, Tq, D) */
+    cf_tensor *kv = cf_linear(ctx, xc, param_rows(ctx, c->qkv_w, D, 2 * D), bkv);         /* (B, Tk, 2D) */
+    cf_tensor *k = cf_slice_last(ctx, kv, 0, D), *v = cf_slice_last(ctx, kv, D, D);
+    cf_tensor *rk = cf_linear(ctx, pos, c->extra[0], NULL);                               /* (Tk, D) */
+    return cf_xl_attention(ctx, q, k, v, rk, io->u, io->v_bias, c->n_heads, c->dropout);
+}
+
+/* r_net [D, D], no bias ("<prefix>.r_net.weight"): projects the relative sinusoids */
+const cf_attn_variant cf_attn_xl = {
+    .name = "xl", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY | CF_ATTN_OWN_QKV, .check = xl_check,
+    .n_extra = 1, .extra = {{"r_net.weight", 2, {CF_ATTN_DIM_MODEL, CF_ATTN_DIM_MODEL}}}, .core = xl_core};

@@ -51,7 +51,15 @@ cf_tensor *cf_params_find(const cf_params *p, const char *name) {
     return NULL;
 }
 
+void *cf_params_note(cf_params *p, size_t bytes) {
+    p->notes = realloc(p->notes, (size_t)(p->n_notes + 1) * sizeof *p->notes);
+    CF_ASSERT(p->notes, "out of memory noting layer state");
+    return p->notes[p->n_notes++] = cf_xcalloc(1, bytes);
+}
+
 void cf_params_free(cf_params *p) {
+    for (int i = 0; i < p->n_notes; i++) free(p->notes[i]);
+    free(p->notes);
     for (int i = 0; i < p->n; i++) { free((void *)p->t[i]->name); free(p->t[i]); }
     free(p->t); free(p->offset); free(p->values); free(p->grads);
     memset(p, 0, sizeof *p);

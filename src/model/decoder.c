@@ -32,17 +32,13 @@ static void init_weights(cf_model *m, uint64_t seed) {
 static int decoder_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     int has_xl = 0, has_infini = 0;
     for (int i = 0; i < c->n_attn; i++) {
-        /* xl is built here (the decoder runs its memory); the others checked for this shape */
+        /* every variant runs in a decoder; the recurrent ones (xl, infini) with the state kept here */
         char path[64];
         if (c->n_attn > 1) snprintf(path, sizeof path, "model.attention[%d]", i);
         else snprintf(path, sizeof path, "model.attention");
-        if (c->attn[i].type == CF_ATTN_XL) {
-            if (c->d_model % 2) return cf_set_error("%s.type: xl needs an even model.d_model (got %d)", path, c->d_model);
-            has_xl = 1;
-            continue;
-        }
+        if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model, 0)) return -1;
+        has_xl |= c->attn[i].type == CF_ATTN_XL;
         has_infini |= c->attn[i].type == CF_ATTN_INFINI;
-        if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model)) return -1;
     }
     m->cfg = *c;
     cf_params_init(&m->params);

@@ -66,11 +66,7 @@ static int encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
         char path[64];
         if (c->n_attn > 1) snprintf(path, sizeof path, "model.attention[%d]", i);
         else snprintf(path, sizeof path, "model.attention");
-        if (c->attn[i].type == CF_ATTN_XL || c->attn[i].type == CF_ATTN_INFINI)
-            return cf_set_error("%s.type: \"%s\" carries state along a stream of bytes and is available in "
-                                "decoder-only models (model.arch \"decoder\") only", path,
-                                cf_attn_kind_name(c->attn[i].type));
-        if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model)) return -1;
+        if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model, 1)) return -1;
     }
     m->cfg = *c;
     cf_params_init(&m->params);

@@ -117,11 +117,13 @@ static cf_tensor *xl_block(cf_ctx *ctx, const cf_model *m, const cf_block *b, cf
     cf_tensor *c = mem ? cf_concat(ctx, mem, x, 1) : x;
     if (b->norm_position == CF_NORM_PRE) {
         cf_tensor *xq = cf_norm_apply(ctx, &b->ln1, x), *xc = mem ? cf_norm_apply(ctx, &b->ln1, c) : xq;
-        cf_tensor *a = cf_attn_xl_apply(ctx, &b->attn, xq, xc, pos, m->r_w_bias, m->r_r_bias);
+        cf_attn_state s = {.xl = {.xc = xc, .pos = pos, .u = m->r_w_bias, .v_bias = m->r_r_bias}};
+        cf_tensor *a = cf_attn_apply_state(ctx, &b->attn, xq, NULL, &s);
         x = cf_add(ctx, x, cf_dropout(ctx, a, b->dropout));
         return cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, cf_norm_apply(ctx, &b->ln2, x)), b->dropout));
     }
-    cf_tensor *a = cf_attn_xl_apply(ctx, &b->attn, x, c, pos, m->r_w_bias, m->r_r_bias);
+    cf_attn_state s = {.xl = {.xc = c, .pos = pos, .u = m->r_w_bias, .v_bias = m->r_r_bias}};
+    cf_tensor *a = cf_attn_apply_state(ctx, &b->attn, x, NULL, &s);
     x = cf_norm_apply(ctx, &b->ln1, cf_add(ctx, x, cf_dropout(ctx, a, b->dropout)));
     return cf_norm_apply(ctx, &b->ln2, cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, x), b->dropout)));
 }
@@ -157,9 +159,7 @@ static cf_tensor *rec_run(cf_ctx *ctx, void *closure, cf_tensor *x) {
                 io.z_out = r->st->z[l];
                 r->st->has[l] = 1;
             }
-            b->attn.infini = &io;
-            x = cf_block_apply(ctx, b, x);
-            b->attn.infini = NULL;
+            x = cf_block_apply_state(ctx, b, x, &(cf_attn_state){.infini = io});
         } else {
             x = cf_block_apply(ctx, b, x);
         }

@@ -20,10 +20,16 @@ void cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model
 }
 
 cf_tensor *cf_block_apply(cf_ctx *ctx, const cf_block *b, cf_tensor *x) {
+    return cf_block_apply_state(ctx, b, x, NULL);
+}
+
+cf_tensor *cf_block_apply_state(cf_ctx *ctx, const cf_block *b, cf_tensor *x, const cf_attn_state *state) {
     if (b->norm_position == CF_NORM_PRE) {
-        x = cf_add(ctx, x, cf_dropout(ctx, cf_attn_apply(ctx, &b->attn, cf_norm_apply(ctx, &b->ln1, x)), b->dropout));
+        cf_tensor *a = cf_attn_apply_state(ctx, &b->attn, cf_norm_apply(ctx, &b->ln1, x), NULL, state);
+        x = cf_add(ctx, x, cf_dropout(ctx, a, b->dropout));
         return cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, cf_norm_apply(ctx, &b->ln2, x)), b->dropout));
     }
-    x = cf_norm_apply(ctx, &b->ln1, cf_add(ctx, x, cf_dropout(ctx, cf_attn_apply(ctx, &b->attn, x), b->dropout)));
+    cf_tensor *a = cf_attn_apply_state(ctx, &b->attn, x, NULL, state);
+    x = cf_norm_apply(ctx, &b->ln1, cf_add(ctx, x, cf_dropout(ctx, a, b->dropout)));
     return cf_norm_apply(ctx, &b->ln2, cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, x), b->dropout)));
 }

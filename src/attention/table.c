@@ -1,0 +1,67 @@
+/* The attention-variant table: one row per cf_attn_kind, each defined at the end of its variant's
+ * source file, and the checks and the forward that go through it. */
+#include <string.h>
+#include "cformer/attention.h"
+
+/* kind, row: one line per variant, in cf_attn_kind order */
+#define CF_ATTN_VARIANTS(X)                                                                                  \
+    X(CF_ATTN_FULL, cf_attn_full)                                                                            \
+    X(CF_ATTN_WINDOW, cf_attn_window)                                                                        \
+    X(CF_ATTN_SPARSE_STRIDED, cf_attn_sparse_strided)                                                        \
+    X(CF_ATTN_SPARSE_FIXED, cf_attn_sparse_fixed)                                                            \
+    X(CF_ATTN_LINEAR, cf_attn_linear)                                                                        \
+    X(CF_ATTN_PERFORMER, cf_attn_performer)                                                                  \
+    X(CF_ATTN_XL, cf_attn_xl)                                                                                \
+    X(CF_ATTN_INFINI, cf_attn_infini)
+
+#define DECLARE(kind, row) extern const cf_attn_variant row;
+CF_ATTN_VARIANTS(DECLARE)
+#undef DECLARE
+
+#define ROW(kind, row) [kind] = &row,
+static const cf_attn_variant *const table[] = {CF_ATTN_VARIANTS(ROW)};
+#undef ROW
+_Static_assert(sizeof table / sizeof *table == CF_ATTN_KIND_COUNT, "a row for every cf_attn_kind");
+
+const cf_attn_variant *cf_attn_variant_of(cf_attn_kind k) {
+    CF_ASSERT((unsigned)k < CF_ATTN_KIND_COUNT && table[k], "attention type %d has no variant row", (int)k);
+    return table[k];
+}
+
+int cf_attn_table_check(void) {
+    for (int k = 0; k < CF_ATTN_KIND_COUNT; k++) {
+        const cf_attn_variant *v = table[k];
+        if (!v || !v->name || !v->core)
+            return cf_set_error("attention type %s: its variant row is missing or has no name or core",
+                                cf_attn_kind_names[k]);
+        if (strcmp(v->name, cf_attn_kind_names[k]))
+            return cf_set_error("attention type %s: its variant row is named \"%s\"", cf_attn_kind_names[k], v->name);
+        if (v->n_extra < 0 || v->n_extra > CF_ATTN_MAX_EXTRA)
+            return cf_set_error("attention type %s: %d extra parameters", v->name, v->n_extra);
+    }
+    return 0;
+}
+
+int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model, int encoder) {
+    if (cf_attn_table_check()) return -1;
+    if ((unsigned)c->type >= CF_ATTN_KIND_COUNT) return cf_set_error("%s.type: unknown (%d)", path, (int)c->type);
+    const cf_attn_variant *v = table[c->type];
+    if (encoder && (v->flags & CF_ATTN_RECURRENT))
+        return cf_set_error("%s.type: \"%s\" carries state along a stream of bytes and is available in "
+                            "decoder-only models (model.arch \"decoder\") only", path, v->name);
+    if (encoder && (!(v->flags & CF_ATTN_KEY_PADDING) || (v->flags & CF_ATTN_CAUSAL_ONLY)))
+        return cf_set_error("%s.type: \"%s\" %s, as an encoder needs, and is available in decoder-only models "
+                            "(model.arch \"decoder\") only", path, v->name,
+                            v->flags & CF_ATTN_CAUSAL_ONLY ? "has no bidirectional form" : "takes no key padding");
+    return v->check ? v->check(c, path, n_heads, d_model) : 0;
+}
+
+cf_tensor *cf_attn_forward(cf_ctx *ctx, const cf_attn_call *call, cf_tensor *in) {
+    const cf_attn_variant *v = cf_attn_variant_of(call->cfg->type);
+    CF_ASSERT(!call->key_keep || (v->flags & CF_ATTN_KEY_PADDING), "attention type %s takes no key padding", v->name);
+    CF_ASSERT(call->causal || !(v->flags & CF_ATTN_CAUSAL_ONLY), "attention type %s is causal only", v->name);
+    if (!(v->flags & CF_ATTN_OWN_QKV))
+        CF_ASSERT(in->ndim == 3 && in->shape[2] % (3 * call->n_heads) == 0,
+                  "attention core: qkv %s is not [B, T, 3D] with %d heads", cf_shape_str(in), call->n_heads);
+    return v->core(ctx, call, in);
+}
