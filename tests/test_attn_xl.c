@@ -349,13 +349,13 @@ static void test_memory_equivalence(const char *norm) {
     cf_model_reset_memory(&m);
     cf_ctx_begin(&ctx, 0);
     cf_tensor *l1 = cf_model_logits(&m, &ctx, x1, B, T);
-    CHECK(m.rec.mem_used[0] == T && m.rec.mem_used[1] == T, "memory rows %d %d after one segment", m.rec.mem_used[0], m.rec.mem_used[1]);
+    CHECK(m.rec.used[0] == T && m.rec.used[1] == T, "memory rows %d %d after one segment", m.rec.used[0], m.rec.used[1]);
     /* layer 0's memory is its input: the embeddings times sqrt(D) */
     double e0 = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             for (int d = 0; d < 16; d++)
-                e0 = fmax(e0, fabs(m.rec.mem[0][((size_t)b * 6 + t) * 16 + d] - 4.0f * m.tok_emb->data[x1[b * T + t] * 16 + d]));
+                e0 = fmax(e0, fabs(m.rec.arr[0][0][((size_t)b * 6 + t) * 16 + d] - 4.0f * m.tok_emb->data[x1[b * T + t] * 16 + d]));
     CHECK(e0 < 1e-6, "layer 0 memory is not its input (err %.3g)", e0);
     (void)l1;
     cf_ctx_begin(&ctx, 1);
@@ -373,7 +373,7 @@ static void test_memory_equivalence(const char *norm) {
     ctx.training = 0;
     cf_ctx_begin(&ctx, 3);
     cf_model_logits(&m, &ctx, x1, B, T);
-    CHECK(m.rec.mem_used[0] == 0, "evaluation wrote the memory");
+    CHECK(m.rec.used[0] == 0, "evaluation wrote the memory");
     (void)y1;
     free(want);
     cf_ctx_free(&ctx);
@@ -419,15 +419,15 @@ static void test_model_trains(const char *norm) {
 static float *mem_save(const cf_model *m, int M, int D, int *used) {
     float *s = malloc(sizeof(float) * m->n_blocks * m->rec.batch * M * D);
     for (int l = 0; l < m->n_blocks; l++) {
-        used[l] = m->rec.mem_used[l];
-        memcpy(s + (size_t)l * m->rec.batch * M * D, m->rec.mem[l], sizeof(float) * m->rec.batch * M * D);
+        used[l] = m->rec.used[l];
+        memcpy(s + (size_t)l * m->rec.batch * M * D, m->rec.arr[0][l], sizeof(float) * m->rec.batch * M * D);
     }
     return s;
 }
 static void mem_restore(cf_model *m, const float *s, int M, int D, const int *used) {
     for (int l = 0; l < m->n_blocks; l++) {
-        m->rec.mem_used[l] = used[l];
-        memcpy(m->rec.mem[l], s + (size_t)l * m->rec.batch * M * D, sizeof(float) * m->rec.batch * M * D);
+        m->rec.used[l] = used[l];
+        memcpy(m->rec.arr[0][l], s + (size_t)l * m->rec.batch * M * D, sizeof(float) * m->rec.batch * M * D);
     }
 }
 

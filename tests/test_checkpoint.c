@@ -208,16 +208,17 @@ static int same_rec(const cf_model *x, const cf_model *y) {
     const cf_rec_state *a = &x->rec, *b = &y->rec;
     if (a->batch != b->batch) return 0;
     if (!a->batch) return 1;
-    int B = a->batch, D = x->cfg.d_model, H = x->cfg.n_heads, d = D / H;
+    int B = a->batch;
     for (int l = 0; l < x->n_blocks; l++) {
-        if (a->mem_used[l] != b->mem_used[l] || a->has[l] != b->has[l]) return 0;
-        for (int r = 0; r < B && a->mem_used[l]; r++)
-            if (memcmp(a->mem[l] + (size_t)r * a->mem_cap[l] * D, b->mem[l] + (size_t)r * b->mem_cap[l] * D,
-                       sizeof(float) * a->mem_used[l] * D))
-                return 0;
-        if (a->has[l] && (memcmp(a->M[l], b->M[l], sizeof(float) * B * H * d * d) ||
-                          memcmp(a->z[l], b->z[l], sizeof(float) * B * H * d)))
-            return 0;
+        cf_state_array sa[CF_STATE_MAX_ARRAYS], sb[CF_STATE_MAX_ARRAYS];
+        int n = cf_rec_state_arrays(x, a, l, sa, NULL);
+        if (cf_rec_state_arrays(y, b, l, sb, NULL) != n || a->used[l] != b->used[l]) return 0;
+        /* the sub-rows in use of every stream */
+        for (int k = 0; k < n; k++)
+            for (int r = 0; r < B; r++)
+                if (memcmp(sa[k].data + r * sa[k].row, sb[k].data + r * sb[k].row,
+                           sizeof(float) * (size_t)(sa[k].row / sa[k].shape[0] * a->used[l])))
+                    return 0;
     }
     return 1;
 }

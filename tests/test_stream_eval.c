@@ -58,7 +58,7 @@ static void check_stream(const char *what, const char *attn, int T) {
           (long long)r.bytes, want, N - 1);
     CHECK(m.state == &m.rec && m.rec.batch == 3 && !m.stream, "%s: evaluation left the training state swapped", what);
     int untouched = 1;
-    for (int l = 0; l < m.n_blocks; l++) untouched &= !m.rec.mem_used[l] && !m.rec.has[l];
+    for (int l = 0; l < m.n_blocks; l++) untouched &= !m.rec.used[l];
     CHECK(untouched, "%s: evaluation wrote the training streams' state", what);
     /* columns: every byte scored once, whatever their number */
     for (int cols = 2; cols <= 5; cols += 3) {

@@ -174,10 +174,26 @@ enum {
 };
 
 /* the size of an extra parameter's dimension: the model width or the head count */
-typedef enum { CF_ATTN_DIM_MODEL, CF_ATTN_DIM_HEADS } cf_attn_dim;
+/* sizes a variant's parameters and state are declared in: d_model, n_heads, d_model / n_heads,
+ * and the config's mem_len */
+typedef enum { CF_ATTN_DIM_MODEL, CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD, CF_ATTN_DIM_MEM } cf_attn_dim;
+int64_t cf_attn_dim_size(cf_attn_dim d, const cf_attn_config *c, int d_model, int n_heads);
 /* an extra parameter: declared as "<layer prefix>.<name>" after qkv and proj, in row order */
 typedef struct cf_attn_param { const char *name; int ndim; cf_attn_dim shape[2]; } cf_attn_param;
 #define CF_ATTN_MAX_EXTRA 2
+
+/* A recurrent variant's state, carried from one call to the next per stream (batch row): arrays
+ * whose part for one stream has shape[0..ndim). Its name is the dataset's in checkpoints
+ * (/state/attention/layer.<i>/<name>). A first dimension of CF_ATTN_DIM_MEM is a capacity of
+ * which a prefix is in use (a memory that has not seen mem_len rows yet); an array of size 0
+ * (mem_len 0) is no state at all. */
+typedef struct cf_attn_state_array {
+    const char *name;
+    int         ndim;
+    cf_attn_dim shape[3];
+    int         nonneg;           /* every value >= 0 (a normaliser), checked when loaded */
+} cf_attn_state_array;
+#define CF_ATTN_MAX_STATE 2
 
 /* One row of the table: what the layer, the models and the config check know of a variant. */
 typedef struct cf_attn_variant {
@@ -189,6 +205,8 @@ typedef struct cf_attn_variant {
     int (*check)(const cf_attn_config *c, const char *path, int n_heads, int d_model);
     int           n_extra;
     cf_attn_param extra[CF_ATTN_MAX_EXTRA];
+    int                 n_state;  /* CF_ATTN_RECURRENT variants: the arrays of their state */
+    cf_attn_state_array state[CF_ATTN_MAX_STATE];
     /* in: qkv [B, T, 3D], or x [B, T, D] with CF_ATTN_OWN_QKV -> [B, T, D] before the output
      * projection */
     cf_tensor *(*core)(cf_ctx *ctx, const cf_attn_call *call, cf_tensor *in);

@@ -8,14 +8,15 @@
 typedef struct cf_region { cf_block *blocks; int n; } cf_region;   /* blocks checkpointed together */
 
 /* The state recurrent attention layers carry between calls, one row per stream (batch row); a
- * constant to autograd (no gradient flows into the past). Arrays are [n_blocks], NULL entries for
- * layers without state. src/model/recurrent.c. */
+ * constant to autograd (no gradient flows into the past). Layer l's arrays are the ones its
+ * variant declares (attention.h: cf_attn_variant.state), in that order: xl its memory of the last
+ * mem_len inputs [batch, mem_len, D], most recent last; infini its memory M [batch, H, Dh, Dh] and
+ * normaliser z [batch, H, Dh]. src/model/recurrent.c. */
 typedef struct cf_rec_state {
-    int     batch;                    /* streams held; 0: none yet */
-    float **mem;                      /* xl: [batch, mem_cap[l], D] inputs of layer l, most recent last */
-    int    *mem_cap, *mem_used;       /* rows allocated and rows valid (the same for every stream) */
-    float **M, **z;                   /* infini: [batch, H, Dh, Dh] memory and [batch, H, Dh] normaliser */
-    int    *has;                      /* infini: 1 once layer l holds a memory */
+    int     batch;                            /* streams held; 0: none yet */
+    float **arr[2];                           /* [n_blocks]: layer l's arrays (NULL: none) */
+    int    *used;                             /* [n_blocks]: sub-rows of the first dimension in use
+                                               * (the same for every stream); 0: no state yet */
 } cf_rec_state;
 
 typedef struct cf_model_family cf_model_family;
@@ -99,7 +100,7 @@ void cf_rec_state_free(const cf_model *m, cf_rec_state *st);
  * scatters and gathers it without knowing the variant (checkpoints, MPI). A stream's part of an
  * array has `shape` (ndim dims); when `used` < shape[0] only the first `used` sub-rows hold data
  * (Transformer-XL's memory before it has seen mem_len rows). */
-#define CF_STATE_MAX_ARRAYS 2
+#define CF_STATE_MAX_ARRAYS CF_ATTN_MAX_STATE
 typedef struct cf_state_array {
     const char *name;          /* its dataset name in checkpoints: "xl_mem", "infini_M", "infini_z" */
     float  *data;              /* [batch, shape...]; NULL when described without a state */

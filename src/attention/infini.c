@@ -455,4 +455,7 @@ static cf_tensor *infini_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv
 /* the gate beta [H] ("<prefix>.gate", starts at 0: half memory, half local) */
 const cf_attn_variant cf_attn_infini = {
     .name = "infini", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY, .check = infini_check,
-    .n_extra = 1, .extra = {{"gate", 1, {CF_ATTN_DIM_HEADS}}}, .core = infini_core};
+    .n_extra = 1, .extra = {{"gate", 1, {CF_ATTN_DIM_HEADS}}}, .core = infini_core,
+    /* the compressive memory M and its normaliser z, per head */
+    .n_state = 2, .state = {{"infini_M", 3, {CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD, CF_ATTN_DIM_HEAD}, 0},
+                            {"infini_z", 2, {CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD}, 1}}};

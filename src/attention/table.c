@@ -38,8 +38,21 @@ int cf_attn_table_check(void) {
             return cf_set_error("attention type %s: its variant row is named \"%s\"", cf_attn_kind_names[k], v->name);
         if (v->n_extra < 0 || v->n_extra > CF_ATTN_MAX_EXTRA)
             return cf_set_error("attention type %s: %d extra parameters", v->name, v->n_extra);
+        if (v->n_state < 0 || v->n_state > CF_ATTN_MAX_STATE || (v->n_state > 0) != !!(v->flags & CF_ATTN_RECURRENT))
+            return cf_set_error("attention type %s: %d state arrays for a %srecurrent variant", v->name, v->n_state,
+                                v->flags & CF_ATTN_RECURRENT ? "" : "non-");
     }
     return 0;
+}
+
+int64_t cf_attn_dim_size(cf_attn_dim d, const cf_attn_config *c, int d_model, int n_heads) {
+    switch (d) {
+    case CF_ATTN_DIM_MODEL: return d_model;
+    case CF_ATTN_DIM_HEADS: return n_heads;
+    case CF_ATTN_DIM_HEAD: return d_model / n_heads;
+    case CF_ATTN_DIM_MEM: return c->mem_len;
+    }
+    CF_ASSERT(0, "attention dimension %d", (int)d);
 }
 
 int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model, int encoder) {

@@ -392,4 +392,6 @@ static cf_tensor *xl_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *xq) {
 /* r_net [D, D], no bias ("<prefix>.r_net.weight"): projects the relative sinusoids */
 const cf_attn_variant cf_attn_xl = {
     .name = "xl", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY | CF_ATTN_OWN_QKV, .check = xl_check,
-    .n_extra = 1, .extra = {{"r_net.weight", 2, {CF_ATTN_DIM_MODEL, CF_ATTN_DIM_MODEL}}}, .core = xl_core};
+    .n_extra = 1, .extra = {{"r_net.weight", 2, {CF_ATTN_DIM_MODEL, CF_ATTN_DIM_MODEL}}}, .core = xl_core,
+    /* the last mem_len inputs of the layer, oldest first */
+    .n_state = 1, .state = {{"xl_mem", 2, {CF_ATTN_DIM_MEM, CF_ATTN_DIM_MODEL}, 0}}};

@@ -14,74 +14,66 @@ static int dh_of(const cf_model *m) { return m->cfg.d_model / m->cfg.n_heads; }
 int cf_model_is_recurrent(const cf_model *m) { return m->has_xl || m->has_infini; }
 
 void cf_rec_state_free(const cf_model *m, cf_rec_state *st) {
-    if (st->mem)
-        for (int l = 0; l < m->n_blocks; l++) free(st->mem[l]);
-    if (st->M)
-        for (int l = 0; l < m->n_blocks; l++) { free(st->M[l]); free(st->z[l]); }
-    free(st->mem); free(st->mem_cap); free(st->mem_used);
-    free(st->M); free(st->z); free(st->has);
+    for (int k = 0; k < CF_STATE_MAX_ARRAYS; k++)
+        for (int l = 0; st->arr[k] && l < m->n_blocks; l++) free(st->arr[k][l]);
+    for (int k = 0; k < CF_STATE_MAX_ARRAYS; k++) free(st->arr[k]);
+    free(st->used);
     memset(st, 0, sizeof *st);
+}
+
+int cf_rec_state_arrays(const cf_model *m, const cf_rec_state *st, int l, cf_state_array *out, int *present) {
+    const cf_attn_config *c = &m->blocks[l].attn.cfg;
+    const cf_attn_variant *v = cf_attn_variant_of(c->type);
+    int n = 0;
+    for (int k = 0; k < v->n_state; k++) {
+        const cf_attn_state_array *s = &v->state[k];
+        cf_state_array a = {.name = s->name, .ndim = s->ndim, .row = 1, .nonneg = s->nonneg};
+        for (int i = 0; i < s->ndim; i++) {
+            a.shape[i] = cf_attn_dim_size(s->shape[i], c, m->cfg.d_model, m->cfg.n_heads);
+            a.row *= a.shape[i];
+        }
+        if (a.row == 0) return present ? (*present = 0) : 0;   /* xl without a memory: no state */
+        a.data = st ? st->arr[k][l] : NULL;
+        a.used = st ? st->used[l] : 0;
+        out[n++] = a;
+    }
+    if (present) *present = st && n ? st->used[l] > 0 : 0;
+    return n;
 }
 
 void cf_rec_state_alloc(const cf_model *m, cf_rec_state *st, int batch) {
     cf_rec_state_free(m, st);
-    int L = m->n_blocks, D = m->cfg.d_model, H = m->cfg.n_heads, d = dh_of(m);
+    int L = m->n_blocks;
     st->batch = batch;
-    st->mem = cf_xcalloc((size_t)L, sizeof *st->mem);
-    st->mem_cap = cf_xcalloc((size_t)L, sizeof *st->mem_cap);
-    st->mem_used = cf_xcalloc((size_t)L, sizeof *st->mem_used);
-    st->M = cf_xcalloc((size_t)L, sizeof *st->M);
-    st->z = cf_xcalloc((size_t)L, sizeof *st->z);
-    st->has = cf_xcalloc((size_t)L, sizeof *st->has);
+    for (int k = 0; k < CF_STATE_MAX_ARRAYS; k++) st->arr[k] = cf_xcalloc((size_t)L, sizeof *st->arr[k]);
+    st->used = cf_xcalloc((size_t)L, sizeof *st->used);
     for (int l = 0; l < L; l++) {
-        const cf_attn_config *a = &m->blocks[l].attn.cfg;
-        if (a->type == CF_ATTN_XL && a->mem_len > 0) {
-            st->mem_cap[l] = a->mem_len;
-            st->mem[l] = cf_xmalloc((size_t)batch * a->mem_len * D * sizeof(float));
-        } else if (a->type == CF_ATTN_INFINI) {
-            st->M[l] = cf_xmalloc((size_t)batch * H * d * d * sizeof(float));
-            st->z[l] = cf_xmalloc((size_t)batch * H * d * sizeof(float));
-        }
+        cf_state_array a[CF_STATE_MAX_ARRAYS];
+        int n = cf_rec_state_arrays(m, NULL, l, a, NULL);
+        for (int k = 0; k < n; k++) st->arr[k][l] = cf_xmalloc((size_t)(batch * a[k].row) * sizeof(float));
     }
-}
-
-int cf_rec_state_arrays(const cf_model *m, const cf_rec_state *st, int l, cf_state_array *out, int *present) {
-    const cf_attn_config *a = &m->blocks[l].attn.cfg;
-    int64_t D = m->cfg.d_model, H = m->cfg.n_heads, d = dh_of(m);
-    int n = 0, has = 0;
-    if (a->type == CF_ATTN_XL && a->mem_len > 0) {
-        int used = st ? st->mem_used[l] : 0;
-        out[n++] = (cf_state_array){"xl_mem", st ? st->mem[l] : NULL, 2, {a->mem_len, D}, a->mem_len * D, used, 0};
-        has = used > 0;
-    } else if (a->type == CF_ATTN_INFINI) {
-        has = st ? st->has[l] : 0;
-        out[n++] = (cf_state_array){"infini_M", st ? st->M[l] : NULL, 3, {H, d, d}, H * d * d, (int)H, 0};
-        out[n++] = (cf_state_array){"infini_z", st ? st->z[l] : NULL, 2, {H, d}, H * d, (int)H, 1};
-    }
-    if (present) *present = has;
-    return n;
 }
 
 void cf_rec_state_set_used(const cf_model *m, cf_rec_state *st, int l, int used) {
-    if (m->blocks[l].attn.cfg.type == CF_ATTN_XL) st->mem_used[l] = used;
-    else st->has[l] = used > 0;
+    (void)m;
+    st->used[l] = used;
 }
 
 void cf_rec_state_copy_rows(const cf_model *m, cf_rec_state *dst, const cf_rec_state *src, int row0) {
     for (int l = 0; l < m->n_blocks; l++) {
         cf_state_array a[CF_STATE_MAX_ARRAYS], b[CF_STATE_MAX_ARRAYS];
-        int present, n = cf_rec_state_arrays(m, src, l, a, &present);
+        int n = cf_rec_state_arrays(m, src, l, a, NULL);
         cf_rec_state_arrays(m, dst, l, b, NULL);
         for (int k = 0; k < n; k++)
             memcpy(b[k].data, a[k].data + (int64_t)row0 * a[k].row, (size_t)(dst->batch * a[k].row) * sizeof(float));
-        if (n) cf_rec_state_set_used(m, dst, l, present ? a[0].used : 0);
+        dst->used[l] = src->used[l];
     }
 }
 
 void cf_model_reset_memory(cf_model *m) {
     cf_rec_state *st = m->state;
     if (!st || !st->batch) return;
-    for (int l = 0; l < m->n_blocks; l++) st->mem_used[l] = st->has[l] = 0;
+    for (int l = 0; l < m->n_blocks; l++) st->used[l] = 0;
 }
 
 void cf_model_set_mem_len(cf_model *m, int n) {
@@ -94,18 +86,18 @@ void cf_model_set_mem_len(cf_model *m, int n) {
 
 /* ---- Transformer-XL ------------------------------------------------------------------------------ */
 
-/* new memory of layer l: the last mem_cap rows of concat(old memory, x) per stream */
-static void xl_update(cf_rec_state *st, int l, const cf_tensor *old, const cf_tensor *x) {
-    int B = x->shape[0], T = x->shape[1], D = x->shape[2], M = st->mem_cap[l];
+/* new memory of layer l: the last mem_len rows of concat(old memory, x) per stream */
+static void xl_update(const cf_model *m, cf_rec_state *st, int l, const cf_tensor *old, const cf_tensor *x) {
+    int B = x->shape[0], T = x->shape[1], D = x->shape[2], M = m->blocks[l].attn.cfg.mem_len;
     int mlen = old ? old->shape[1] : 0, total = mlen + T, keep = total < M ? total : M;
     for (int b = 0; b < B; b++)
         for (int r = 0; r < keep; r++) {
             int src = total - keep + r;                   /* row of concat(old, x) */
             const float *from = src < mlen ? old->data + ((int64_t)b * mlen + src) * D
                                            : x->data + ((int64_t)b * T + src - mlen) * D;
-            memcpy(st->mem[l] + ((int64_t)b * M + r) * D, from, (size_t)D * sizeof(float));
+            memcpy(st->arr[0][l] + ((int64_t)b * M + r) * D, from, (size_t)D * sizeof(float));
         }
-    st->mem_used[l] = keep;
+    st->used[l] = keep;
 }
 
 /* one xl block (ALGORITHMS.md section 1.2): pre-norm x + drop(attn(LN(x), LN(concat(mem, x)))),
@@ -150,14 +142,14 @@ static cf_tensor *rec_run(cf_ctx *ctx, void *closure, cf_tensor *x) {
     for (int l = r->first; l < r->first + r->n; l++) {
         cf_block *b = &m->blocks[l];
         if (b->attn.cfg.type == CF_ATTN_XL) {
-            if (r->update && r->st->mem[l]) xl_update(r->st, l, r->mem[l], x);
+            if (r->update && r->st->arr[0][l]) xl_update(m, r->st, l, r->mem[l], x);
             x = xl_block(ctx, m, b, r->mem[l], r->pos, x);
         } else if (b->attn.cfg.type == CF_ATTN_INFINI) {
             cf_infini_io io = {.M0 = r->M0[l], .z0 = r->z0[l]};
             if (r->update) {
-                io.M_out = r->st->M[l];
-                io.z_out = r->st->z[l];
-                r->st->has[l] = 1;
+                io.M_out = r->st->arr[0][l];
+                io.z_out = r->st->arr[1][l];
+                r->st->used[l] = m->cfg.n_heads;   /* every head's memory is in use */
             }
             x = cf_block_apply_state(ctx, b, x, &(cf_attn_state){.infini = io});
         } else {
@@ -185,15 +177,17 @@ cf_tensor *cf_model_rec_blocks(cf_model *m, cf_ctx *ctx, cf_tensor *h) {
         mem[l] = NULL;
         M0[l] = z0[l] = NULL;
         if (!st) continue;
-        if (st->has[l]) {
-            M0[l] = arena_copy(ctx, st->M[l], (size_t)B * H * d * d);
-            z0[l] = arena_copy(ctx, st->z[l], (size_t)B * H * d);
+        cf_attn_kind type = m->blocks[l].attn.cfg.type;
+        if (type == CF_ATTN_INFINI && st->used[l]) {
+            M0[l] = arena_copy(ctx, st->arr[0][l], (size_t)B * H * d * d);
+            z0[l] = arena_copy(ctx, st->arr[1][l], (size_t)B * H * d);
         }
-        int mlen = st->mem_used[l], cap = st->mem_cap[l];
+        int mlen = type == CF_ATTN_XL ? st->used[l] : 0, cap = m->blocks[l].attn.cfg.mem_len;
         if (!mlen) continue;
         mem[l] = cf_tensor_3d(ctx, B, mlen, D);
         for (int b = 0; b < B; b++)
-            memcpy(mem[l]->data + (int64_t)b * mlen * D, st->mem[l] + (int64_t)b * cap * D, (size_t)mlen * D * sizeof(float));
+            memcpy(mem[l]->data + (int64_t)b * mlen * D, st->arr[0][l] + (int64_t)b * cap * D,
+                   (size_t)mlen * D * sizeof(float));
         if (mlen + T > kmax) kmax = mlen + T;
     }
     /* one table of relative sinusoids for the longest keys, with the ordinary dropout (as

@@ -40,7 +40,7 @@ void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int
         if (i >= v->n_extra) continue;
         const cf_attn_param *e = &v->extra[i];
         int shape[2];
-        for (int j = 0; j < e->ndim; j++) shape[j] = e->shape[j] == CF_ATTN_DIM_HEADS ? n_heads : d;
+        for (int j = 0; j < e->ndim; j++) shape[j] = (int)cf_attn_dim_size(e->shape[j], cfg, d, n_heads);
         snprintf(name, sizeof name, "%s.%s", prefix, e->name);
         a->extra[i] = cf_param_add(p, name, e->ndim, shape);
     }
