@@ -443,7 +443,7 @@ static float train_step(run *r, uint64_t first_batch, float lr, float *grad_norm
     }
     if (r->sync) r->allreduce_s = cf_grad_sync_finish(r->sync, &r->ctx);
     *grad_norm = cf_clip_grad_norm(&r->model.params, t->grad_clip);
-    if (!isfinite(*grad_norm)) return *grad_norm;
+    if (!isfinite(*grad_norm)) return total / (float)t->grad_accum;   /* no step: the caller stops */
     cf_optim_step(&r->opt, &r->model.params, lr, t);
     return total / (float)t->grad_accum;
 }
@@ -483,6 +483,102 @@ static int env_int(const char *name) {
     return e && *e ? atoi(e) : 0;
 }
 
+/* the line that opens a run: what trains, how big, where */
+static void announce(const run *r, int last) {
+    const cf_config *c = r->c;
+    int64_t n_params = 0;
+    for (int i = 0; i < r->model.params.n; i++) n_params += r->model.params.t[i]->numel;   /* the slab pads */
+    char per_step[64], threads[160];
+    r->data.kind->describe_step(&r->data, per_step, sizeof per_step);
+    snprintf(threads, sizeof threads, "%d threads", cf_num_threads());
+    if (r->size > 1) {
+        double th[2] = {cf_num_threads(), -cf_num_threads()};
+        cf_dist_max_f64(th, 2);
+        if (th[0] == -th[1]) snprintf(threads, sizeof threads, "%d MPI ranks x %d threads", r->size, (int)th[0]);
+        else snprintf(threads, sizeof threads, "%d MPI ranks x %d..%d threads", r->size, (int)-th[1], (int)th[0]);
+        snprintf(threads + strlen(threads), sizeof threads - strlen(threads), " (%d rows each, gradients in %d buckets)",
+                 r->rows, cf_grad_sync_buckets(r->sync));
+    }
+    if (r->rank == 0)
+        fprintf(stderr, "cformer: training %s: %lld parameters, steps %lld..%d of %d, %s per step, %s, run %s\n",
+                c->name, (long long)n_params, (long long)r->st.step + 1, last, c->train.steps, per_step, threads, r->dir);
+}
+
+/* progress since the last log line */
+typedef struct progress { double t0; int steps; int64_t tokens; int tty, quiet; } progress;
+
+static void log_step(run *r, progress *p, int step, int last, float loss, float lr, float gnorm) {
+    double now = now_s(), tps = p->tokens / (now - p->t0);
+    fprintf(r->log, "{\"step\": %d, \"loss\": %.6f, \"bpb\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
+                    "\"tokens_per_s\": %.0f, \"elapsed_s\": %.3f}\n",
+            step, loss, loss / M_LN2, lr, gnorm, tps, now - r->t_start);
+    fflush(r->log);
+    double left = (last - step) * (now - p->t0) / p->steps;
+    if (!p->quiet)
+        fprintf(stderr, "%sstep %d/%d  loss %.4f  bpb %.4f  lr %.2e  %.0f tok/s  %.0fs left%s", p->tty ? "\r\033[K" : "",
+                step, last, loss, loss / M_LN2, lr, tps, left, p->tty ? "" : "\n");
+    *p = (progress){.t0 = now, .tty = p->tty, .quiet = p->quiet};
+}
+
+/* which checkpoint stays the run's last good one, for a message about a run that stops */
+static void kept_text(const run *r, char *kept, size_t n) {
+    snprintf(kept, n, "no checkpoint was written");
+    if (r->saved_step >= 0)
+        snprintf(kept, n, "the last checkpoint (%s/step_%lld.h5) is kept", r->ckpt_dir, (long long)r->saved_step);
+    else if (r->resume_path[0])
+        snprintf(kept, n, "the checkpoint resumed from (%s) is kept", r->resume_path);
+}
+
+/* the error of a step whose loss or gradient is not finite */
+static int non_finite_error(const run *r, int step, float loss, float gnorm) {
+    char kept[1400];
+    kept_text(r, kept, sizeof kept);
+    if (r->rank != 0) cf_dist_set_quiet();   /* rank 0 says it */
+    if (!isfinite(loss))
+        return cf_set_error("step %d: loss is %s (gradient norm %g); stopping, %s", step, isnan(loss) ? "NaN" : "infinite",
+                            gnorm, kept);
+    return cf_set_error("step %d: the gradient norm is %s (loss %g); stopping, %s", step,
+                        isnan(gnorm) ? "NaN" : "infinite", loss, kept);
+}
+
+/* a validation whose result is not finite stops the run: the weights have gone wrong */
+static int validate(run *r, int64_t step, size_t limit, cf_eval_result *e) {
+    if (local_error(r, evaluate(r, 0, limit, e))) return -1;
+    if (!isfinite(e->bpb)) {
+        char kept[1400];
+        kept_text(r, kept, sizeof kept);
+        if (r->rank != 0) cf_dist_set_quiet();
+        return cf_set_error("step %lld: validation bits per byte is %s; stopping, %s", (long long)step,
+                            isnan(e->bpb) ? "NaN" : "infinite", kept);
+    }
+    if (e->bpb < r->st.best_valid_bpb) r->st.best_valid_bpb = e->bpb;
+    log_eval(r, step, "valid", e);
+    return 0;
+}
+
+/* After the loop: the final validation, the last checkpoint, the test split when the run reached
+ * train.steps. Returns rc; *stop receives a signal that arrived meanwhile. */
+static int finish(run *r, int last, int *stop) {
+    const cf_config *c = r->c;
+    int rc = 0;
+    cf_eval_result e;
+    if (!*stop && has_split(r, 0)) {
+        if (!(rc = validate(r, r->st.step, (size_t)c->eval.bytes, &e))) print_bench(r, "valid", &e);
+    }
+    if (!rc && r->saved_step != r->st.step) rc = local_error(r, save_checkpoint(r));
+    if (!rc && !*stop) {   /* a signal during the final evaluation or save */
+        float none = 0;
+        *stop = r->size > 1 ? agree_step(r, &none) : stop_requested;
+    }
+    if (!rc && !*stop && last == c->train.steps && has_split(r, 1)) {
+        if (!(rc = local_error(r, evaluate(r, 1, (size_t)c->eval.bytes, &e)))) {
+            log_eval(r, last, "test", &e);
+            print_bench(r, "test", &e);
+        }
+    }
+    return rc;
+}
+
 int cf_train(const cf_config *c, const cf_train_opts *o) {
     if (o->stop_signal) *o->stop_signal = 0;
     const cf_train_config *t = &c->train;
@@ -496,106 +592,49 @@ int cf_train(const cf_config *c, const cf_train_opts *o) {
     if (bad) { run_free(&r); return -1; }
     run_share_resume(&r);
     if (r.rank == 0) r.data.kind->note(&r.data);
-    int lead = r.rank == 0;
-    int tty = isatty(2) && !o->quiet && lead, rc = 0, stop = 0;
-    int64_t n_params = 0;
-    for (int i = 0; i < r.model.params.n; i++) n_params += r.model.params.t[i]->numel;   /* the slab pads */
-    char per_step[64], threads[160];
-    r.data.kind->describe_step(&r.data, per_step, sizeof per_step);
-    snprintf(threads, sizeof threads, "%d threads", cf_num_threads());
-    if (r.size > 1) {
-        double th[2] = {cf_num_threads(), -cf_num_threads()};
-        cf_dist_max_f64(th, 2);
-        if (th[0] == -th[1]) snprintf(threads, sizeof threads, "%d MPI ranks x %d threads", r.size, (int)th[0]);
-        else snprintf(threads, sizeof threads, "%d MPI ranks x %d..%d threads", r.size, (int)-th[1], (int)th[0]);
-        snprintf(threads + strlen(threads), sizeof threads - strlen(threads), " (%d rows each, gradients in %d buckets)",
-                 r.rows, cf_grad_sync_buckets(r.sync));
-    }
-    if (lead)
-        fprintf(stderr, "cformer: training %s: %lld parameters, steps %lld..%d of %d, %s per step, %s, run %s\n", c->name,
-                (long long)n_params, (long long)r.st.step + 1, last, t->steps, per_step, threads, r.dir);
+    announce(&r, last);
+    int lead = r.rank == 0, rc = 0, stop = 0;
     fault fail;
     fault_parse(&fail);
     int check_every = r.size > 1 ? env_int("CF_MPI_CHECK_EVERY") : 0;
     saved_handlers handlers;
     install_handlers(&handlers);
     r.t_start = now_s() - r.st.elapsed_s;
-    double t_window = now_s();
-    int window_steps = 0;
-    int64_t window_tokens = 0;
+    progress prog = {.t0 = now_s(), .tty = isatty(2) && !o->quiet && lead, .quiet = o->quiet};
     for (int s = (int)r.st.step; s < last; s++) {
         float lr = cf_lr_at(t, s), gnorm = 0;
         int64_t step_tokens = 0;
         float loss = train_step(&r, r.st.next_batch, lr, &gnorm, &step_tokens);
         int sig = r.size > 1 ? agree_step(&r, &loss) : 0;
-        if (!isfinite(loss)) {   /* under MPI every rank sees the same loss and norm: all stop here */
-            char kept[1400] = "no checkpoint was written";
-            if (r.saved_step >= 0) snprintf(kept, sizeof kept, "the last checkpoint (%s/step_%lld.h5) is kept", r.ckpt_dir, (long long)r.saved_step);
-            else if (r.resume_path[0]) snprintf(kept, sizeof kept, "the checkpoint resumed from (%s) is kept", r.resume_path);
-            rc = cf_set_error("step %d: loss is %s (gradient norm %g); stopping, %s", s + 1,
-                              isnan(loss) ? "NaN" : "infinite", gnorm, kept);
-            if (!lead) cf_dist_set_quiet();   /* rank 0 says it */
+        if (!isfinite(loss) || !isfinite(gnorm)) {   /* under MPI every rank sees the same: all stop here */
+            rc = non_finite_error(&r, s + 1, loss, gnorm);
             break;
         }
-        r.st.step = s + 1;
+        int step = s + 1;
+        r.st.step = step;
         r.st.tokens_seen += step_tokens;
         r.st.next_batch += (uint64_t)t->grad_accum;
-        window_steps++;
-        window_tokens += step_tokens;
-        int step = s + 1;
+        prog.steps++;
+        prog.tokens += step_tokens;
         if (fail.rank == r.rank && fail.step == step) {
             if (!strcmp(fail.how, "exit")) _exit(3);
             if (!strcmp(fail.how, "perturb")) r.model.params.values[0] += 1.0f;
             else { rc = local_error(&r, cf_set_error("injected failure after step %d (CF_DIST_FAIL=%s)", step, fail.spec)); break; }
         }
         if (check_every > 0 && step % check_every == 0) cf_dist_check_params(&r.model.params, step);
-        if (lead && (step % t->log_every == 0 || step == last)) {
-            double now = now_s(), tps = window_tokens / (now - t_window);
-            fprintf(r.log, "{\"step\": %d, \"loss\": %.6f, \"bpb\": %.6f, \"lr\": %.6g, \"grad_norm\": %.4f, "
-                           "\"tokens_per_s\": %.0f, \"elapsed_s\": %.3f}\n",
-                    step, loss, loss / M_LN2, lr, gnorm, tps, now - r.t_start);
-            fflush(r.log);
-            double left = (last - step) * (now - t_window) / window_steps;
-            if (!o->quiet)
-                fprintf(stderr, "%sstep %d/%d  loss %.4f  bpb %.4f  lr %.2e  %.0f tok/s  %.0fs left%s",
-                        tty ? "\r\033[K" : "", step, last, loss, loss / M_LN2, lr, tps, left, tty ? "" : "\n");
-            t_window = now;
-            window_steps = 0;
-            window_tokens = 0;
-        }
+        if (lead && (step % t->log_every == 0 || step == last)) log_step(&r, &prog, step, last, loss, lr, gnorm);
         int stopping = r.size > 1 ? sig : stop_requested;
-        if (has_split(&r, 0) && t->eval_every > 0 && step % t->eval_every == 0 && step != last && !stopping) {
-            cf_eval_result e;
-            if ((rc = local_error(&r, evaluate(&r, 0, (size_t)t->eval_tokens, &e)))) break;
-            if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
-            log_eval(&r, step, "valid", &e);
-        }
+        cf_eval_result e;
+        if (has_split(&r, 0) && t->eval_every > 0 && step % t->eval_every == 0 && step != last && !stopping &&
+            (rc = validate(&r, step, (size_t)t->eval_tokens, &e)))
+            break;
         if (t->checkpoint_every > 0 && step % t->checkpoint_every == 0 && step != last &&
             (rc = local_error(&r, save_checkpoint(&r))))
             break;
         if ((stop = r.size > 1 ? sig : stop_requested)) break;
     }
-    if (tty) fputc('\n', stderr);
-    if (!rc && !stop) {
-        cf_eval_result e;
-        if (has_split(&r, 0) && !(rc = local_error(&r, evaluate(&r, 0, (size_t)c->eval.bytes, &e)))) {
-            if (e.bpb < r.st.best_valid_bpb) r.st.best_valid_bpb = e.bpb;
-            log_eval(&r, r.st.step, "valid", &e);
-            print_bench(&r, "valid", &e);
-        }
-    }
-    if (!rc && r.saved_step != r.st.step) rc = local_error(&r, save_checkpoint(&r));
-    if (!rc && !stop) {   /* a signal during the final evaluation or save */
-        float none = 0;
-        stop = r.size > 1 ? agree_step(&r, &none) : stop_requested;
-    }
-    if (!rc && !stop && last == t->steps && has_split(&r, 1)) {
-        cf_eval_result e;
-        if (!(rc = local_error(&r, evaluate(&r, 1, (size_t)c->eval.bytes, &e)))) {
-            log_eval(&r, last, "test", &e);
-            print_bench(&r, "test", &e);
-        }
-    }
+    if (prog.tty) fputc('\n', stderr);
+    if (!rc) rc = finish(&r, last, &stop);
     if (!rc && stop) {
         if (lead)
             fprintf(stderr, "cformer: %s: stopped after step %lld; checkpoint %s/step_%lld.h5 (continue with --resume %s)\n",
