@@ -234,6 +234,8 @@ void cf_set_num_threads(int n);
 
 /* peak resident set size of the process in MB (from /proc/self/status VmHWM) */
 double cf_peak_rss_mb(void);
+/* the machine's physical memory in bytes (0 when unknown) */
+uint64_t cf_phys_mem_bytes(void);
 
 /* Open a regular file for reading: a FIFO, a device or a directory is refused before anything
  * could block on it. The descriptor, or -1 with cf_error_msg() naming the file and the reason

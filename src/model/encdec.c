@@ -99,7 +99,7 @@ static int encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
         dec_block_decl(&ed->dec[i], &m->params, prefix, c, cf_config_layer_attn(c, i));
     }
     if (c->norm_position == CF_NORM_PRE) cf_norm_decl(&ed->dec_ln_f, &m->params, "decoder.ln_f", D, c->norm, c->norm_eps);
-    cf_params_finalize(&m->params);
+    if (cf_params_finalize(&m->params)) return -1;
     init_weights(m, seed);
     if (c->position == CF_POS_SINUSOIDAL) {
         /* Vaswani et al. 2017: PE(p, 2i) = sin(p / 10000^(2i/D)), PE(p, 2i+1) = cos(...), as decoder.c */

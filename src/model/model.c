@@ -1,4 +1,5 @@
 /* The model interface (model.h): the table of model families, and the calls that go through it. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cformer/model.h"
@@ -13,7 +14,23 @@ int cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     memset(m, 0, sizeof *m);
     CF_ASSERT((unsigned)c->arch < CF_ARCH_COUNT && cf_model_families[c->arch], "model.arch %d has no family", (int)c->arch);
     m->family = cf_model_families[c->arch];
-    return m->family->init(m, c, seed);
+    /* a lower bound of the parameters (each block's projections and feed-forward, the embedding),
+     * so that a model far too large is refused before millions of parameters are declared */
+    double D = c->d_model, layers = (double)c->enc_layers + c->dec_layers;
+    double least = layers * (4 * D * D + 2 * D * c->d_ff) + (double)c->vocab_size * D, phys = (double)cf_phys_mem_bytes();
+    if (phys > 0 && least * 2 * sizeof(float) > phys)
+        return cf_set_error("model: at least %.0f parameters need %.0f MB for their values and gradients, more than the "
+                            "machine's %.0f MB of memory (model.d_model %d, model.n_layers %d, model.d_ff %d, "
+                            "model.vocab_size %d: choose a smaller model)", least, least * 8 / 1048576, phys / 1048576,
+                            c->d_model, c->n_layers, c->d_ff, c->vocab_size);
+    if (m->family->init(m, c, seed) == 0) return 0;
+    if (m->params.n && !m->params.finalized) {   /* the parameters did not fit: say which keys size them */
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", cf_error_msg());
+        return cf_set_error("model: %s (model.d_model %d, model.n_layers %d, model.d_ff %d, model.vocab_size %d: "
+                            "choose a smaller model)", msg, c->d_model, c->n_layers, c->d_ff, c->vocab_size);
+    }
+    return -1;
 }
 
 void cf_model_free(cf_model *m) {
