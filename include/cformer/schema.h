@@ -41,6 +41,7 @@ typedef struct cf_attn_config {
 } cf_attn_config;
 
 #define CF_MAX_LAYER_ATTN 64
+#define CF_MAX_THREADS 1024     /* train.threads and --threads */
 
 /* one stack of blocks; a decoder model has one, an encoder-decoder two (encoder, decoder) */
 typedef struct cf_model_config {

@@ -1,5 +1,7 @@
 /* cformer: the command line (DESIGN.md section 4). A thin client of libcformer and the only place
  * that exits: 0 success, 2 bad usage or input, 1 internal failure. */
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,12 +46,13 @@ static int float_arg(const char *opt, const char *v, float *out) {
     return 0;
 }
 
-/* parse an integer option value, or report it */
-static int int_arg(const char *opt, const char *v, int *out) {
+/* parse an integer option value in [lo, hi], or report it in one line */
+static int int_arg(const char *opt, const char *v, int lo, int hi, int *out) {
     char *end;
-    long x = v ? strtol(v, &end, 10) : 0;
-    if (!v || *end || x < 0 || x > 1000000000) {
-        fprintf(stderr, "cformer: %s: expected a non-negative integer, got \"%s\"\n", opt, v ? v : "");
+    errno = 0;
+    long x = v && *v ? strtol(v, &end, 10) : 0;
+    if (!v || !*v || *end || errno || x < lo || x > hi) {
+        fprintf(stderr, "cformer: %s: expected an integer in %d..%d, got \"%s\"\n", opt, lo, hi, v ? v : "");
         return -1;
     }
     *out = (int)x;
@@ -64,12 +67,12 @@ static int cmd_train_or_bench(int argc, char **argv, int bench) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--set") && v) { if (n_sets == MAX_SETS) return fail("--set: too many"); sets[n_sets++] = v; i++; }
-        else if (!strcmp(a, "--threads")) { if (int_arg(a, v, &threads)) return 2; i++; }
+        else if (!strcmp(a, "--threads")) { if (int_arg(a, v, 1, CF_MAX_THREADS, &threads)) return 2; i++; }
         else if (!bench && !strcmp(a, "--out") && v) { o.out_dir = v; i++; }
         else if (!bench && !strcmp(a, "--resume") && v) { o.resume = v; i++; }
-        else if (!bench && !strcmp(a, "--until")) { if (int_arg(a, v, &o.until)) return 2; i++; }
+        else if (!bench && !strcmp(a, "--until")) { if (int_arg(a, v, 1, INT_MAX, &o.until)) return 2; i++; }
         else if (!bench && !strcmp(a, "--quiet")) o.quiet = 1;
-        else if (bench && !strcmp(a, "--steps")) { if (int_arg(a, v, &steps) || steps < 1) return fail("--steps: must be >= 1"); i++; }
+        else if (bench && !strcmp(a, "--steps")) { if (int_arg(a, v, 1, 1000000, &steps)) return 2; i++; }
         else if (a[0] == '-' || config) { fprintf(stderr, "cformer: %s: unexpected argument \"%s\"\n", bench ? "bench" : "train", a); return 2; }
         else config = a;
     }
@@ -150,8 +153,8 @@ static int cmd_translate(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--input") && v) { input = v; i++; }
-        else if (!strcmp(a, "--beam")) { if (int_arg(a, v, &beam) || beam < 1 || beam > 256) return fail("--beam: must be in 1..256"); i++; }
-        else if (!strcmp(a, "--max-len")) { if (int_arg(a, v, &max_len) || max_len < 1) return fail("--max-len: must be >= 1"); i++; }
+        else if (!strcmp(a, "--beam")) { if (int_arg(a, v, 1, 256, &beam)) return 2; i++; }
+        else if (!strcmp(a, "--max-len")) { if (int_arg(a, v, 1, 1 << 20, &max_len)) return 2; i++; }
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: translate: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;
     }
@@ -203,10 +206,10 @@ static int cmd_eval(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--data") && v) { data = v; i++; }
-        else if (!strcmp(a, "--mem-len")) { if (int_arg(a, v, &mem_len) || mem_len < 0) return fail("--mem-len: must be >= 0"); i++; }
-        else if (!strcmp(a, "--bytes")) { if (int_arg(a, v, &limit) || limit < 2) return fail("--bytes: must be >= 2"); i++; }
-        else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, &ctx_len) || ctx_len < 1) return fail("--ctx: must be >= 1"); i++; }
-        else if (!strcmp(a, "--stride")) { if (int_arg(a, v, &stride) || stride < 1) return fail("--stride: must be >= 1"); i++; }
+        else if (!strcmp(a, "--mem-len")) { if (int_arg(a, v, 0, 1 << 20, &mem_len)) return 2; i++; }
+        else if (!strcmp(a, "--bytes")) { if (int_arg(a, v, 2, INT_MAX, &limit)) return 2; i++; }
+        else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, 1, 1 << 20, &ctx_len)) return 2; i++; }
+        else if (!strcmp(a, "--stride")) { if (int_arg(a, v, 1, 1 << 20, &stride)) return 2; i++; }
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: eval: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;
     }
@@ -276,9 +279,9 @@ static int cmd_sample(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--prompt") && v) { prompt = v; i++; }
-        else if (!strcmp(a, "--tokens")) { if (int_arg(a, v, &tokens) || tokens < 1) return fail("--tokens: must be >= 1"); i++; }
-        else if (!strcmp(a, "--top-k")) { if (int_arg(a, v, &top_k)) return 2; i++; }
-        else if (!strcmp(a, "--seed")) { if (int_arg(a, v, &seed)) return 2; i++; }
+        else if (!strcmp(a, "--tokens")) { if (int_arg(a, v, 1, 1 << 24, &tokens)) return 2; i++; }
+        else if (!strcmp(a, "--top-k")) { if (int_arg(a, v, 0, 1 << 20, &top_k)) return 2; i++; }
+        else if (!strcmp(a, "--seed")) { if (int_arg(a, v, 0, INT_MAX, &seed)) return 2; i++; }
         else if (!strcmp(a, "--temperature")) { if (float_arg(a, v, &temperature)) return 2; i++; }
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: sample: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;

@@ -529,7 +529,7 @@ static int validate(parse_state *st) {
     TRY(check_int("eval.bytes", c->eval.bytes, 0, INT_MAX));
     TRY(check_int("train.checkpoint_every", t->checkpoint_every, 0, INT_MAX));
     TRY(check_int("train.keep_checkpoints", t->keep_checkpoints, 1, INT_MAX));
-    TRY(check_int("train.threads", t->threads, 0, 4096));
+    TRY(check_int("train.threads", t->threads, 0, CF_MAX_THREADS));
     TRY(check_int("train.bucket_pool", t->bucket_pool, 1, 4096));
 
     TRY(check_int("eval.ctx", c->eval.ctx, 0, MAX_SIZE));
