@@ -7,8 +7,8 @@
  *   linear: M' = M + SK^T V,  delta: M' = M + SK^T U, U = V - R, r_t = sk_t^T M / (sk_t . z),
  *   z' = z + sum_t sk_t.
  * Every row of a segment reads the same memory, so a segment has no recurrence inside it: it is
- * processed in chunks of TC rows, each a few small dense products (block_gemm.h), and the
- * workspace is bounded by TC whatever segment_len is.
+ * processed in chunks of TC rows, each a few small dense products (src/kernels/block_gemm.h), and
+ * the workspace is bounded by TC whatever segment_len is.
  *
  * Backward (ALGORITHMS.md 6.3) walks the segments in reverse carrying dM, dz = dLoss/d(M_s, z_s);
  * the state after the last segment only reaches M_out, which is detached, so it starts at zero.
@@ -39,7 +39,7 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#include "block_gemm.h"
+#include "../kernels/block_gemm.h"
 #include "../ops/backward.h"
 
 #define TC 64

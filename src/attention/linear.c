@@ -11,8 +11,8 @@
  *   num_c = A V_c + Q_c S,  den_c = A 1 + Q_c z + eps,  then S += K_c^T V_c, z += K_c^T 1.
  * That is exactly the prefix sum of ALGORITHMS.md section 4 (fast-transformers' causal_product)
  * regrouped: the state moves once per chunk instead of once per position, and every step is a small
- * dense product (block_gemm.h) instead of a rank-1 update that streams the F x Dv state through
- * memory for each position.
+ * dense product (src/kernels/block_gemm.h) instead of a rank-1 update that streams the F x Dv state
+ * through memory for each position.
  *
  * Backward, with G_i = dout_i / den_i and e_i = -(dout_i . out_i) / den_i, dA_ij = G_i . V_j + e_i
  * for j <= i (the gradient of the quadratic form A_ij = Q_i . K_j):
@@ -31,7 +31,7 @@
 #include <string.h>
 #include <omp.h>
 #include "cformer/attention.h"
-#include "block_gemm.h"
+#include "../kernels/block_gemm.h"
 #include "../ops/backward.h"
 
 #define TC 64

@@ -27,7 +27,7 @@
  * attention does: the same mask as dense attention under the pattern's mask.
  *
  * The block kernels are those of src/ops/attention.c: nt_block and exp2_16 from
- * src/kernels/attn_tiles.h, the P V style products from block_gemm.h. */
+ * src/kernels/attn_tiles.h, the P V style products from src/kernels/block_gemm.h. */
 #include <math.h>
 #include <string.h>
 #include <omp.h>
@@ -35,7 +35,7 @@
 #include <immintrin.h>
 #endif
 #include "masked.h"
-#include "block_gemm.h"
+#include "../kernels/block_gemm.h"
 #include "../ops/backward.h"
 
 #define BQ 64

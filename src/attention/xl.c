@@ -34,7 +34,7 @@
 #include <string.h>
 #include <omp.h>
 #include "cformer/attention.h"
-#include "block_gemm.h"
+#include "../kernels/block_gemm.h"
 #include "../ops/backward.h"
 
 typedef struct xgeom {

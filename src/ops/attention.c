@@ -44,6 +44,7 @@
 #define BQ 64
 #define BK 64
 #include "../kernels/attn_tiles.h"
+#include "../kernels/block_gemm.h"
 
 /* Scores are kept in base 2 (Q is packed times scale log2(e)), so every exponential is a 2^x with
  * no extra multiply; L is saved in base 2 too, and dK, which is summed against that packed Q,
@@ -98,72 +99,6 @@ static ws ws_carve(float *base, int dh, int acc_rows) {
 #undef TAKE
     return w;
 }
-
-/* ---- block kernels ------------------------------------------------------------------------- */
-
-
-#ifdef __AVX512F__
-/* A 4-row tile of nn_block over one chunk of at most 64 columns (nv vectors, the last one masked
- * by tail). Inlined with a constant nv, so the 4 x nv accumulators stay in registers. */
-static inline __attribute__((always_inline)) void nn_tile(int nv, __mmask16 tail, const float *a, int64_t ars,
-                                                          int64_t ans, int nn, const float *b, int64_t ldb,
-                                                          float *c, int64_t ldc, const float *cs) {
-    __m512 acc[4][4];
-    __mmask16 mk[4];
-    for (int v = 0; v < nv; v++) mk[v] = v == nv - 1 ? tail : 0xFFFF;
-    for (int i = 0; i < 4; i++)
-        for (int v = 0; v < nv; v++) {
-            acc[i][v] = _mm512_maskz_loadu_ps(mk[v], c + i * ldc + 16 * v);
-            if (cs) acc[i][v] = _mm512_mul_ps(acc[i][v], _mm512_set1_ps(cs[i]));
-        }
-    for (int n = 0; n < nn; n++) {
-        __m512 bv[4];
-        for (int v = 0; v < nv; v++) bv[v] = _mm512_maskz_loadu_ps(mk[v], b + n * ldb + 16 * v);
-        for (int i = 0; i < 4; i++) {
-            __m512 x = _mm512_set1_ps(a[i * ars + n * ans]);
-            for (int v = 0; v < nv; v++) acc[i][v] = _mm512_fmadd_ps(x, bv[v], acc[i][v]);
-        }
-    }
-    for (int i = 0; i < 4; i++)
-        for (int v = 0; v < nv; v++) _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mk[v], acc[i][v]);
-}
-#endif
-
-/* C[r][0..dh) = cs[r] C[r][0..dh) + sum_{n < nn} A(r, n) B[n][0..dh) for r < rows (a multiple of
- * 4), where A(r, n) = a[r*ars + n*ans]: swapping the strides reads A^T (P^T dO, dS^T Q) without a
- * copy. cs == NULL means 1 (then C keeps its exact old value); the forward passes the online-
- * softmax rescaling there, so the output accumulator is not swept separately. Each C element
- * gets the terms in ascending n, one fused multiply-add each. */
-static void nn_block(int rows, int dh, const float *a, int64_t ars, int64_t ans, int nn, const float *b,
-                     int64_t ldb, float *c, int64_t ldc, const float *cs) {
-#ifdef __AVX512F__
-    for (int r = 0; r < rows; r += 4)
-        for (int c0 = 0; c0 < dh; c0 += 64) {
-            int w = dh - c0 < 64 ? dh - c0 : 64, nv = (w + 15) / 16;
-            __mmask16 tail = (__mmask16)((1u << (w - 16 * (nv - 1))) - 1);
-            const float *ar = a + r * ars, *bc = b + c0, *csr = cs ? cs + r : NULL;
-            float *cr = c + r * ldc + c0;
-            switch (nv) {
-            case 1: nn_tile(1, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            case 2: nn_tile(2, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            case 3: nn_tile(3, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            default: nn_tile(4, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            }
-        }
-#else
-    for (int r = 0; r < rows; r++) {
-        float *cr = c + r * ldc;
-        if (cs)
-            for (int j = 0; j < dh; j++) cr[j] *= cs[r];
-        for (int n = 0; n < nn; n++) {
-            float x = a[r * ars + n * ans];
-            const float *bn = b + n * ldb;
-            for (int j = 0; j < dh; j++) cr[j] += x * bn[j];
-        }
-    }
-#endif
-}
-
 
 /* ---- masks and packing ------------------------------------------------------------------------ */
 
@@ -313,7 +248,7 @@ static void fwd_block(const geom *g, ws *w, int64_t bh, int qb, float *out) {
         if (!pair_live(g, keep, q0, nq, k0)) continue;
         nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
         fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
-        nn_block(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
+        cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
     }
     for (int i = 0; i < nq; i++) {
         float *o = out + ((int64_t)b * g->Tq + q0 + i) * g->so + (int64_t)h * dh;
@@ -356,11 +291,10 @@ static void bwd_pair(const geom *g, ws *w, int64_t bh, int qb, int kb, uint64_t 
     memset(w->ds + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
     if (want_kv) {
         int krows = round4(nk);
-        nn_block(krows, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
-        nn_block(krows, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
+        cf_block_gemm(krows, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
+        cf_block_gemm(krows, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
     }
-    if (dqacc)
-        nn_block(rows, dh, w->ds, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, dqacc, dh, NULL);
+    if (dqacc) cf_block_gemm(rows, dh, w->ds, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, dqacc, dh, NULL);
 }
 
 /* grad rows [r0, r0 + n) of head h += s * acc */
