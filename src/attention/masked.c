@@ -37,6 +37,7 @@
 #include "masked.h"
 #include "../kernels/block_gemm.h"
 #include "../ops/backward.h"
+#include "../kernels/attn_geom.h"
 
 #define BQ 64
 #define BK 64
@@ -105,9 +106,6 @@ seg *cf_plan_add(cf_ctx *ctx, plan *p, int cls, int st, int n) {
     return s;
 }
 
-static int blen(int n, int at, int bs) { return n - at < bs ? n - at : bs; }
-static int round4(int n) { return (n + 3) & ~3; }
-
 /* Everything the engine derives from a plan, shared by every (batch, head) of a class. */
 typedef struct blockref { seg *s; int b; } blockref;   /* packed block -> segment, block within it */
 typedef struct derived {
@@ -129,8 +127,8 @@ static void prepare(cf_ctx *ctx, plan *p, derived *dv) {
             dv->k0[c][st] = kb0;
             for (int si = 0; si < p->n_segs[c][st]; si++) {
                 seg *s = &p->segs[c][st][si];
-                s->nqb = (s->q.n + BQ - 1) / BQ;
-                s->nkb = (s->k.n + BK - 1) / BK;
+                s->nqb = nblocks(s->q.n, BQ);
+                s->nkb = nblocks(s->k.n, BK);
                 s->qb0 = qb0;
                 s->kb0 = kb0;
                 qb0 += s->nqb;
@@ -246,31 +244,40 @@ typedef struct ws {
     int64_t *qtag, *ktag;            /* [NSLOT] the block each slot holds, -1: none */
 } ws;
 
-static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
-
-static size_t ws_floats(int dh, int acc_rows) {
-    return 2 * up16(BQ * BK) + up16(BK) + 4 * up16(BQ) + 2 * up16((size_t)BK * dh) + up16((size_t)acc_rows * dh) +
-           up16(2 * BQ) + up16(BK) + NSLOT * (2 * up16((size_t)BQ * dh) + 2 * up16(BQ) + 3 * up16((size_t)BK * dh)) +
-           2 * up16(2 * NSLOT);
+/* one thread's workspace carved from base, its caches empty (base NULL: only counted); returns
+ * its size in floats */
+static size_t ws_layout(ws *w, float *base, int dh, int acc_rows) {
+    ws_carver c = {base, 0};
+    size_t qd = up16((size_t)BQ * dh), q1 = up16(BQ), kd = up16((size_t)BK * dh);
+    w->p = ws_take(&c, BQ * BK);
+    w->ds = ws_take(&c, BQ * BK);
+    w->z = ws_take(&c, BK);
+    w->m = ws_take(&c, BQ);
+    w->mnew = ws_take(&c, BQ);
+    w->l = ws_take(&c, BQ);
+    w->alpha = ws_take(&c, BQ);
+    w->dkacc = ws_take(&c, (size_t)BK * dh);
+    w->dvacc = ws_take(&c, (size_t)BK * dh);
+    w->acc = ws_take(&c, (size_t)acc_rows * dh);
+    w->vis = ws_take(&c, 2 * BQ);    /* 8-byte entries: 2 floats each */
+    w->kpos = ws_take(&c, BK);
+    w->cq = ws_take(&c, NSLOT * qd);
+    w->cdo = ws_take(&c, NSLOT * qd);
+    w->cdd = ws_take(&c, NSLOT * q1);
+    w->cls = ws_take(&c, NSLOT * q1);
+    w->ckt = ws_take(&c, NSLOT * kd);
+    w->cvt = ws_take(&c, NSLOT * kd);
+    w->ckr = ws_take(&c, NSLOT * kd);
+    w->qtag = ws_take(&c, 2 * NSLOT);
+    w->ktag = ws_take(&c, 2 * NSLOT);
+    if (base)
+        for (int i = 0; i < NSLOT; i++) w->qtag[i] = w->ktag[i] = -1;
+    return c.floats;
 }
 
-static ws ws_carve(float *base, int dh, int acc_rows) {
+static size_t ws_floats(int dh, int acc_rows) {
     ws w;
-    float *x = base;
-#define TAKE(field, type, n) (w.field = (type *)x, x += up16(n))
-    TAKE(p, float, BQ * BK); TAKE(ds, float, BQ * BK); TAKE(z, float, BK);
-    TAKE(m, float, BQ); TAKE(mnew, float, BQ); TAKE(l, float, BQ); TAKE(alpha, float, BQ);
-    TAKE(dkacc, float, (size_t)BK * dh); TAKE(dvacc, float, (size_t)BK * dh);
-    TAKE(acc, float, (size_t)acc_rows * dh);
-    TAKE(vis, uint64_t, 2 * BQ); TAKE(kpos, int, BK);
-    TAKE(cq, float, NSLOT * up16((size_t)BQ * dh)); TAKE(cdo, float, NSLOT * up16((size_t)BQ * dh));
-    TAKE(cdd, float, NSLOT * up16(BQ)); TAKE(cls, float, NSLOT * up16(BQ));
-    TAKE(ckt, float, NSLOT * up16((size_t)BK * dh)); TAKE(cvt, float, NSLOT * up16((size_t)BK * dh));
-    TAKE(ckr, float, NSLOT * up16((size_t)BK * dh));
-    TAKE(qtag, int64_t, 2 * NSLOT); TAKE(ktag, int64_t, 2 * NSLOT);
-#undef TAKE
-    for (int i = 0; i < NSLOT; i++) w.qtag[i] = w.ktag[i] = -1;
-    return w;
+    return ws_layout(&w, NULL, dh, acc_rows);
 }
 
 /* ---- packing ------------------------------------------------------------------------------------ */
@@ -560,12 +567,9 @@ static items stage_items(cf_ctx *ctx, const geom *g, int st, int kind) {
     return it;
 }
 
-/* Below this many multiply-adds (about 0.1 ms of work) the op stays on the calling thread. */
-#define PAR_MIN_WORK (1 << 18)
-
-static int team_size(const geom *g) {
-    double work = (double)g->B * g->H * g->T * g->Dh * BK;
-    return work < PAR_MIN_WORK ? 1 : cf_num_threads();
+/* the team for the multiply-adds of a score product of one key block per query, B H T Dh BK */
+static int team(const geom *g) {
+    return team_size((double)g->B * g->H * g->T * g->Dh * BK, PAR_MIN_WORK);
 }
 
 /* the per-segment driver when its load imbalance costs less than the two-pass driver's extra
@@ -650,16 +654,17 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     build_plan(ctx, &pl, &dv, pat, g.T, o->causal != 0);
     g.pl = &pl;
     g.der = &dv;
-    int nt = team_size(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
+    int nt = team(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
     size_t per = ws_floats(g.Dh, BQ), BH = (size_t)g.B * g.H;
     float *o2 = stages > 1 ? cf_scratch(ctx, (size_t)g.B * g.T * g.C * sizeof(float)) : NULL;
     float *l2 = stages > 1 ? cf_scratch(ctx, lse_bytes) : NULL;
     items it[PLAN_MAX_STAGES];
     for (int st = 0; st < stages; st++) it[st] = stage_items(ctx, &g, st, IT_QBLOCKS);
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g.Dh, BQ);
+        ws w;
+        ws_layout(&w, thread_ws(base, per), g.Dh, BQ);
         for (int st = 0; st < stages; st++) {
             float *dst = st ? o2 : out->data, *ldst = st ? l2 : g.lse;
             /* dynamic, in runs of neighbouring query blocks that share key blocks (see ws); results
@@ -705,7 +710,7 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     build_plan(ctx, &pl, &dv, &sv->pat, g.T, sv->causal);
     g.pl = &pl;
     g.der = &dv;
-    int nt = team_size(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
+    int nt = team(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
     g.backward = 1;
     items segs[PLAN_MAX_STAGES], kvs[PLAN_MAX_STAGES], qs[PLAN_MAX_STAGES];
     int per_seg[PLAN_MAX_STAGES], any_per_seg = 0;
@@ -720,10 +725,11 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     }
     int acc_rows = any_per_seg && dv.max_ring > 1 ? dv.max_ring * BQ : BQ;
     size_t per = ws_floats(g.Dh, acc_rows);
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g.Dh, acc_rows);
+        ws w;
+        ws_layout(&w, thread_ws(base, per), g.Dh, acc_rows);
         for (int st = 0; st < stages; st++) {
             if (per_seg[st]) {
                 #pragma omp for schedule(dynamic, 1)

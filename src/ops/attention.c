@@ -37,6 +37,7 @@
 #endif
 #include "cformer/ops.h"
 #include "backward.h"
+#include "../kernels/attn_geom.h"
 
 /* 64 x 64 blocks: the packed K^T block (Dh x 64 floats, 16 KB at Dh 64) stays in L1 while the score
  * tile is built, and a 64-wide score row is four AVX-512 vectors. BQ = 32 measured 3-6% slower in
@@ -82,22 +83,25 @@ typedef struct ws {
     float *acc;                      /* [acc_rows, Dh]: output (forward) or dQ (backward) */
 } ws;
 
-static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
-
-static size_t ws_floats(int dh, int acc_rows) {
-    return 2 * up16(BQ * BK) + up16(BK) + 4 * up16(BQ) + 2 * up16((size_t)BK * dh) + up16((size_t)acc_rows * dh);
+/* one thread's workspace carved from base (NULL: only counted); returns its size in floats */
+static size_t ws_layout(ws *w, float *base, int dh, int acc_rows) {
+    ws_carver c = {base, 0};
+    w->p = ws_take(&c, BQ * BK);
+    w->ds = ws_take(&c, BQ * BK);
+    w->z = ws_take(&c, BK);
+    w->m = ws_take(&c, BQ);
+    w->mnew = ws_take(&c, BQ);
+    w->l = ws_take(&c, BQ);
+    w->alpha = ws_take(&c, BQ);
+    w->dkacc = ws_take(&c, (size_t)BK * dh);
+    w->dvacc = ws_take(&c, (size_t)BK * dh);
+    w->acc = ws_take(&c, (size_t)acc_rows * dh);
+    return c.floats;
 }
 
-static ws ws_carve(float *base, int dh, int acc_rows) {
+static size_t ws_floats(int dh, int acc_rows) {
     ws w;
-    float *x = base;
-#define TAKE(field, n) (w.field = x, x += up16(n))
-    TAKE(p, BQ * BK); TAKE(ds, BQ * BK); TAKE(z, BK);
-    TAKE(m, BQ); TAKE(mnew, BQ); TAKE(l, BQ); TAKE(alpha, BQ);
-    TAKE(dkacc, (size_t)BK * dh); TAKE(dvacc, (size_t)BK * dh);
-    TAKE(acc, (size_t)acc_rows * dh);
-#undef TAKE
-    return w;
+    return ws_layout(&w, NULL, dh, acc_rows);
 }
 
 /* ---- masks and packing ------------------------------------------------------------------------ */
@@ -126,8 +130,6 @@ static uint64_t row_bits(const geom *g, uint64_t keep, int qi, int k0) {
 static int pair_live(const geom *g, uint64_t keep, int q0, int nq, int k0) {
     return keep && (!g->causal || (int64_t)k0 <= (int64_t)q0 + nq - 1 + g->off);
 }
-
-static int blen(int t, int at, int bs) { return t - at < bs ? t - at : bs; }
 
 /* the packed blocks of (b*H + h, block) */
 static float *qblk(const geom *g, float *base, int64_t bh, int qb) {
@@ -204,8 +206,6 @@ static void dropout_row(const geom *g, float *z, int64_t bh, int qi, int k0) {
     float s = g->inv_keep;
     for (int j = 0; j < BK; j++, h += mul) z[j] = cf_mix64(key ^ h) >> 40 >= thr ? s : 0.0f;
 }
-
-static int round4(int n) { return (n + 3) & ~3; }
 
 /* ---- forward --------------------------------------------------------------------------------- */
 
@@ -306,14 +306,9 @@ static void add_rows(float *grad, int64_t stride, int64_t r0, int n, int h, int 
     }
 }
 
-/* Below this many multiply-adds per matrix product (B H Tq Tk Dh, about 0.1 ms of work) the op runs
- * on the calling thread: waking the team would cost more than it saves. Results do not depend on
- * the thread count, so this changes speed only. */
-#define PAR_MIN_WORK (1 << 18)
-
-static int team_size(const geom *g) {
-    double work = (double)g->B * g->H * g->Tq * g->Tk * g->Dh;
-    return work < PAR_MIN_WORK ? 1 : cf_num_threads();
+/* the team for the multiply-adds of one of the matrix products, B H Tq Tk Dh */
+static int team(const geom *g) {
+    return team_size((double)g->B * g->H * g->Tq * g->Tk * g->Dh, PAR_MIN_WORK);
 }
 
 /* first query block whose rows may see key k0 (causal), else 0 */
@@ -370,7 +365,7 @@ static int use_per_head(int bh, int nt) {
 }
 
 static void backward_run(cf_ctx *ctx, geom *g) {
-    int nt = team_size(g), bh = g->B * g->H, per_head = use_per_head(bh, nt), kv = g->dk || g->dv;
+    int nt = team(g), bh = g->B * g->H, per_head = use_per_head(bh, nt), kv = g->dk || g->dv;
     int acc_rows = per_head ? g->nqb * BQ : BQ;
     size_t per = ws_floats(g->Dh, acc_rows), mark = cf_arena_mark(&ctx->arena);
     size_t qn = (size_t)bh * g->nqb * BQ, kn = (size_t)bh * g->nkb * BK;
@@ -380,10 +375,11 @@ static void backward_run(cf_ctx *ctx, geom *g) {
     g->kt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
     g->vt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
     g->rows = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g->Dh, acc_rows);
+        ws w;
+        ws_layout(&w, thread_ws(base, per), g->Dh, acc_rows);
         pack_all(g, 1);
         if (per_head) {
             /* dynamic: padding can make heads unequal; results do not depend on who runs what */
@@ -437,8 +433,8 @@ static geom geom_of(int n_in, cf_tensor **in, int n_heads, int causal, float sca
     g.causal = causal;
     g.off = g.Tk - g.Tq;
     g.scale = scale != 0 ? scale : 1.0f / sqrtf((float)g.Dh);
-    g.nqb = (g.Tq + BQ - 1) / BQ;
-    g.nkb = (g.Tk + BK - 1) / BK;
+    g.nqb = nblocks(g.Tq, BQ);
+    g.nkb = nblocks(g.Tk, BK);
     return g;
 }
 
@@ -460,16 +456,17 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     float *lse = record ? cf_scratch(ctx, lse_bytes) : NULL;
     size_t mark = cf_arena_mark(&ctx->arena);
     g.lse = record ? lse : cf_scratch(ctx, lse_bytes);
-    int nt = team_size(&g);
+    int nt = team(&g);
     size_t per = ws_floats(g.Dh, BQ), bh = (size_t)g.B * g.H;
     g.qs = cf_scratch(ctx, bh * g.nqb * BQ * g.Dh * sizeof(float));
     g.kt = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
     g.rows = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     int64_t items = (int64_t)bh * g.nqb;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g.Dh, BQ);
+        ws w;
+        ws_layout(&w, thread_ws(base, per), g.Dh, BQ);
         pack_all(&g, 0);
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
         #pragma omp for schedule(dynamic, 1)
