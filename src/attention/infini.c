@@ -41,12 +41,10 @@
 #endif
 #include "../ops/backward.h"
 #include "../kernels/attn_geom.h"
+#include "../kernels/attn_tiles.h"
 #include "../kernels/block_gemm.h"
 
 #define TC 64
-#define BK 64                  /* attn_tiles.h wants it; only its exp2_16 is used here */
-#include "../kernels/attn_tiles.h"
-#define LOG2E 1.44269504088896341f
 
 typedef struct igeom {
     int B, T, H, d, L, nseg, delta, has_m0;

@@ -8,7 +8,7 @@
  * Backward recomputes P = exp(S - L) block by block, with D_i = dO_i . O_i:
  *   dV += P'^T dO,  dP' = dO V^T,  dP = dP' Z/(1-p),  dS = P (dP - D),  dQ = scale dS K,
  *   dK = scale dS^T Q.
- * Two drivers, chosen by how well the heads fill the threads (use_per_head):
+ * Two drivers, chosen by how well the heads fill the threads (use_per_item):
  *   per head:   one thread owns a (batch, head) and accumulates its dQ, dK and dV alone
  *               (five block GEMMs per block pair);
  *   two passes: pass 1 over key blocks computes dK, dV; pass 2 over query blocks computes dQ
@@ -32,25 +32,10 @@
 #include <math.h>
 #include <string.h>
 #include <omp.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 #include "cformer/ops.h"
 #include "backward.h"
 #include "../kernels/attn_geom.h"
-
-/* 64 x 64 blocks: the packed K^T block (Dh x 64 floats, 16 KB at Dh 64) stays in L1 while the score
- * tile is built, and a 64-wide score row is four AVX-512 vectors. BQ = 32 measured 3-6% slower in
- * both directions (n 2048, Dh 64, one thread): more passes over each K^T and V^T block. */
-#define BQ 64
-#define BK 64
 #include "../kernels/attn_tiles.h"
-#include "../kernels/block_gemm.h"
-
-/* Scores are kept in base 2 (Q is packed times scale log2(e)), so every exponential is a 2^x with
- * no extra multiply; L is saved in base 2 too, and dK, which is summed against that packed Q,
- * takes the factor ln 2 back when it is written out. */
-#define LOG2E 1.44269504088896341f
 
 typedef struct geom {
     int B, H, Tq, Tk, Dh;
@@ -74,33 +59,16 @@ typedef struct geom {
     float *rows;                     /* [B*H, nkb, BK, Dh] V (forward) or K (backward), rows of Dh */
 } geom;
 
-/* one thread's workspace; every array starts on a 64-byte boundary */
-typedef struct ws {
-    float *p, *ds;                   /* [BQ, BK] probabilities (dropped), dS */
-    float *z;                        /* [BK] dropout multipliers of one row */
-    float *m, *mnew, *l, *alpha;     /* [BQ] running max, new max, running sum, rescaling factor */
-    float *dkacc, *dvacc;            /* [BK, Dh] */
-    float *acc;                      /* [acc_rows, Dh]: output (forward) or dQ (backward) */
-} ws;
-
-/* one thread's workspace carved from base (NULL: only counted); returns its size in floats */
-static size_t ws_layout(ws *w, float *base, int dh, int acc_rows) {
+/* One thread's workspace, the block-pair buffers alone, carved from base (NULL: only counted);
+ * returns its size in floats */
+static size_t ws_layout(attn_bufs *w, float *base, int dh, int acc_rows) {
     ws_carver c = {base, 0};
-    w->p = ws_take(&c, BQ * BK);
-    w->ds = ws_take(&c, BQ * BK);
-    w->z = ws_take(&c, BK);
-    w->m = ws_take(&c, BQ);
-    w->mnew = ws_take(&c, BQ);
-    w->l = ws_take(&c, BQ);
-    w->alpha = ws_take(&c, BQ);
-    w->dkacc = ws_take(&c, (size_t)BK * dh);
-    w->dvacc = ws_take(&c, (size_t)BK * dh);
-    w->acc = ws_take(&c, (size_t)acc_rows * dh);
+    attn_bufs_take(&c, w, dh, acc_rows);
     return c.floats;
 }
 
 static size_t ws_floats(int dh, int acc_rows) {
-    ws w;
+    attn_bufs w;
     return ws_layout(&w, NULL, dh, acc_rows);
 }
 
@@ -108,7 +76,7 @@ static size_t ws_floats(int dh, int acc_rows) {
 
 /* bit j: key k0 + j exists and is not padding */
 static uint64_t keep_bits(const geom *g, int b, int k0, int nk) {
-    uint64_t bits = nk == 64 ? ~0ull : (1ull << nk) - 1;
+    uint64_t bits = low_bits(nk);
     if (g->keep) {
         const uint8_t *kp = g->keep + (int64_t)b * g->Tk + k0;
         for (int j = 0; j < nk; j++)
@@ -123,7 +91,7 @@ static uint64_t row_bits(const geom *g, uint64_t keep, int qi, int k0) {
     int64_t lim = (int64_t)qi + g->off - k0;   /* the last visible column */
     if (lim < 0) return 0;
     if (lim >= BK - 1) return keep;
-    return keep & ((1ull << (lim + 1)) - 1);
+    return keep & low_bits((int)lim + 1);
 }
 
 /* does any query of [q0, q0 + nq) see any key of the block? (the same test in every driver) */
@@ -145,30 +113,22 @@ static void pack_q(const geom *g, int64_t bh, int qb, int with_do) {
     int64_t r0 = (int64_t)b * g->Tq + q0;
     float *qs = qblk(g, g->qs, bh, qb);
     memset(qs, 0, sizeof(float) * BQ * dh);
-    for (int i = 0; i < nq; i++) {
-        const float *src = g->q + (r0 + i) * g->sq + (int64_t)h * dh;
-        for (int d = 0; d < dh; d++) qs[(int64_t)i * dh + d] = g->scale * LOG2E * src[d];
-    }
+    for (int i = 0; i < nq; i++)
+        pack_q_row(qs + (int64_t)i * dh, g->q + (r0 + i) * g->sq + (int64_t)h * dh, dh, g->scale);
     if (!with_do) return;
     float *dos = qblk(g, g->dos, bh, qb), *dd = g->dd + (bh * g->nqb + qb) * BQ;
     memset(dos, 0, sizeof(float) * BQ * dh);
     memset(dd, 0, sizeof(float) * BQ);
     for (int i = 0; i < nq; i++) {
-        const float *go = g->dout + (r0 + i) * g->so + (int64_t)h * dh, *o = g->o + (r0 + i) * g->so + (int64_t)h * dh;
-        float s = 0;
-        #pragma omp simd reduction(+ : s)
-        for (int d = 0; d < dh; d++) s += go[d] * o[d];
-        memcpy(dos + (int64_t)i * dh, go, sizeof(float) * dh);
-        dd[i] = s;
+        int64_t at = (r0 + i) * g->so + (int64_t)h * dh;
+        dd[i] = pack_do_row(dos + (int64_t)i * dh, g->dout + at, g->o + at, dh);
     }
 }
 
 /* dst[d][j] = row j of src, column d; columns [n, BK) zero */
 static void pack_t(float *dst, const float *src, int64_t stride, int n, int dh) {
-    if (n < BK)
-        for (int d = 0; d < dh; d++) memset(dst + (int64_t)d * BK + n, 0, sizeof(float) * (BK - n));
-    for (int j = 0; j < n; j++)
-        for (int d = 0; d < dh; d++) dst[(int64_t)d * BK + j] = src[j * stride + d];
+    zero_pad_cols(dst, n, dh);
+    for (int j = 0; j < n; j++) pack_t_col(dst, j, src + j * stride, dh);
 }
 
 /* Key block kb of head bh: K^T, and the rows the output-side product reads (forward V for P V;
@@ -210,38 +170,25 @@ static void dropout_row(const geom *g, float *z, int64_t bh, int qi, int k0) {
 /* ---- forward --------------------------------------------------------------------------------- */
 
 /* Fold the score block in w->p (rows [0, nq), in base-2 units) into each row's running max m and
- * sum l: w->alpha gets the factor 2^(m_old - m_new) by which the row's output accumulator must
- * shrink (1 for padding rows), and w->p the (dropped) probabilities 2^(s - m_new), padding rows
- * zero. The maxima come first, then all the row factors in one vector pass. */
-static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, int q0, int nq, int rows, int k0, uint64_t keep) {
+ * sum l: w->alpha gets the factor by which the row's output accumulator must shrink, and w->p the
+ * (dropped) probabilities 2^(s - m_new), padding rows zero. */
+static void fwd_softmax_block(const geom *g, attn_bufs *w, int64_t bh, int q0, int nq, int rows, int k0,
+                              uint64_t keep) {
+    for (int i = 0; i < nq; i++) online_max_row(w, i, row_bits(g, keep, q0 + i, k0));
+    online_alpha(w, nq, rows);
     for (int i = 0; i < nq; i++) {
-        const float *s = w->p + (int64_t)i * BK;
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        w->mnew[i] = fmaxf(w->m[i], masked_row_max(s, vis));
+        if (vis && g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
+        online_fold_row(w, i, vis, g->dropout ? w->z : NULL);
     }
-    for (int i = nq; i < rows; i++) w->alpha[i] = 1.0f;
-    online_alpha(w->m, w->mnew, w->alpha, nq);
-    for (int i = 0; i < nq; i++) {
-        float *s = w->p + (int64_t)i * BK, m = w->mnew[i];
-        uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        w->m[i] = m;
-        if (!vis) {
-            memset(s, 0, BK * sizeof(float));
-            w->l[i] *= w->alpha[i];
-            continue;
-        }
-        if (g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
-        w->l[i] = w->l[i] * w->alpha[i] + prob_row(s, vis, m, g->dropout ? w->z : NULL);
-    }
-    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
+    zero_pad_rows(w->p, nq, rows);
 }
 
-static void fwd_block(const geom *g, ws *w, int64_t bh, int qb, float *out) {
+static void fwd_block(const geom *g, attn_bufs *w, int64_t bh, int qb, float *out) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     int rows = round4(nq);
     const float *qs = qblk(g, g->qs, bh, qb);
-    for (int i = 0; i < nq; i++) { w->m[i] = -INFINITY; w->l[i] = 0; }
-    memset(w->acc, 0, (size_t)rows * dh * sizeof(float));
+    online_start(w, nq, rows, dh);
     for (int kb = 0; kb < g->nkb; kb++) {
         int k0 = kb * BK, nk = blen(g->Tk, k0, BK);
         uint64_t keep = keep_bits(g, b, k0, nk);
@@ -250,26 +197,18 @@ static void fwd_block(const geom *g, ws *w, int64_t bh, int qb, float *out) {
         fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
         cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
     }
-    for (int i = 0; i < nq; i++) {
-        float *o = out + ((int64_t)b * g->Tq + q0 + i) * g->so + (int64_t)h * dh;
-        const float *a = w->acc + (int64_t)i * dh;
-        float l = w->l[i];
-        if (l > 0) {
-            float inv = 1.0f / l;
-            for (int d = 0; d < dh; d++) o[d] = a[d] * inv;
-            g->lse[bh * g->Tq + q0 + i] = w->m[i] + log2f(l);
-        } else {   /* no visible key: zero output, and L = inf makes every recomputed P zero */
-            memset(o, 0, (size_t)dh * sizeof(float));
-            g->lse[bh * g->Tq + q0 + i] = INFINITY;
-        }
-    }
+    /* a row with no visible key gets L = inf, which makes every recomputed P zero */
+    for (int i = 0; i < nq; i++)
+        g->lse[bh * g->Tq + q0 + i] = out_row(out + ((int64_t)b * g->Tq + q0 + i) * g->so + (int64_t)h * dh,
+                                              w->acc + (int64_t)i * dh, dh, w->m[i], w->l[i], INFINITY);
 }
 
 /* ---- backward -------------------------------------------------------------------------------- */
 
 /* One (query block, key block) pair: recompute P, form dS, and add P'^T dO and dS^T (scale Q)
  * into the dV and dK accumulators (want_kv) and dS K into dqacc (when not NULL). */
-static void bwd_pair(const geom *g, ws *w, int64_t bh, int qb, int kb, uint64_t keep, int want_kv, float *dqacc) {
+static void bwd_pair(const geom *g, attn_bufs *w, int64_t bh, int qb, int kb, uint64_t keep, int want_kv,
+                     float *dqacc) {
     int dh = g->Dh;
     int q0 = qb * BQ, nq = blen(g->Tq, q0, BQ), rows = round4(nq), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
     const float *qs = qblk(g, g->qs, bh, qb), *dos = qblk(g, g->dos, bh, qb);
@@ -277,24 +216,11 @@ static void bwd_pair(const geom *g, ws *w, int64_t bh, int qb, int kb, uint64_t 
     nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
     nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
     for (int i = 0; i < nq; i++) {
-        float *s = w->p + (int64_t)i * BK, *dp = w->ds + (int64_t)i * BK;
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        if (!vis) {
-            memset(s, 0, BK * sizeof(float));
-            memset(dp, 0, BK * sizeof(float));
-            continue;
-        }
-        if (g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
-        ds_row(s, dp, vis, lse[i], dd[i], g->dropout ? w->z : NULL);
+        if (vis && g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
+        ds_row(w->p + (int64_t)i * BK, w->ds + (int64_t)i * BK, vis, lse[i], dd[i], g->dropout ? w->z : NULL);
     }
-    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
-    memset(w->ds + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
-    if (want_kv) {
-        int krows = round4(nk);
-        cf_block_gemm(krows, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
-        cf_block_gemm(krows, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
-    }
-    if (dqacc) cf_block_gemm(rows, dh, w->ds, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, dqacc, dh, NULL);
+    bwd_pair_products(w, nq, rows, nk, dh, qs, dos, kblk(g, g->rows, bh, kb), want_kv, dqacc);
 }
 
 /* grad rows [r0, r0 + n) of head h += s * acc */
@@ -320,7 +246,7 @@ static int first_qb(const geom *g, int k0) {
 
 /* dK, dV of key block kb: the sum over query blocks in ascending order; with dqacc_head (the
  * per-head driver), dS K goes into the head's dQ accumulator on the way */
-static void bwd_kv_block(const geom *g, ws *w, int64_t bh, int kb, int want_kv, float *dqacc_head) {
+static void bwd_kv_block(const geom *g, attn_bufs *w, int64_t bh, int kb, int want_kv, float *dqacc_head) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
     uint64_t keep = keep_bits(g, b, k0, nk);
     if (want_kv) {
@@ -340,7 +266,7 @@ static void bwd_kv_block(const geom *g, ws *w, int64_t bh, int kb, int want_kv, 
 }
 
 /* dQ of query block qb: the sum over key blocks in ascending order */
-static void bwd_q_block(const geom *g, ws *w, int64_t bh, int qb) {
+static void bwd_q_block(const geom *g, attn_bufs *w, int64_t bh, int qb) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     memset(w->acc, 0, (size_t)round4(nq) * dh * sizeof(float));
     for (int kb = 0; kb < g->nkb; kb++) {
@@ -352,20 +278,8 @@ static void bwd_q_block(const geom *g, ws *w, int64_t bh, int qb) {
     add_rows(g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, dh, w->acc, g->scale);
 }
 
-/* The per-head driver does 5 block GEMMs per pair, the two-pass one 7 but over many more work
- * items. Per head is used when its load imbalance (B*H heads dealt to the threads in rounds)
- * costs less than the two-pass driver's extra recomputation. Measured on a quiet 16-core Xeon
- * (causal, n 2048, Dh 64, B 1): at one thread per head is 1.40-1.44x faster (the 7/5); at
- * 2, 4 and 8 threads with H from 1 to 8 this rule picked the faster driver in every case but one
- * near tie (H 3 at 2 threads, 4% apart). */
-static int use_per_head(int bh, int nt) {
-    if (nt <= 1) return 1;
-    int rounds = (bh + nt - 1) / nt;
-    return 7.0 * bh >= 5.0 * rounds * nt;
-}
-
 static void backward_run(cf_ctx *ctx, geom *g) {
-    int nt = team(g), bh = g->B * g->H, per_head = use_per_head(bh, nt), kv = g->dk || g->dv;
+    int nt = team(g), bh = g->B * g->H, per_head = use_per_item(bh, nt), kv = g->dk || g->dv;
     int acc_rows = per_head ? g->nqb * BQ : BQ;
     size_t per = ws_floats(g->Dh, acc_rows), mark = cf_arena_mark(&ctx->arena);
     size_t qn = (size_t)bh * g->nqb * BQ, kn = (size_t)bh * g->nkb * BK;
@@ -378,7 +292,7 @@ static void backward_run(cf_ctx *ctx, geom *g) {
     float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w;
+        attn_bufs w;
         ws_layout(&w, thread_ws(base, per), g->Dh, acc_rows);
         pack_all(g, 1);
         if (per_head) {
@@ -465,7 +379,7 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     int64_t items = (int64_t)bh * g.nqb;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w;
+        attn_bufs w;
         ws_layout(&w, thread_ws(base, per), g.Dh, BQ);
         pack_all(&g, 0);
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
