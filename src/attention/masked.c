@@ -204,9 +204,7 @@ typedef struct geom {
     float *lse;                      /* [B, H, T] base 2 */
     const uint8_t *keep;             /* [B, T] or NULL */
     float scale;
-    int dropout;
-    float p, inv_keep;
-    uint64_t key;
+    attn_dropout drop;
     const plan *pl;
     const derived *der;
     int backward;                    /* what the packed blocks hold (see ws) */
@@ -347,13 +345,12 @@ static int block_vis(const geom *g, ws *w, const seg *s, int b, int q0, int nq, 
     return any != 0;
 }
 
-/* z[j] = 1/(1-p) when element (bh, qi, kpos[j]) is kept, else 0: cf_rng_uniform(key, idx) >= p,
- * compared as the 24-bit integer it is */
+/* z[j] = 1/(1-p) when element (bh, qi, kpos[j]) is kept, else 0 */
 static void dropout_row(const geom *g, const ws *w, int64_t bh, int qi, int nk) {
-    const uint64_t mul = 0xd1b54a32d192ed03ull;
-    uint64_t base = (uint64_t)((bh * g->T + qi) * g->T), thr = (uint64_t)ceilf(g->p * 16777216.0f);
+    uint64_t base = (uint64_t)((bh * g->T + qi) * g->T), thr = dropout_threshold(g->drop.p);
     for (int j = 0; j < BK; j++)
-        w->b.z[j] = j < nk && cf_mix64(g->key ^ ((base + (uint64_t)w->kpos[j]) * mul)) >> 40 >= thr ? g->inv_keep : 0.0f;
+        w->b.z[j] = j < nk && dropout_keeps(g->drop.key, (base + (uint64_t)w->kpos[j]) * DROP_IDX_MUL, thr)
+                        ? g->drop.inv_keep : 0.0f;
 }
 
 /* ---- forward -------------------------------------------------------------------------------------- */
@@ -363,8 +360,8 @@ static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, const seg *s, in
     for (int i = 0; i < nq; i++) online_max_row(&w->b, i, w->vis[i]);
     online_alpha(&w->b, nq, rows);
     for (int i = 0; i < nq; i++) {
-        if (w->vis[i] && g->dropout) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
-        online_fold_row(&w->b, i, w->vis[i], g->dropout ? w->b.z : NULL);
+        if (w->vis[i] && g->drop.on) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
+        online_fold_row(&w->b, i, w->vis[i], g->drop.on ? w->b.z : NULL);
     }
     zero_pad_rows(w->b.p, nq, rows);
 }
@@ -427,9 +424,9 @@ static void bwd_pair(const geom *g, ws *w, int64_t bh, const seg *s, int qb, int
     nt_block(rows, dh, qs, dh, k.kt, w->b.p);
     nt_block(rows, dh, dos, dh, k.vt, w->b.ds);
     for (int i = 0; i < nq; i++) {
-        if (w->vis[i] && g->dropout) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
+        if (w->vis[i] && g->drop.on) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
         ds_row(w->b.p + (int64_t)i * BK, w->b.ds + (int64_t)i * BK, w->vis[i], lse[i], dd[i],
-               g->dropout ? w->b.z : NULL);
+               g->drop.on ? w->b.z : NULL);
     }
     bwd_pair_products(&w->b, nq, rows, nk, dh, qs, dos, k.rows, want_kv, dqacc);
 }
@@ -561,12 +558,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     check_pattern(pat);
     geom g = geom_of(qkv, n_heads, o->scale);
     g.keep = o->key_keep;
-    g.dropout = ctx->training && o->dropout > 0;
-    if (g.dropout) {
-        g.p = o->dropout;
-        g.inv_keep = 1.0f / (1.0f - o->dropout);
-        g.key = cf_rng_key(ctx->seed, ctx->step, ctx->rng_calls++);
-    }
+    g.drop = attn_dropout_draw(ctx, o->dropout);
     cf_tensor *out = cf_tensor_3d(ctx, g.B, g.T, (int)g.C);
     int record = cf_needs_grad(ctx, 1, &qkv);
     size_t lse_bytes = (size_t)g.B * g.H * g.T * sizeof(float);
@@ -606,7 +598,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_MASKED_ATTENTION, out, 1, &qkv);
     if (n) {
-        *sv = (saved){lse, *pat, n_heads, o->causal != 0, g.dropout, g.key, g.scale, g.p};
+        *sv = (saved){lse, *pat, n_heads, o->causal != 0, g.drop.on, g.drop.key, g.scale, g.drop.p};
         n->saved = sv;
         n->ptr = o->key_keep;
     }
@@ -618,10 +610,7 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     cf_tensor *qkv = n->in[0];
     geom g = geom_of(qkv, sv->H, sv->scale);
     g.keep = n->ptr;
-    g.dropout = sv->dropout;
-    g.key = sv->key;
-    g.p = sv->p;
-    g.inv_keep = g.dropout ? 1.0f / (1.0f - g.p) : 0.0f;
+    g.drop = attn_dropout_saved(sv->dropout, sv->p, sv->key);
     g.lse = sv->lse;
     g.o = n->out->data;
     g.dout = n->out->grad;

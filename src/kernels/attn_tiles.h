@@ -1,8 +1,8 @@
 /* The pieces of the fused softmax attention kernels (src/ops/attention.c: full and causal;
  * src/attention/masked.c: window and sparse patterns), built around one 64 x 64 block pair: the
  * block sizes, the score block Q K^T, the online-softmax steps of the forward, the dS rows of the
- * backward, the packing of query rows and key blocks, the per-thread buffers and the choice of
- * backward driver. The 16-lane 2^x is here too, and the Performer's and
+ * backward, the packing of query rows and key blocks, dropout as integer compares, the per-thread
+ * buffers and the choice of backward driver. The 16-lane 2^x is here too, and the Performer's and
  * Infini-attention's feature maps use it. Internal; every helper is static inline, since each runs
  * once per row or per block of the kernels' inner loops.
  *
@@ -147,10 +147,49 @@ static inline void zero_pad_cols(float *blk, int n, int dh) {
         for (int d = 0; d < dh; d++) memset(blk + (int64_t)d * BK + n, 0, sizeof(float) * (BK - n));
 }
 
-/* ---- visibility ------------------------------------------------------------------------------ */
+/* ---- visibility and dropout ------------------------------------------------------------------ */
 
 /* the visibility word of keys [0, n) of a block, n <= 64: bit j says that key j may be seen */
 static inline uint64_t low_bits(int n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+/* One call's attention dropout. The mask's key is drawn once per call, so backward (and a
+ * checkpointed recomputation) regenerates exactly the forward's mask. */
+typedef struct attn_dropout {
+    int on;                          /* 1 when training with p > 0 */
+    float p, inv_keep;               /* drop probability, 1 / (1 - p) */
+    uint64_t key;
+} attn_dropout;
+
+/* the forward's: on when training with p > 0, the key then drawn from ctx's stream */
+static inline attn_dropout attn_dropout_draw(cf_ctx *ctx, float p) {
+    attn_dropout d = {0};
+    d.on = ctx->training && p > 0;
+    if (d.on) {
+        d.p = p;
+        d.inv_keep = 1.0f / (1.0f - p);
+        d.key = cf_rng_key(ctx->seed, ctx->step, ctx->rng_calls++);
+    }
+    return d;
+}
+
+/* the backward's, from the on, p and key that the forward saved */
+static inline attn_dropout attn_dropout_saved(int on, float p, uint64_t key) {
+    attn_dropout d = {on, p, on ? 1.0f / (1.0f - p) : 0.0f, key};
+    return d;
+}
+
+/* Dropout keeps element idx of an attention when cf_rng_uniform(key, idx) >= p. The kernels
+ * compare the uniform's 24 bits as the integer they are: cf_mix64(key ^ idx * DROP_IDX_MUL) >> 40
+ * against dropout_threshold(p), which keeps exactly the same elements without a conversion and
+ * lets a row step idx * DROP_IDX_MUL by addition. */
+#define DROP_IDX_MUL 0xd1b54a32d192ed03ull   /* cf_rng_uniform's index multiplier */
+
+static inline uint64_t dropout_threshold(float p) { return (uint64_t)ceilf(p * 16777216.0f); }
+
+/* is the element whose index times DROP_IDX_MUL is idx_mul kept? */
+static inline int dropout_keeps(uint64_t key, uint64_t idx_mul, uint64_t thr) {
+    return cf_mix64(key ^ idx_mul) >> 40 >= thr;
+}
 
 /* ---- forward: the online softmax over 64-key blocks ------------------------------------------
  * A query block walks its key blocks keeping, per row i, the running max m[i] and sum l[i] of

@@ -48,9 +48,7 @@ typedef struct geom {
     const uint8_t *keep;             /* [B, Tk] or NULL */
     int causal, off;                 /* off = Tk - Tq */
     float scale;
-    int dropout;                     /* 1 when training with p > 0 */
-    float p, inv_keep;               /* drop probability, 1 / (1 - p) */
-    uint64_t key;
+    attn_dropout drop;
     /* Packed once per call (arena, given back on return), so that no block is repacked for each
      * pair it meets. Padding rows of qs, dos, dd and padding columns of kt, vt are zero. */
     float *qs, *dos;                 /* [B*H, nqb*BQ, Dh] scale log2(e) Q, and dO (backward) */
@@ -156,15 +154,13 @@ static void pack_all(const geom *g, int backward) {
     for (int64_t i = 0; i < bh * g->nkb; i++) pack_k(g, i / g->nkb, (int)(i % g->nkb), backward);
 }
 
-/* z[j] = 1/(1-p) when element (bh, qi, k0 + j) is kept, else 0: exactly cf_rng_uniform(key, idx)
- * >= p, with idx * 0xd1b5... stepped by addition (the same value modulo 2^64, one vector multiply
- * fewer per element) and the uniform compared as the integer it is (24 bits over 2^24). */
+/* z[j] = 1/(1-p) when element (bh, qi, k0 + j) is kept, else 0, with idx * DROP_IDX_MUL stepped
+ * by addition (the same value modulo 2^64, one vector multiply fewer per element) */
 static void dropout_row(const geom *g, float *z, int64_t bh, int qi, int k0) {
-    const uint64_t mul = 0xd1b54a32d192ed03ull;
-    uint64_t idx = (uint64_t)((bh * g->Tq + qi) * g->Tk + k0), key = g->key, h = idx * mul;
-    uint64_t thr = (uint64_t)ceilf(g->p * 16777216.0f);
-    float s = g->inv_keep;
-    for (int j = 0; j < BK; j++, h += mul) z[j] = cf_mix64(key ^ h) >> 40 >= thr ? s : 0.0f;
+    uint64_t idx = (uint64_t)((bh * g->Tq + qi) * g->Tk + k0), key = g->drop.key, h = idx * DROP_IDX_MUL;
+    uint64_t thr = dropout_threshold(g->drop.p);
+    float s = g->drop.inv_keep;
+    for (int j = 0; j < BK; j++, h += DROP_IDX_MUL) z[j] = dropout_keeps(key, h, thr) ? s : 0.0f;
 }
 
 /* ---- forward --------------------------------------------------------------------------------- */
@@ -178,8 +174,8 @@ static void fwd_softmax_block(const geom *g, attn_bufs *w, int64_t bh, int q0, i
     online_alpha(w, nq, rows);
     for (int i = 0; i < nq; i++) {
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        if (vis && g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
-        online_fold_row(w, i, vis, g->dropout ? w->z : NULL);
+        if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
+        online_fold_row(w, i, vis, g->drop.on ? w->z : NULL);
     }
     zero_pad_rows(w->p, nq, rows);
 }
@@ -217,8 +213,8 @@ static void bwd_pair(const geom *g, attn_bufs *w, int64_t bh, int qb, int kb, ui
     nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
     for (int i = 0; i < nq; i++) {
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        if (vis && g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
-        ds_row(w->p + (int64_t)i * BK, w->ds + (int64_t)i * BK, vis, lse[i], dd[i], g->dropout ? w->z : NULL);
+        if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
+        ds_row(w->p + (int64_t)i * BK, w->ds + (int64_t)i * BK, vis, lse[i], dd[i], g->drop.on ? w->z : NULL);
     }
     bwd_pair_products(w, nq, rows, nk, dh, qs, dos, kblk(g, g->rows, bh, kb), want_kv, dqacc);
 }
@@ -358,12 +354,7 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     CF_ASSERT(o->dropout >= 0 && o->dropout < 1, "attention: dropout %g outside [0, 1)", o->dropout);
     geom g = geom_of(n_in, in, n_heads, o->causal != 0, o->scale);
     g.keep = o->key_keep;
-    g.dropout = ctx->training && o->dropout > 0;
-    if (g.dropout) {
-        g.p = o->dropout;
-        g.inv_keep = 1.0f / (1.0f - o->dropout);
-        g.key = cf_rng_key(ctx->seed, ctx->step, ctx->rng_calls++);
-    }
+    g.drop = attn_dropout_draw(ctx, o->dropout);
     cf_tensor *out = cf_tensor_3d(ctx, g.B, g.Tq, (int)g.so);
     int record = cf_needs_grad(ctx, n_in, in);
     size_t lse_bytes = (size_t)g.B * g.H * g.Tq * sizeof(float);
@@ -393,10 +384,10 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
         n->ptr = o->key_keep;
         n->iarg[0] = n_heads;
         n->iarg[1] = g.causal;
-        n->iarg[2] = g.dropout;
-        n->iarg[3] = (int64_t)g.key;
+        n->iarg[2] = g.drop.on;
+        n->iarg[3] = (int64_t)g.drop.key;
         n->farg[0] = g.scale;
-        n->farg[1] = g.p;
+        n->farg[1] = g.drop.p;
     }
     return out;
 }
@@ -422,10 +413,7 @@ cf_tensor *cf_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, const cf_a
 void cf_attention_backward(cf_ctx *ctx, cf_node *n) {
     geom g = geom_of(n->n_in, n->in, (int)n->iarg[0], (int)n->iarg[1], n->farg[0]);
     g.keep = n->ptr;
-    g.dropout = (int)n->iarg[2];
-    g.key = (uint64_t)n->iarg[3];
-    g.p = n->farg[1];
-    g.inv_keep = g.dropout ? 1.0f / (1.0f - g.p) : 0.0f;
+    g.drop = attn_dropout_saved((int)n->iarg[2], n->farg[1], (uint64_t)n->iarg[3]);
     g.lse = n->saved;
     g.o = n->out->data;
     g.dout = n->out->grad;
