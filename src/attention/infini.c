@@ -7,8 +7,8 @@
  *   linear: M' = M + SK^T V,  delta: M' = M + SK^T U, U = V - R, r_t = sk_t^T M / (sk_t . z),
  *   z' = z + sum_t sk_t.
  * Every row of a segment reads the same memory, so a segment has no recurrence inside it: it is
- * processed in chunks of TC rows, each a few small dense products (block_gemm.h), and the
- * workspace is bounded by TC whatever segment_len is.
+ * processed in chunks of TC rows, each a few small dense products (src/kernels/block_gemm.h), and
+ * the workspace is bounded by TC whatever segment_len is.
  *
  * Backward (ALGORITHMS.md 6.3) walks the segments in reverse carrying dM, dz = dLoss/d(M_s, z_s);
  * the state after the last segment only reaches M_out, which is detached, so it starts at zero.
@@ -39,13 +39,12 @@
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-#include "block_gemm.h"
 #include "../ops/backward.h"
+#include "../kernels/attn_geom.h"
+#include "../kernels/attn_tiles.h"
+#include "../kernels/block_gemm.h"
 
 #define TC 64
-#define BK 64                  /* attn_tiles.h wants it; only its exp2_16 is used here */
-#include "../kernels/attn_tiles.h"
-#define LOG2E 1.44269504088896341f
 
 typedef struct igeom {
     int B, T, H, d, L, nseg, delta, has_m0;
@@ -67,20 +66,29 @@ typedef struct iws {
     float *sa, *sb;                              /* [ss]: two states (forward M, z; backward dM, dz) */
 } iws;
 
-static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
-static size_t iws_floats(int d) {
-    size_t dd = (size_t)d * d;
-    return 8 * up16((size_t)TC * d) + up16(TC) + 2 * up16(dd) + 2 * up16(dd + d);
+/* the buffers carved from base (NULL: only counted); returns their size in floats */
+static size_t iws_layout(iws *w, float *base, int d) {
+    ws_carver c = {base, 0};
+    size_t td = (size_t)TC * d, dd = (size_t)d * d;
+    w->SQ = ws_take(&c, td);
+    w->SK = ws_take(&c, td);
+    w->V = ws_take(&c, td);
+    w->A = ws_take(&c, td);
+    w->G = ws_take(&c, td);
+    w->DU = ws_take(&c, td);
+    w->dQ = ws_take(&c, td);
+    w->dK = ws_take(&c, td);
+    w->e = ws_take(&c, TC);
+    w->MT = ws_take(&c, dd);
+    w->dMT = ws_take(&c, dd);
+    w->sa = ws_take(&c, dd + d);
+    w->sb = ws_take(&c, dd + d);
+    return c.floats;
 }
-static iws iws_carve(float *x, int d) {
+
+static size_t iws_floats(int d) {
     iws w;
-    size_t dd = (size_t)d * d;
-#define TAKE(f, n) (w.f = x, x += up16(n))
-    TAKE(SQ, (size_t)TC * d); TAKE(SK, (size_t)TC * d); TAKE(V, (size_t)TC * d); TAKE(A, (size_t)TC * d);
-    TAKE(G, (size_t)TC * d); TAKE(DU, (size_t)TC * d); TAKE(dQ, (size_t)TC * d); TAKE(dK, (size_t)TC * d);
-    TAKE(e, TC); TAKE(MT, dd); TAKE(dMT, dd); TAKE(sa, dd + d); TAKE(sb, dd + d);
-#undef TAKE
-    return w;
+    return iws_layout(&w, NULL, d);
 }
 
 /* y = sigma(x) = elu(x) + 1 over a row. Half the entries take an exponential, which as scalar expf
@@ -173,7 +181,7 @@ static void fwd_item(const igeom *g, iws *w, int64_t bh, const float *M0, const 
         int mem = g->has_m0 || s > 0, t1 = seg_end(g, s);
         memcpy(Mn, Mp, sizeof(float) * ss);
         for (int c0 = s * g->L; c0 < t1; c0 += TC) {
-            int n = t1 - c0 < TC ? t1 - c0 : TC;
+            int n = blen(t1, c0, TC);
             load(g, w, b, h, c0, n, mem, 1);
             if (mem) retrieve(w, w->SQ, n, d, Mp);
             for (int i = 0; i < n; i++) {
@@ -227,7 +235,7 @@ static void bwd_item(const igeom *g, iws *w, int64_t bh, float *dbeta_slot) {
         if (mem && g->dqkv) transpose(Mp, w->MT, d);
         if (upd) transpose(dMs, w->dMT, d);
         for (int c0 = s * g->L; c0 < t1; c0 += TC) {
-            int n = t1 - c0 < TC ? t1 - c0 : TC;
+            int n = blen(t1, c0, TC);
             load(g, w, b, h, c0, n, mem, upd);
             if (mem) {
                 retrieve(w, w->SQ, n, d, Mp);
@@ -321,20 +329,16 @@ static void bwd_item(const igeom *g, iws *w, int64_t bh, float *dbeta_slot) {
     if (dbeta_slot) *dbeta_slot = (float)(dbeta * gate * og);
 }
 
-/* below this many multiply-adds the op stays on the calling thread */
-#define PAR_MIN_WORK (1 << 18)
-
 static void run(cf_ctx *ctx, const igeom *g, int backward, const float *M0, const float *z0, float *M_out,
                 float *z_out, float *dbeta_slots) {
     int64_t BH = (int64_t)g->B * g->H;
-    double work = (double)BH * g->T * g->d * g->d;
-    int nt = work < PAR_MIN_WORK ? 1 : cf_num_threads();
-    if (nt > BH) nt = (int)BH;
+    int nt = team_size_items((double)BH * g->T * g->d * g->d, PAR_MIN_WORK, BH);
     size_t per = iws_floats(g->d), mark = cf_arena_mark(&ctx->arena);
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        iws w = iws_carve(base + (size_t)omp_get_thread_num() * per, g->d);
+        iws w;
+        iws_layout(&w, thread_ws(base, per), g->d);
         #pragma omp for schedule(dynamic, 1)
         for (int64_t bh = 0; bh < BH; bh++) {
             if (backward) bwd_item(g, &w, bh, dbeta_slots ? dbeta_slots + bh : NULL);
@@ -353,7 +357,7 @@ static igeom igeom_of(cf_tensor **in, int n_heads, int segment_len, int delta, i
     g.C = in[0]->shape[2] / 3;
     g.d = (int)(g.C / n_heads);
     g.L = segment_len;
-    g.nseg = (g.T + segment_len - 1) / segment_len;
+    g.nseg = nblocks(g.T, segment_len);
     g.delta = delta != 0;
     g.has_m0 = has_m0;
     g.ss = (size_t)g.d * g.d + g.d;

@@ -11,8 +11,8 @@
  *   num_c = A V_c + Q_c S,  den_c = A 1 + Q_c z + eps,  then S += K_c^T V_c, z += K_c^T 1.
  * That is exactly the prefix sum of ALGORITHMS.md section 4 (fast-transformers' causal_product)
  * regrouped: the state moves once per chunk instead of once per position, and every step is a small
- * dense product (block_gemm.h) instead of a rank-1 update that streams the F x Dv state through
- * memory for each position.
+ * dense product (src/kernels/block_gemm.h) instead of a rank-1 update that streams the F x Dv state
+ * through memory for each position.
  *
  * Backward, with G_i = dout_i / den_i and e_i = -(dout_i . out_i) / den_i, dA_ij = G_i . V_j + e_i
  * for j <= i (the gradient of the quadratic form A_ij = Q_i . K_j):
@@ -31,8 +31,9 @@
 #include <string.h>
 #include <omp.h>
 #include "cformer/attention.h"
-#include "block_gemm.h"
 #include "../ops/backward.h"
+#include "../kernels/attn_geom.h"
+#include "../kernels/block_gemm.h"
 
 #define TC 64
 
@@ -60,21 +61,34 @@ typedef struct kws {
     float *z, *r, *e, *dn;           /* [F], [F], [TC], [TC] */
 } kws;
 
-static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
-static size_t kws_floats(int F, int Dv) {
-    return 4 * up16((size_t)TC * F) + 3 * up16((size_t)TC * Dv) + up16((size_t)Dv * TC) + 2 * up16(TC * TC) +
-           4 * up16((size_t)F * Dv) + 2 * up16(F) + 2 * up16(TC);
+/* the buffers carved from base (NULL: only counted); returns their size in floats */
+static size_t kws_layout(kws *w, float *base, int F, int Dv) {
+    ws_carver c = {base, 0};
+    size_t tf = (size_t)TC * F, tv = (size_t)TC * Dv, fv = (size_t)F * Dv;
+    w->Q = ws_take(&c, tf);
+    w->K = ws_take(&c, tf);
+    w->KT = ws_take(&c, tf);
+    w->dF = ws_take(&c, tf);
+    w->V = ws_take(&c, tv);
+    w->G = ws_take(&c, tv);
+    w->num = ws_take(&c, tv);
+    w->VT = ws_take(&c, tv);
+    w->A = ws_take(&c, TC * TC);
+    w->dA = ws_take(&c, TC * TC);
+    w->S = ws_take(&c, fv);
+    w->ST = ws_take(&c, fv);
+    w->R = ws_take(&c, fv);
+    w->RT = ws_take(&c, fv);
+    w->z = ws_take(&c, F);
+    w->r = ws_take(&c, F);
+    w->e = ws_take(&c, TC);
+    w->dn = ws_take(&c, TC);
+    return c.floats;
 }
-static kws kws_carve(float *x, int F, int Dv) {
+
+static size_t kws_floats(int F, int Dv) {
     kws w;
-#define TAKE(f, n) (w.f = x, x += up16(n))
-    TAKE(Q, (size_t)TC * F); TAKE(K, (size_t)TC * F); TAKE(KT, (size_t)F * TC); TAKE(dF, (size_t)TC * F);
-    TAKE(V, (size_t)TC * Dv); TAKE(G, (size_t)TC * Dv); TAKE(num, (size_t)TC * Dv); TAKE(VT, (size_t)Dv * TC);
-    TAKE(A, TC * TC); TAKE(dA, TC * TC);
-    TAKE(S, (size_t)F * Dv); TAKE(ST, (size_t)F * Dv); TAKE(R, (size_t)F * Dv); TAKE(RT, (size_t)F * Dv);
-    TAKE(z, F); TAKE(r, F); TAKE(e, TC); TAKE(dn, TC);
-#undef TAKE
-    return w;
+    return kws_layout(&w, NULL, F, Dv);
 }
 
 static int kept(const kgeom *g, int b, int t) { return !g->keep || g->keep[(int64_t)b * g->T + t]; }
@@ -135,13 +149,13 @@ static void fwd_head(const kgeom *g, kws *w, int64_t bh) {
     memset(w->z, 0, sizeof(float) * F);
     if (!g->causal)
         for (int c0 = 0; c0 < T; c0 += TC) {
-            pack(g, w, b, h, c0, T - c0 < TC ? T - c0 : TC, 0, 1, 0);
+            pack(g, w, b, h, c0, blen(T, c0, TC), 0, 1, 0);
             cf_block_gemm(F, Dv, w->K, 1, F, TC, w->V, Dv, w->S, Dv, NULL);
             for (int i = 0; i < TC; i++)
                 for (int r = 0; r < F; r++) w->z[r] += w->K[(int64_t)i * F + r];
         }
     for (int c0 = 0; c0 < T; c0 += TC) {
-        int n = T - c0 < TC ? T - c0 : TC;
+        int n = blen(T, c0, TC);
         pack(g, w, b, h, c0, n, 1, g->causal, 0);
         memset(w->num, 0, sizeof(float) * TC * Dv);
         for (int i = 0; i < n; i++) w->dn[i] = g->eps;
@@ -213,7 +227,7 @@ static void write_feat_grad(const kgeom *g, const kws *w, int b, int h, int c0, 
 
 static void bwd_head(const kgeom *g, kws *w, int64_t bh) {
     int b = (int)(bh / g->H), h = (int)(bh % g->H), F = g->F, Dv = g->Dv, T = g->T;
-    int nc = (T + TC - 1) / TC;
+    int nc = nblocks(T, TC);
     memset(w->ST, 0, sizeof(float) * F * Dv);
     memset(w->z, 0, sizeof(float) * F);
     memset(w->R, 0, sizeof(float) * F * Dv);
@@ -223,13 +237,13 @@ static void bwd_head(const kgeom *g, kws *w, int64_t bh) {
         /* S^T, z over every key; then dQ and R, R^T, r over every query; then dK and dV */
         for (int c = 0; c < nc; c++) {
             int c0 = c * TC;
-            pack(g, w, b, h, c0, T - c0 < TC ? T - c0 : TC, 0, 1, 0);
+            pack(g, w, b, h, c0, blen(T, c0, TC), 0, 1, 0);
             cf_block_gemm(Dv, F, w->V, 1, Dv, TC, w->K, F, w->ST, F, NULL);
             for (int i = 0; i < TC; i++)
                 for (int r = 0; r < F; r++) w->z[r] += w->K[(int64_t)i * F + r];
         }
         for (int c = 0; c < nc; c++) {
-            int c0 = c * TC, n = T - c0 < TC ? T - c0 : TC;
+            int c0 = c * TC, n = blen(T, c0, TC);
             pack(g, w, b, h, c0, n, 1, 0, 0);
             out_grads(g, w, bh, c0, n);
             if (g->dq) {
@@ -246,7 +260,7 @@ static void bwd_head(const kgeom *g, kws *w, int64_t bh) {
         }
         if (g->dk || g->dv)
             for (int c = 0; c < nc; c++) {
-                int c0 = c * TC, n = T - c0 < TC ? T - c0 : TC;
+                int c0 = c * TC, n = blen(T, c0, TC);
                 pack(g, w, b, h, c0, n, 0, 1, 0);
                 if (g->dk) {
                     memset(w->dF, 0, sizeof(float) * TC * F);
@@ -269,7 +283,7 @@ static void bwd_head(const kgeom *g, kws *w, int64_t bh) {
     /* forward walk: dQ needs the state before each chunk, rebuilt rather than stored */
     if (g->dq)
         for (int c = 0; c < nc; c++) {
-            int c0 = c * TC, n = T - c0 < TC ? T - c0 : TC;
+            int c0 = c * TC, n = blen(T, c0, TC);
             pack(g, w, b, h, c0, n, 0, 1, 1);
             out_grads(g, w, bh, c0, n);
             make_da(w, Dv);
@@ -286,7 +300,7 @@ static void bwd_head(const kgeom *g, kws *w, int64_t bh) {
     /* reverse walk: dK and dV need the sums over the queries of the chunks after */
     if (g->dk || g->dv)
         for (int c = nc - 1; c >= 0; c--) {
-            int c0 = c * TC, n = T - c0 < TC ? T - c0 : TC;
+            int c0 = c * TC, n = blen(T, c0, TC);
             pack(g, w, b, h, c0, n, 1, 1, 1);
             out_grads(g, w, bh, c0, n);
             make_da(w, Dv);
@@ -317,19 +331,15 @@ static void bwd_head(const kgeom *g, kws *w, int64_t bh) {
         }
 }
 
-/* below this many multiply-adds the op stays on the calling thread */
-#define PAR_MIN_WORK (1 << 18)
-
 static void run(cf_ctx *ctx, const kgeom *g, int backward) {
     int64_t BH = (int64_t)g->B * g->H;
-    double work = (double)BH * g->T * (g->F + TC) * g->Dv;
-    int nt = work < PAR_MIN_WORK ? 1 : cf_num_threads();
-    if (nt > BH) nt = (int)BH;
+    int nt = team_size_items((double)BH * g->T * (g->F + TC) * g->Dv, PAR_MIN_WORK, BH);
     size_t per = kws_floats(g->F, g->Dv), mark = cf_arena_mark(&ctx->arena);
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        kws w = kws_carve(base + (size_t)omp_get_thread_num() * per, g->F, g->Dv);
+        kws w;
+        kws_layout(&w, thread_ws(base, per), g->F, g->Dv);
         /* dynamic: heads are equal in work, but threads may not be equally fast */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t bh = 0; bh < BH; bh++) {

@@ -26,22 +26,14 @@
  * Dropout on P keys element (b, h, i, j) by positions, ((b H + h) T + i) T + j, exactly as the full
  * attention does: the same mask as dense attention under the pattern's mask.
  *
- * The block kernels are those of src/ops/attention.c: nt_block and exp2_16 from
- * src/kernels/attn_tiles.h, the P V style products from block_gemm.h. */
+ * The block kernels are those of src/ops/attention.c, from src/kernels/attn_tiles.h. */
 #include <math.h>
 #include <string.h>
 #include <omp.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 #include "masked.h"
-#include "block_gemm.h"
 #include "../ops/backward.h"
-
-#define BQ 64
-#define BK 64
+#include "../kernels/attn_geom.h"
 #include "../kernels/attn_tiles.h"
-#define LOG2E 1.44269504088896341f
 
 /* ---- position lists and rules ------------------------------------------------------------------ */
 
@@ -105,9 +97,6 @@ seg *cf_plan_add(cf_ctx *ctx, plan *p, int cls, int st, int n) {
     return s;
 }
 
-static int blen(int n, int at, int bs) { return n - at < bs ? n - at : bs; }
-static int round4(int n) { return (n + 3) & ~3; }
-
 /* Everything the engine derives from a plan, shared by every (batch, head) of a class. */
 typedef struct blockref { seg *s; int b; } blockref;   /* packed block -> segment, block within it */
 typedef struct derived {
@@ -129,8 +118,8 @@ static void prepare(cf_ctx *ctx, plan *p, derived *dv) {
             dv->k0[c][st] = kb0;
             for (int si = 0; si < p->n_segs[c][st]; si++) {
                 seg *s = &p->segs[c][st][si];
-                s->nqb = (s->q.n + BQ - 1) / BQ;
-                s->nkb = (s->k.n + BK - 1) / BK;
+                s->nqb = nblocks(s->q.n, BQ);
+                s->nkb = nblocks(s->k.n, BK);
                 s->qb0 = qb0;
                 s->kb0 = kb0;
                 qb0 += s->nqb;
@@ -215,9 +204,7 @@ typedef struct geom {
     float *lse;                      /* [B, H, T] base 2 */
     const uint8_t *keep;             /* [B, T] or NULL */
     float scale;
-    int dropout;
-    float p, inv_keep;
-    uint64_t key;
+    attn_dropout drop;
     const plan *pl;
     const derived *der;
     int backward;                    /* what the packed blocks hold (see ws) */
@@ -236,9 +223,7 @@ static int cls_of(const geom *g, int64_t bh) { return g->pl->n_classes == 2 ? (i
 #define RUN 8                        /* work items (neighbouring blocks) handed out at a time */
 
 typedef struct ws {
-    float *p, *ds, *z;
-    float *m, *mnew, *l, *alpha;
-    float *dkacc, *dvacc, *acc;
+    attn_bufs b;                     /* the block-pair buffers */
     uint64_t *vis;                   /* [BQ] visible keys of each row in the current key block */
     int *kpos;                       /* [BK] positions of the current key block */
     float *cq, *cdo, *cdd, *cls;     /* query-block cache: [NSLOT] x [BQ, Dh], [BQ, Dh], [BQ], [BQ] */
@@ -246,31 +231,31 @@ typedef struct ws {
     int64_t *qtag, *ktag;            /* [NSLOT] the block each slot holds, -1: none */
 } ws;
 
-static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
-
-static size_t ws_floats(int dh, int acc_rows) {
-    return 2 * up16(BQ * BK) + up16(BK) + 4 * up16(BQ) + 2 * up16((size_t)BK * dh) + up16((size_t)acc_rows * dh) +
-           up16(2 * BQ) + up16(BK) + NSLOT * (2 * up16((size_t)BQ * dh) + 2 * up16(BQ) + 3 * up16((size_t)BK * dh)) +
-           2 * up16(2 * NSLOT);
+/* one thread's workspace carved from base, its caches empty (base NULL: only counted); returns
+ * its size in floats */
+static size_t ws_layout(ws *w, float *base, int dh, int acc_rows) {
+    ws_carver c = {base, 0};
+    size_t qd = up16((size_t)BQ * dh), q1 = up16(BQ), kd = up16((size_t)BK * dh);
+    attn_bufs_take(&c, &w->b, dh, acc_rows);
+    w->vis = ws_take(&c, 2 * BQ);    /* 8-byte entries: 2 floats each */
+    w->kpos = ws_take(&c, BK);
+    w->cq = ws_take(&c, NSLOT * qd);
+    w->cdo = ws_take(&c, NSLOT * qd);
+    w->cdd = ws_take(&c, NSLOT * q1);
+    w->cls = ws_take(&c, NSLOT * q1);
+    w->ckt = ws_take(&c, NSLOT * kd);
+    w->cvt = ws_take(&c, NSLOT * kd);
+    w->ckr = ws_take(&c, NSLOT * kd);
+    w->qtag = ws_take(&c, 2 * NSLOT);
+    w->ktag = ws_take(&c, 2 * NSLOT);
+    if (base)
+        for (int i = 0; i < NSLOT; i++) w->qtag[i] = w->ktag[i] = -1;
+    return c.floats;
 }
 
-static ws ws_carve(float *base, int dh, int acc_rows) {
+static size_t ws_floats(int dh, int acc_rows) {
     ws w;
-    float *x = base;
-#define TAKE(field, type, n) (w.field = (type *)x, x += up16(n))
-    TAKE(p, float, BQ * BK); TAKE(ds, float, BQ * BK); TAKE(z, float, BK);
-    TAKE(m, float, BQ); TAKE(mnew, float, BQ); TAKE(l, float, BQ); TAKE(alpha, float, BQ);
-    TAKE(dkacc, float, (size_t)BK * dh); TAKE(dvacc, float, (size_t)BK * dh);
-    TAKE(acc, float, (size_t)acc_rows * dh);
-    TAKE(vis, uint64_t, 2 * BQ); TAKE(kpos, int, BK);
-    TAKE(cq, float, NSLOT * up16((size_t)BQ * dh)); TAKE(cdo, float, NSLOT * up16((size_t)BQ * dh));
-    TAKE(cdd, float, NSLOT * up16(BQ)); TAKE(cls, float, NSLOT * up16(BQ));
-    TAKE(ckt, float, NSLOT * up16((size_t)BK * dh)); TAKE(cvt, float, NSLOT * up16((size_t)BK * dh));
-    TAKE(ckr, float, NSLOT * up16((size_t)BK * dh));
-    TAKE(qtag, int64_t, 2 * NSLOT); TAKE(ktag, int64_t, 2 * NSLOT);
-#undef TAKE
-    for (int i = 0; i < NSLOT; i++) w.qtag[i] = w.ktag[i] = -1;
-    return w;
+    return ws_layout(&w, NULL, dh, acc_rows);
 }
 
 /* ---- packing ------------------------------------------------------------------------------------ */
@@ -293,8 +278,7 @@ static qblock get_q(const geom *g, ws *w, int64_t bh, const seg *s, int qb) {
     memset(qs, 0, sizeof(float) * BQ * dh);
     for (int i = 0; i < nq; i++) {
         int64_t row = (int64_t)b * g->T + pl_pos(&s->q, q0 + i);
-        const float *src = g->q + row * g->s3 + (int64_t)h * dh;
-        for (int d = 0; d < dh; d++) qs[(int64_t)i * dh + d] = g->scale * LOG2E * src[d];
+        pack_q_row(qs + (int64_t)i * dh, g->q + row * g->s3 + (int64_t)h * dh, dh, g->scale);
     }
     if (!g->backward) return r;
     memset(dos, 0, sizeof(float) * BQ * dh);
@@ -302,13 +286,8 @@ static qblock get_q(const geom *g, ws *w, int64_t bh, const seg *s, int qb) {
     memset(ls, 0, sizeof(float) * BQ);
     for (int i = 0; i < nq; i++) {
         int p = pl_pos(&s->q, q0 + i);
-        int64_t row = (int64_t)b * g->T + p;
-        const float *go = g->dout + row * g->C + (int64_t)h * dh, *o = g->o + row * g->C + (int64_t)h * dh;
-        float sum = 0;
-        #pragma omp simd reduction(+ : sum)
-        for (int d = 0; d < dh; d++) sum += go[d] * o[d];
-        memcpy(dos + (int64_t)i * dh, go, sizeof(float) * dh);
-        dd[i] = sum;
+        int64_t at = ((int64_t)b * g->T + p) * g->C + (int64_t)h * dh;
+        dd[i] = pack_do_row(dos + (int64_t)i * dh, g->dout + at, g->o + at, dh);
         ls[i] = g->lse[bh * g->T + p];
     }
     return r;
@@ -325,17 +304,13 @@ static kblock get_k(const geom *g, ws *w, int64_t bh, const seg *s, int kb) {
     if (w->ktag[slot] == key) return r;
     w->ktag[slot] = key;
     int b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(s->k.n, k0, BK);
-    if (nk < BK)
-        for (int d = 0; d < dh; d++) {
-            memset(kt + (int64_t)d * BK + nk, 0, sizeof(float) * (BK - nk));
-            if (g->backward) memset(vt + (int64_t)d * BK + nk, 0, sizeof(float) * (BK - nk));
-        }
+    zero_pad_cols(kt, nk, dh);
+    if (g->backward) zero_pad_cols(vt, nk, dh);
     for (int j = 0; j < nk; j++) {
         int64_t row = ((int64_t)b * g->T + pl_pos(&s->k, k0 + j)) * g->s3 + (int64_t)h * dh;
         const float *kr = g->k + row, *vr = g->v + row;
-        for (int d = 0; d < dh; d++) kt[(int64_t)d * BK + j] = kr[d];
-        if (g->backward)
-            for (int d = 0; d < dh; d++) vt[(int64_t)d * BK + j] = vr[d];
+        pack_t_col(kt, j, kr, dh);
+        if (g->backward) pack_t_col(vt, j, vr, dh);
         memcpy(rows + (int64_t)j * dh, g->backward ? kr : vr, sizeof(float) * dh);
     }
     return r;
@@ -349,15 +324,14 @@ static uint64_t range_bits(int lo, int hi, int k0, int nk) {
     if (a < 0) a = 0;
     if (b > nk - 1) b = nk - 1;
     if (a > b) return 0;
-    uint64_t upto = b == 63 ? ~0ull : (1ull << (b + 1)) - 1;
-    return upto & ~((1ull << a) - 1);
+    return low_bits(b + 1) & ~low_bits(a);
 }
 
 /* w->vis[i] for the rows [q0, q0 + nq) of segment s against key block kb, and w->kpos; returns
  * whether any row sees any key */
 static int block_vis(const geom *g, ws *w, const seg *s, int b, int q0, int nq, int kb) {
     int k0 = kb * BK, nk = blen(s->k.n, k0, BK);
-    uint64_t keep = nk == 64 ? ~0ull : (1ull << nk) - 1, any = 0;
+    uint64_t keep = low_bits(nk), any = 0;
     for (int j = 0; j < nk; j++) {
         w->kpos[j] = pl_pos(&s->k, k0 + j);
         if (g->keep && !g->keep[(int64_t)b * g->T + w->kpos[j]]) keep &= ~(1ull << j);
@@ -371,39 +345,25 @@ static int block_vis(const geom *g, ws *w, const seg *s, int b, int q0, int nq, 
     return any != 0;
 }
 
-/* z[j] = 1/(1-p) when element (bh, qi, kpos[j]) is kept, else 0: cf_rng_uniform(key, idx) >= p,
- * compared as the 24-bit integer it is */
+/* z[j] = 1/(1-p) when element (bh, qi, kpos[j]) is kept, else 0 */
 static void dropout_row(const geom *g, const ws *w, int64_t bh, int qi, int nk) {
-    const uint64_t mul = 0xd1b54a32d192ed03ull;
-    uint64_t base = (uint64_t)((bh * g->T + qi) * g->T), thr = (uint64_t)ceilf(g->p * 16777216.0f);
+    uint64_t base = (uint64_t)((bh * g->T + qi) * g->T), thr = dropout_threshold(g->drop.p);
     for (int j = 0; j < BK; j++)
-        w->z[j] = j < nk && cf_mix64(g->key ^ ((base + (uint64_t)w->kpos[j]) * mul)) >> 40 >= thr ? g->inv_keep : 0.0f;
+        w->b.z[j] = j < nk && dropout_keeps(g->drop.key, (base + (uint64_t)w->kpos[j]) * DROP_IDX_MUL, thr)
+                        ? g->drop.inv_keep : 0.0f;
 }
 
 /* ---- forward -------------------------------------------------------------------------------------- */
 
-/* fold the score block in w->p into the running max and sum (see src/ops/attention.c) */
+/* fold the score block in w->b.p into the running max and sum, rows seeing w->vis */
 static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, const seg *s, int q0, int nq, int rows, int nk) {
+    for (int i = 0; i < nq; i++) online_max_row(&w->b, i, w->vis[i]);
+    online_alpha(&w->b, nq, rows);
     for (int i = 0; i < nq; i++) {
-        const float *sr = w->p + (int64_t)i * BK;
-        uint64_t vis = w->vis[i];
-        w->mnew[i] = fmaxf(w->m[i], masked_row_max(sr, vis));
+        if (w->vis[i] && g->drop.on) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
+        online_fold_row(&w->b, i, w->vis[i], g->drop.on ? w->b.z : NULL);
     }
-    for (int i = nq; i < rows; i++) w->alpha[i] = 1.0f;
-    online_alpha(w->m, w->mnew, w->alpha, nq);
-    for (int i = 0; i < nq; i++) {
-        float *sr = w->p + (int64_t)i * BK, m = w->mnew[i];
-        uint64_t vis = w->vis[i];
-        w->m[i] = m;
-        if (!vis) {
-            memset(sr, 0, BK * sizeof(float));
-            w->l[i] *= w->alpha[i];
-            continue;
-        }
-        if (g->dropout) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
-        w->l[i] = w->l[i] * w->alpha[i] + prob_row(sr, vis, m, g->dropout ? w->z : NULL);
-    }
-    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
+    zero_pad_rows(w->b.p, nq, rows);
 }
 
 /* query block qb of segment s (packed block blk) of head bh: output rows and L (-inf: no key) */
@@ -413,29 +373,19 @@ static void fwd_block(const geom *g, ws *w, int64_t bh, int64_t blk, float *out,
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = br.b * BQ, nq = blen(s->q.n, q0, BQ);
     int rows = round4(nq);
     const float *qs = get_q(g, w, bh, s, br.b).qs;
-    for (int i = 0; i < nq; i++) { w->m[i] = -INFINITY; w->l[i] = 0; }
-    memset(w->acc, 0, (size_t)rows * dh * sizeof(float));
+    online_start(&w->b, nq, rows, dh);
     for (int kb = s->kb_lo[br.b]; kb <= s->kb_hi[br.b]; kb++) {
         if (!block_vis(g, w, s, b, q0, nq, kb)) continue;
         int nk = blen(s->k.n, kb * BK, BK);
         kblock k = get_k(g, w, bh, s, kb);
-        nt_block(rows, dh, qs, dh, k.kt, w->p);
+        nt_block(rows, dh, qs, dh, k.kt, w->b.p);
         fwd_softmax_block(g, w, bh, s, q0, nq, rows, nk);
-        cf_block_gemm(rows, dh, w->p, BK, 1, nk, k.rows, dh, w->acc, dh, w->alpha);
+        cf_block_gemm(rows, dh, w->b.p, BK, 1, nk, k.rows, dh, w->b.acc, dh, w->b.alpha);
     }
     for (int i = 0; i < nq; i++) {
         int p = pl_pos(&s->q, q0 + i);
         float *o = out + ((int64_t)b * g->T + p) * g->C + (int64_t)h * dh;
-        const float *a = w->acc + (int64_t)i * dh;
-        float l = w->l[i];
-        if (l > 0) {
-            float inv = 1.0f / l;
-            for (int d = 0; d < dh; d++) o[d] = a[d] * inv;
-            lse[bh * g->T + p] = w->m[i] + log2f(l);
-        } else {
-            memset(o, 0, (size_t)dh * sizeof(float));
-            lse[bh * g->T + p] = -INFINITY;
-        }
+        lse[bh * g->T + p] = out_row(o, w->b.acc + (int64_t)i * dh, dh, w->b.m[i], w->b.l[i], -INFINITY);
     }
 }
 
@@ -471,27 +421,14 @@ static void bwd_pair(const geom *g, ws *w, int64_t bh, const seg *s, int qb, int
     qblock qc = get_q(g, w, bh, s, qb);
     kblock k = get_k(g, w, bh, s, kb);
     const float *qs = qc.qs, *dos = qc.dos, *lse = qc.ls, *dd = qc.dd;
-    nt_block(rows, dh, qs, dh, k.kt, w->p);
-    nt_block(rows, dh, dos, dh, k.vt, w->ds);
+    nt_block(rows, dh, qs, dh, k.kt, w->b.p);
+    nt_block(rows, dh, dos, dh, k.vt, w->b.ds);
     for (int i = 0; i < nq; i++) {
-        float *sr = w->p + (int64_t)i * BK, *dp = w->ds + (int64_t)i * BK;
-        uint64_t vis = w->vis[i];
-        if (!vis) {
-            memset(sr, 0, BK * sizeof(float));
-            memset(dp, 0, BK * sizeof(float));
-            continue;
-        }
-        if (g->dropout) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
-        ds_row(sr, dp, vis, lse[i], dd[i], g->dropout ? w->z : NULL);
+        if (w->vis[i] && g->drop.on) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
+        ds_row(w->b.p + (int64_t)i * BK, w->b.ds + (int64_t)i * BK, w->vis[i], lse[i], dd[i],
+               g->drop.on ? w->b.z : NULL);
     }
-    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
-    memset(w->ds + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
-    if (want_kv) {
-        int krows = round4(nk);
-        cf_block_gemm(krows, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
-        cf_block_gemm(krows, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
-    }
-    if (dqacc) cf_block_gemm(rows, dh, w->ds, BK, 1, nk, k.rows, dh, dqacc, dh, NULL);
+    bwd_pair_products(&w->b, nq, rows, nk, dh, qs, dos, k.rows, want_kv, dqacc);
 }
 
 /* grad rows at the positions of list entries [i0, i0 + n) of head h += s * acc */
@@ -508,27 +445,27 @@ static void add_rows(const geom *g, float *grad, int b, const plist *pl, int i0,
  * qb mod s->ring of the ring */
 static void bwd_kv_block(const geom *g, ws *w, int64_t bh, const seg *s, int kb, float *dqring) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), nk = blen(s->k.n, kb * BK, BK);
-    memset(w->dkacc, 0, (size_t)BK * dh * sizeof(float));
-    memset(w->dvacc, 0, (size_t)BK * dh * sizeof(float));
+    memset(w->b.dkacc, 0, (size_t)BK * dh * sizeof(float));
+    memset(w->b.dvacc, 0, (size_t)BK * dh * sizeof(float));
     for (int qb = s->qb_lo[kb]; qb <= s->qb_hi[kb]; qb++) {
         if (kb < s->kb_lo[qb] || kb > s->kb_hi[qb]) continue;
         int q0 = qb * BQ;
         if (!block_vis(g, w, s, b, q0, blen(s->q.n, q0, BQ), kb)) continue;
         bwd_pair(g, w, bh, s, qb, kb, 1, dqring ? dqring + (int64_t)(qb % s->ring) * BQ * dh : NULL);
     }
-    add_rows(g, g->dk, b, &s->k, kb * BK, nk, h, w->dkacc, 1.0f / LOG2E);
-    add_rows(g, g->dv, b, &s->k, kb * BK, nk, h, w->dvacc, 1.0f);
+    add_rows(g, g->dk, b, &s->k, kb * BK, nk, h, w->b.dkacc, 1.0f / LOG2E);
+    add_rows(g, g->dv, b, &s->k, kb * BK, nk, h, w->b.dvacc, 1.0f);
 }
 
 /* dQ of query block qb of segment s: the sum over its key blocks in ascending order */
 static void bwd_q_block(const geom *g, ws *w, int64_t bh, const seg *s, int qb) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(s->q.n, q0, BQ);
-    memset(w->acc, 0, (size_t)round4(nq) * dh * sizeof(float));
+    memset(w->b.acc, 0, (size_t)round4(nq) * dh * sizeof(float));
     for (int kb = s->kb_lo[qb]; kb <= s->kb_hi[qb]; kb++) {
         if (!block_vis(g, w, s, b, q0, nq, kb)) continue;
-        bwd_pair(g, w, bh, s, qb, kb, 0, w->acc);
+        bwd_pair(g, w, bh, s, qb, kb, 0, w->b.acc);
     }
-    add_rows(g, g->dq, b, &s->q, q0, nq, h, w->acc, g->scale);
+    add_rows(g, g->dq, b, &s->q, q0, nq, h, w->b.acc, g->scale);
 }
 
 /* ---- drivers -------------------------------------------------------------------------------------- */
@@ -560,20 +497,9 @@ static items stage_items(cf_ctx *ctx, const geom *g, int st, int kind) {
     return it;
 }
 
-/* Below this many multiply-adds (about 0.1 ms of work) the op stays on the calling thread. */
-#define PAR_MIN_WORK (1 << 18)
-
-static int team_size(const geom *g) {
-    double work = (double)g->B * g->H * g->T * g->Dh * BK;
-    return work < PAR_MIN_WORK ? 1 : cf_num_threads();
-}
-
-/* the per-segment driver when its load imbalance costs less than the two-pass driver's extra
- * recomputation (7 block GEMMs per pair against 5): the rule of src/ops/attention.c */
-static int use_per_seg(int64_t n_items, int nt) {
-    if (nt <= 1) return 1;
-    int64_t rounds = (n_items + nt - 1) / nt;
-    return 7.0 * n_items >= 5.0 * rounds * nt;
+/* the team for the multiply-adds of a score product of one key block per query, B H T Dh BK */
+static int team(const geom *g) {
+    return team_size((double)g->B * g->H * g->T * g->Dh * BK, PAR_MIN_WORK);
 }
 
 static void build_plan(cf_ctx *ctx, plan *pl, derived *dv, const cf_attn_pattern *pat, int T, int causal) {
@@ -632,12 +558,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     check_pattern(pat);
     geom g = geom_of(qkv, n_heads, o->scale);
     g.keep = o->key_keep;
-    g.dropout = ctx->training && o->dropout > 0;
-    if (g.dropout) {
-        g.p = o->dropout;
-        g.inv_keep = 1.0f / (1.0f - o->dropout);
-        g.key = cf_rng_key(ctx->seed, ctx->step, ctx->rng_calls++);
-    }
+    g.drop = attn_dropout_draw(ctx, o->dropout);
     cf_tensor *out = cf_tensor_3d(ctx, g.B, g.T, (int)g.C);
     int record = cf_needs_grad(ctx, 1, &qkv);
     size_t lse_bytes = (size_t)g.B * g.H * g.T * sizeof(float);
@@ -650,16 +571,17 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     build_plan(ctx, &pl, &dv, pat, g.T, o->causal != 0);
     g.pl = &pl;
     g.der = &dv;
-    int nt = team_size(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
+    int nt = team(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
     size_t per = ws_floats(g.Dh, BQ), BH = (size_t)g.B * g.H;
     float *o2 = stages > 1 ? cf_scratch(ctx, (size_t)g.B * g.T * g.C * sizeof(float)) : NULL;
     float *l2 = stages > 1 ? cf_scratch(ctx, lse_bytes) : NULL;
     items it[PLAN_MAX_STAGES];
     for (int st = 0; st < stages; st++) it[st] = stage_items(ctx, &g, st, IT_QBLOCKS);
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g.Dh, BQ);
+        ws w;
+        ws_layout(&w, thread_ws(base, per), g.Dh, BQ);
         for (int st = 0; st < stages; st++) {
             float *dst = st ? o2 : out->data, *ldst = st ? l2 : g.lse;
             /* dynamic, in runs of neighbouring query blocks that share key blocks (see ws); results
@@ -676,7 +598,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_MASKED_ATTENTION, out, 1, &qkv);
     if (n) {
-        *sv = (saved){lse, *pat, n_heads, o->causal != 0, g.dropout, g.key, g.scale, g.p};
+        *sv = (saved){lse, *pat, n_heads, o->causal != 0, g.drop.on, g.drop.key, g.scale, g.drop.p};
         n->saved = sv;
         n->ptr = o->key_keep;
     }
@@ -688,10 +610,7 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     cf_tensor *qkv = n->in[0];
     geom g = geom_of(qkv, sv->H, sv->scale);
     g.keep = n->ptr;
-    g.dropout = sv->dropout;
-    g.key = sv->key;
-    g.p = sv->p;
-    g.inv_keep = g.dropout ? 1.0f / (1.0f - g.p) : 0.0f;
+    g.drop = attn_dropout_saved(sv->dropout, sv->p, sv->key);
     g.lse = sv->lse;
     g.o = n->out->data;
     g.dout = n->out->grad;
@@ -705,13 +624,13 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     build_plan(ctx, &pl, &dv, &sv->pat, g.T, sv->causal);
     g.pl = &pl;
     g.der = &dv;
-    int nt = team_size(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
+    int nt = team(&g), stages = pl.n_stages[0] > pl.n_stages[1] ? pl.n_stages[0] : pl.n_stages[1];
     g.backward = 1;
     items segs[PLAN_MAX_STAGES], kvs[PLAN_MAX_STAGES], qs[PLAN_MAX_STAGES];
     int per_seg[PLAN_MAX_STAGES], any_per_seg = 0;
     for (int st = 0; st < stages; st++) {
         segs[st] = stage_items(ctx, &g, st, IT_SEGS);
-        per_seg[st] = use_per_seg(segs[st].n, nt);
+        per_seg[st] = use_per_item(segs[st].n, nt);
         any_per_seg |= per_seg[st];
         if (!per_seg[st]) {
             kvs[st] = stage_items(ctx, &g, st, IT_KBLOCKS);
@@ -720,10 +639,11 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     }
     int acc_rows = any_per_seg && dv.max_ring > 1 ? dv.max_ring * BQ : BQ;
     size_t per = ws_floats(g.Dh, acc_rows);
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g.Dh, acc_rows);
+        ws w;
+        ws_layout(&w, thread_ws(base, per), g.Dh, acc_rows);
         for (int st = 0; st < stages; st++) {
             if (per_seg[st]) {
                 #pragma omp for schedule(dynamic, 1)
@@ -732,12 +652,12 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
                     const seg *s = &pl.segs[cls_of(&g, bh)][st][segs[st].idx[i]];
                     int b = (int)(bh / g.H), h = (int)(bh % g.H), next = 0;
                     size_t blk = (size_t)BQ * g.Dh;
-                    memset(w.acc, 0, (size_t)s->ring * blk * sizeof(float));
+                    memset(w.b.acc, 0, (size_t)s->ring * blk * sizeof(float));
                     for (int kb = 0; kb <= s->nkb; kb++) {
-                        if (kb < s->nkb) bwd_kv_block(&g, &w, bh, s, kb, w.acc);
+                        if (kb < s->nkb) bwd_kv_block(&g, &w, bh, s, kb, w.b.acc);
                         /* query blocks the walk has passed are complete: into dQ, slot cleared */
                         for (; next < s->nqb && (kb == s->nkb || s->kb_hi[next] <= kb); next++) {
-                            float *a = w.acc + (size_t)(next % s->ring) * blk;
+                            float *a = w.b.acc + (size_t)(next % s->ring) * blk;
                             add_rows(&g, g.dq, b, &s->q, next * BQ, blen(s->q.n, next * BQ, BQ), h, a, g.scale);
                             memset(a, 0, blk * sizeof(float));
                         }

@@ -83,7 +83,7 @@ void cf_performer_draw(cf_ctx *ctx, float *w, int m, int d, uint64_t seed, uint6
 static void exp_shift(const float *u, float shift, float c, float add, float *out, int m) {
     int r = 0;
 #ifdef __AVX512F__
-    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f), sv = _mm512_set1_ps(shift);
+    const __m512 l2e = _mm512_set1_ps(LOG2E), sv = _mm512_set1_ps(shift);
     const __m512 cv = _mm512_set1_ps(c), av = _mm512_set1_ps(add), lo = _mm512_set1_ps(-200.0f);
     for (; r + 16 <= m; r += 16) {
         __m512 t = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(u + r), sv), l2e), lo);

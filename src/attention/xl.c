@@ -34,8 +34,9 @@
 #include <string.h>
 #include <omp.h>
 #include "cformer/attention.h"
-#include "block_gemm.h"
 #include "../ops/backward.h"
+#include "../kernels/attn_geom.h"
+#include "../kernels/block_gemm.h"
 
 typedef struct xgeom {
     int B, H, Tq, Tk, Dh, C, mlen;
@@ -163,15 +164,14 @@ static size_t xl_ws_floats(const xgeom *g, int backward) {
     size_t tk = (size_t)g->Tk, dh = (size_t)g->Dh;
     size_t f = 6 * tk * dh + 2 * XB * tk + 3 * XB * dh;
     if (backward) f += 3 * tk * dh + 2 * XB * tk + 4 * XB * dh;
-    return (f + 15) & ~(size_t)15;
+    return up16(f);
 }
 
 /* Below this much work (multiply-adds of one product) the op stays on the calling thread. */
 #define XL_PAR_MIN (1 << 16)
 
 static int xl_team(const xgeom *g) {
-    double work = (double)g->B * g->H * g->Tq * g->Tk * g->Dh;
-    return work < XL_PAR_MIN ? 1 : cf_num_threads();
+    return team_size((double)g->B * g->H * g->Tq * g->Tk * g->Dh, XL_PAR_MIN);
 }
 
 cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v, cf_tensor *rk, cf_tensor *u,
@@ -205,10 +205,10 @@ cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v
     if (!record) lse = cf_scratch(ctx, lse_bytes);
     int nt = xl_team(&g);
     size_t per = xl_ws_floats(&g, 0);
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     int64_t items = (int64_t)B * n_heads;
     #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-    for (int64_t i = 0; i < items; i++) forward_item(&g, i, base + (size_t)omp_get_thread_num() * per, out->data, lse);
+    for (int64_t i = 0; i < items; i++) forward_item(&g, i, thread_ws(base, per), out->data, lse);
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_XL_ATTENTION, out, 4, in);
     if (n) {
@@ -306,7 +306,7 @@ void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n) {
     int64_t items = (int64_t)g.B * g.H, rows = g.Tk + 2;
     size_t mark = cf_arena_mark(&ctx->arena);
     size_t per = xl_ws_floats(&g, 1), slot_n = (size_t)rows * g.Dh;
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     float *slots = NULL;
     if (drk) {
         slots = cf_scratch(ctx, (size_t)items * slot_n * sizeof(float));
@@ -315,7 +315,7 @@ void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n) {
     const float *o = n->out->data, *dout = n->out->grad, *lse = n->saved;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        float *ws = base + (size_t)omp_get_thread_num() * per;
+        float *ws = thread_ws(base, per);
         #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < items; i++)
             backward_item(&g, i, o, dout, lse, ws, dq, dk, dv, slots ? slots + (size_t)i * slot_n : NULL);

@@ -1,19 +1,34 @@
-/* Register-tiled pieces shared by the fused attention kernels (src/ops/attention.c, and the
- * masked variants of src/attention/masked.c): the score block Q K^T of 64 keys, a 16-lane 2^x (also
- * the Performer's features), the online-softmax steps of a 64-key block. Internal. */
+/* The pieces of the fused softmax attention kernels (src/ops/attention.c: full and causal;
+ * src/attention/masked.c: window and sparse patterns), built around one 64 x 64 block pair: the
+ * block sizes, the score block Q K^T, the online-softmax steps of the forward, the dS rows of the
+ * backward, the packing of query rows and key blocks, dropout as integer compares, the per-thread
+ * buffers and the choice of backward driver. The 16-lane 2^x is here too, and the Performer's and
+ * Infini-attention's feature maps use it. Internal; every helper is static inline, since each runs
+ * once per row or per block of the kernels' inner loops.
+ *
+ * Scores are kept in base 2: Q is packed times scale log2(e) (pack_q_row), so every exponential is
+ * a 2^x with no extra multiply; L is saved in base 2 too, and dK, summed against that packed Q,
+ * takes the factor ln 2 back when it is written out. */
 #ifndef CF_KERNELS_ATTN_TILES_H
 #define CF_KERNELS_ATTN_TILES_H
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-
-#ifndef BK
-#define BK 64          /* keys per block */
-#endif
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
+#include "cformer/core.h"
+#include "attn_geom.h"
+#include "block_gemm.h"
+
+/* 64 x 64 blocks: the packed K^T block (Dh x 64 floats, 16 KB at Dh 64) stays in L1 while the score
+ * tile is built, a 64-wide score row is four AVX-512 vectors, and the keys of a row that it may see
+ * are one 64-bit word. The tiles below are written for BK = 64. BQ = 32 measured 3-6% slower in
+ * both directions (n 2048, Dh 64, one thread): more passes over each K^T and V^T block. */
+#define BQ 64                        /* query rows per block */
+#define BK 64                        /* keys per block */
+#define LOG2E 1.44269504088896341f
 
 /* S[r][0..BK) = sum_d A[r*lda + d] Bt[d][0..BK) for r < rows (a multiple of 4). Bt is a packed
  * transposed block, so a score row is built from broadcasts of A and vector loads of Bt: the
@@ -71,9 +86,126 @@ static inline __m512 exp2_16(__m512 t) {
 }
 #endif
 
+/* ---- per-thread buffers ------------------------------------------------------------------- */
 
-/* The online softmax over 64-key blocks (both fused kernels): the largest visible score of a row
- * (bit j of vis; -inf when no key is visible; s 64-byte aligned) ... */
+/* One thread's buffers for the block pairs of a fused kernel. Every array starts on a 64-byte
+ * boundary (the tiles load p, ds and z aligned). */
+typedef struct attn_bufs {
+    float *p, *ds;                   /* [BQ, BK] scores, then probabilities (dropped) and dS */
+    float *z;                        /* [BK] dropout multipliers of one row */
+    float *m, *mnew, *l, *alpha;     /* [BQ] running max, new max, running sum, rescaling factor */
+    float *dkacc, *dvacc;            /* [BK, Dh] dK and dV of one key block */
+    float *acc;                      /* [acc_rows, Dh]: output (forward) or dQ (backward) */
+} attn_bufs;
+
+/* carve the buffers for heads of dh columns (see ws_carver) */
+static inline void attn_bufs_take(ws_carver *c, attn_bufs *w, int dh, int acc_rows) {
+    w->p = ws_take(c, BQ * BK);
+    w->ds = ws_take(c, BQ * BK);
+    w->z = ws_take(c, BK);
+    w->m = ws_take(c, BQ);
+    w->mnew = ws_take(c, BQ);
+    w->l = ws_take(c, BQ);
+    w->alpha = ws_take(c, BQ);
+    w->dkacc = ws_take(c, (size_t)BK * dh);
+    w->dvacc = ws_take(c, (size_t)BK * dh);
+    w->acc = ws_take(c, (size_t)acc_rows * dh);
+}
+
+/* zero rows [n, rows) of a [BQ, BK] block: the padding rows the 4-row tiles read */
+static inline void zero_pad_rows(float *blk, int n, int rows) {
+    memset(blk + (int64_t)n * BK, 0, (size_t)(rows - n) * BK * sizeof(float));
+}
+
+/* ---- packing ------------------------------------------------------------------------------
+ * A query block is BQ rows of Dh (scale log2(e) Q, and for backward dO and D), a key block K^T
+ * as Dh rows of BK (the Bt of nt_block) and the Dh-wide rows the output-side products read.
+ * Padding rows and columns are zero. */
+
+/* a query row: scale log2(e) q, so that its scores come out in base 2 */
+static inline void pack_q_row(float *dst, const float *q, int dh, float scale) {
+    for (int d = 0; d < dh; d++) dst[d] = scale * LOG2E * q[d];
+}
+
+/* a row of dO; returns D = dO . O, the row's constant in dS = P (dP - D) */
+static inline float pack_do_row(float *dst, const float *dout, const float *o, int dh) {
+    float s = 0;
+    #pragma omp simd reduction(+ : s)
+    for (int d = 0; d < dh; d++) s += dout[d] * o[d];
+    memcpy(dst, dout, sizeof(float) * dh);
+    return s;
+}
+
+/* column j of a transposed [dh, BK] block: row j of the source */
+static inline void pack_t_col(float *blk, int j, const float *row, int dh) {
+    for (int d = 0; d < dh; d++) blk[(int64_t)d * BK + j] = row[d];
+}
+
+/* zero the padding columns [n, BK) of a transposed [dh, BK] block */
+static inline void zero_pad_cols(float *blk, int n, int dh) {
+    if (n < BK)
+        for (int d = 0; d < dh; d++) memset(blk + (int64_t)d * BK + n, 0, sizeof(float) * (BK - n));
+}
+
+/* ---- visibility and dropout ------------------------------------------------------------------ */
+
+/* the visibility word of keys [0, n) of a block, n <= 64: bit j says that key j may be seen */
+static inline uint64_t low_bits(int n) { return n >= 64 ? ~0ull : (1ull << n) - 1; }
+
+/* One call's attention dropout. The mask's key is drawn once per call, so backward (and a
+ * checkpointed recomputation) regenerates exactly the forward's mask. */
+typedef struct attn_dropout {
+    int on;                          /* 1 when training with p > 0 */
+    float p, inv_keep;               /* drop probability, 1 / (1 - p) */
+    uint64_t key;
+} attn_dropout;
+
+/* the forward's: on when training with p > 0, the key then drawn from ctx's stream */
+static inline attn_dropout attn_dropout_draw(cf_ctx *ctx, float p) {
+    attn_dropout d = {0};
+    d.on = ctx->training && p > 0;
+    if (d.on) {
+        d.p = p;
+        d.inv_keep = 1.0f / (1.0f - p);
+        d.key = cf_rng_key(ctx->seed, ctx->step, ctx->rng_calls++);
+    }
+    return d;
+}
+
+/* the backward's, from the on, p and key that the forward saved */
+static inline attn_dropout attn_dropout_saved(int on, float p, uint64_t key) {
+    attn_dropout d = {on, p, on ? 1.0f / (1.0f - p) : 0.0f, key};
+    return d;
+}
+
+/* Dropout keeps element idx of an attention when cf_rng_uniform(key, idx) >= p. The kernels
+ * compare the uniform's 24 bits as the integer they are: cf_mix64(key ^ idx * DROP_IDX_MUL) >> 40
+ * against dropout_threshold(p), which keeps exactly the same elements without a conversion and
+ * lets a row step idx * DROP_IDX_MUL by addition. */
+#define DROP_IDX_MUL 0xd1b54a32d192ed03ull   /* cf_rng_uniform's index multiplier */
+
+static inline uint64_t dropout_threshold(float p) { return (uint64_t)ceilf(p * 16777216.0f); }
+
+/* is the element whose index times DROP_IDX_MUL is idx_mul kept? */
+static inline int dropout_keeps(uint64_t key, uint64_t idx_mul, uint64_t thr) {
+    return cf_mix64(key ^ idx_mul) >> 40 >= thr;
+}
+
+/* ---- forward: the online softmax over 64-key blocks ------------------------------------------
+ * A query block walks its key blocks keeping, per row i, the running max m[i] and sum l[i] of
+ * 2^(s - m) and an output accumulator scaled to m. Per key block, after nt_block has put the scores
+ * in p: online_max_row for each row, online_alpha, online_fold_row for each row, then
+ * cf_block_gemm(p, V) into acc with alpha as its row scales. After the last block, out_row. */
+
+/* before the first key block: max -inf and sum 0 for rows [0, nq), and the output accumulator
+ * zero, padding rows included */
+static inline void online_start(attn_bufs *w, int nq, int rows, int dh) {
+    for (int i = 0; i < nq; i++) { w->m[i] = -INFINITY; w->l[i] = 0; }
+    memset(w->acc, 0, (size_t)rows * dh * sizeof(float));
+}
+
+/* the largest visible score of a row (bit j of vis; -inf when no key is visible; s 64-byte
+ * aligned) */
 static inline float masked_row_max(const float *s, uint64_t vis) {
     float mx = -INFINITY;
 #ifdef __AVX512F__
@@ -90,10 +222,19 @@ static inline float masked_row_max(const float *s, uint64_t vis) {
     return mx;
 }
 
-/* ... and the factor alpha[i] = 2^(m[i] - mnew[i]) by which row i's running sum and output shrink
- * when its maximum grows, for i < nq: 1 while no key is visible yet (mnew = -inf: the accumulator
- * is still zero anyway) */
-static inline void online_alpha(const float *m, const float *mnew, float *alpha, int nq) {
+/* row i's new max, the keys of this block that it sees being bit j of vis */
+static inline void online_max_row(attn_bufs *w, int i, uint64_t vis) {
+    w->mnew[i] = fmaxf(w->m[i], masked_row_max(w->p + (int64_t)i * BK, vis));
+}
+
+/* The factor alpha[i] = 2^(m[i] - mnew[i]) by which row i's running sum and output shrink when
+ * its maximum grows, for i < nq: 1 while no key is visible yet (mnew = -inf: the accumulator is
+ * still zero anyway), and 1 for the padding rows [nq, rows), which the 4-row tiles scale too. All
+ * the rows of a block in one vector pass, once their maxima are known. */
+static inline void online_alpha(attn_bufs *w, int nq, int rows) {
+    const float *m = w->m, *mnew = w->mnew;
+    float *alpha = w->alpha;
+    for (int i = nq; i < rows; i++) alpha[i] = 1.0f;
 #ifdef __AVX512F__
     for (int i = 0; i < nq; i += 16) {
         __mmask16 live = (__mmask16)(nq - i >= 16 ? 0xFFFF : (1u << (nq - i)) - 1);
@@ -107,9 +248,9 @@ static inline void online_alpha(const float *m, const float *mnew, float *alpha,
 #endif
 }
 
-/* ... then the probabilities of a row: s[j] = 2^(s[j] - m) on visible keys, 0 elsewhere, times the
- * dropout multipliers z[j] when z is not NULL; returns the sum before dropout (the softmax
- * denominator's share of this block) */
+/* the probabilities of a row: s[j] = 2^(s[j] - m) on visible keys, 0 elsewhere, times the dropout
+ * multipliers z[j] when z is not NULL; returns the sum before dropout (the softmax denominator's
+ * share of this block) */
 static inline float prob_row(float *s, uint64_t vis, float m, const float *z) {
 #ifdef __AVX512F__
     __m512 mv = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
@@ -131,10 +272,44 @@ static inline float prob_row(float *s, uint64_t vis, float m, const float *z) {
 #endif
 }
 
+/* Row i of the block into probabilities (times z, the row's dropout multipliers, unless NULL;
+ * zero when it sees no key, vis = 0), and its max and sum moved on to this block. */
+static inline void online_fold_row(attn_bufs *w, int i, uint64_t vis, const float *z) {
+    float *s = w->p + (int64_t)i * BK, m = w->mnew[i];
+    w->m[i] = m;
+    if (!vis) {
+        memset(s, 0, BK * sizeof(float));
+        w->l[i] *= w->alpha[i];
+        return;
+    }
+    w->l[i] = w->l[i] * w->alpha[i] + prob_row(s, vis, m, z);
+}
+
+/* An output row, o = acc / l, after the last key block; returns the row's L = m + log2(l), or
+ * `none` when the row saw no key (l = 0; o is then zero). */
+static inline float out_row(float *o, const float *acc, int dh, float m, float l, float none) {
+    if (l > 0) {
+        float inv = 1.0f / l;
+        for (int d = 0; d < dh; d++) o[d] = acc[d] * inv;
+        return m + log2f(l);
+    }
+    memset(o, 0, (size_t)dh * sizeof(float));
+    return none;
+}
+
+/* ---- backward ---------------------------------------------------------------------------------
+ * Per block pair: nt_block recomputes S into p and dP' = dO V^T into ds, ds_row turns each row
+ * into P' and dS, and bwd_pair_products adds them into dV, dK and dQ. */
+
 /* One row of the attention backward over a 64-key block: P = 2^(S - L) on visible keys (bit j of
  * vis), then dS = P (dP - D), with the dropout mask z (NULL: none) applied as P' = P z and
- * dP = dP' z. On return s holds P' (for dV) and dp holds dS. */
+ * dP = dP' z. On return s holds P' (for dV) and dp holds dS; both zero when vis = 0. */
 static inline void ds_row(float *s, float *dp, uint64_t vis, float lse, float dd, const float *z) {
+    if (!vis) {
+        memset(s, 0, BK * sizeof(float));
+        memset(dp, 0, BK * sizeof(float));
+        return;
+    }
 #ifdef __AVX512F__
     __m512 lv = _mm512_set1_ps(lse), dv = _mm512_set1_ps(dd);
     for (int v = 0; v < 4; v++) {
@@ -157,6 +332,35 @@ static inline void ds_row(float *s, float *dp, uint64_t vis, float lse, float dd
         dp[j] = pj * (gj - dd);
     }
 #endif
+}
+
+/* The products of a block pair once rows [0, nq) of P' (w->p) and dS (w->ds) are formed: with
+ * want_kv, dV += P'^T dO and dK += dS^T (scale Q) into w->dvacc and w->dkacc; with dqacc,
+ * dQ += dS K there. qs and dos are the query block (rows of Dh), krows the key block's K rows. */
+static inline void bwd_pair_products(attn_bufs *w, int nq, int rows, int nk, int dh, const float *qs,
+                                     const float *dos, const float *krows, int want_kv, float *dqacc) {
+    zero_pad_rows(w->p, nq, rows);
+    zero_pad_rows(w->ds, nq, rows);
+    if (want_kv) {
+        int kr = round4(nk);
+        cf_block_gemm(kr, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
+        cf_block_gemm(kr, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
+    }
+    if (dqacc) cf_block_gemm(rows, dh, w->ds, BK, 1, nk, krows, dh, dqacc, dh, NULL);
+}
+
+/* Which backward driver. Per item: one thread owns a whole head (or segment) and sums its dQ, dK
+ * and dV alone, 5 block GEMMs per pair. Two passes: dK and dV over key blocks, then dQ over query
+ * blocks, 7 per pair (S and dP are recomputed) but many more work items. Per item is used when its
+ * load imbalance (items dealt to the nt threads in rounds) costs less than the two-pass driver's
+ * extra recomputation. Measured on a quiet 16-core Xeon (causal, n 2048, Dh 64, B 1): at one
+ * thread per head is 1.40-1.44x faster (the 7/5); at 2, 4 and 8 threads with H from 1 to 8 this
+ * rule picked the faster driver in every case but one near tie (H 3 at 2 threads, 4% apart). Both
+ * drivers give the same bits, so this sets speed only. */
+static inline int use_per_item(int64_t items, int nt) {
+    if (nt <= 1) return 1;
+    int64_t rounds = (items + nt - 1) / nt;
+    return 7.0 * items >= 5.0 * rounds * nt;
 }
 
 #endif

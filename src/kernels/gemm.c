@@ -69,7 +69,7 @@ enum {
     MAX_UNITS = 512,
     /* below this many multiply-adds a call runs on the calling thread alone: the fork/join would
      * cost more than it saves */
-    PAR_MIN_WORK = 1 << 20,
+    GEMM_PAR_MIN_WORK = 1 << 20,
 };
 
 /* ---- the reference ----------------------------------------------------------------------- */
@@ -239,7 +239,7 @@ static inline int imin(int x, int y) { return x < y ? x : y; }
 /* threads for a call of `work` multiply-adds: one when small, or when called from inside a
  * parallel region that may not nest (the region would be serialised anyway, at a cost) */
 static int threads_for(double work) {
-    if (work < PAR_MIN_WORK || omp_get_active_level() >= omp_get_max_active_levels()) return 1;
+    if (work < GEMM_PAR_MIN_WORK || omp_get_active_level() >= omp_get_max_active_levels()) return 1;
     return omp_get_max_threads();
 }
 

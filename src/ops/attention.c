@@ -8,7 +8,7 @@
  * Backward recomputes P = exp(S - L) block by block, with D_i = dO_i . O_i:
  *   dV += P'^T dO,  dP' = dO V^T,  dP = dP' Z/(1-p),  dS = P (dP - D),  dQ = scale dS K,
  *   dK = scale dS^T Q.
- * Two drivers, chosen by how well the heads fill the threads (use_per_head):
+ * Two drivers, chosen by how well the heads fill the threads (use_per_item):
  *   per head:   one thread owns a (batch, head) and accumulates its dQ, dK and dV alone
  *               (five block GEMMs per block pair);
  *   two passes: pass 1 over key blocks computes dK, dV; pass 2 over query blocks computes dQ
@@ -32,23 +32,10 @@
 #include <math.h>
 #include <string.h>
 #include <omp.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 #include "cformer/ops.h"
 #include "backward.h"
-
-/* 64 x 64 blocks: the packed K^T block (Dh x 64 floats, 16 KB at Dh 64) stays in L1 while the score
- * tile is built, and a 64-wide score row is four AVX-512 vectors. BQ = 32 measured 3-6% slower in
- * both directions (n 2048, Dh 64, one thread): more passes over each K^T and V^T block. */
-#define BQ 64
-#define BK 64
+#include "../kernels/attn_geom.h"
 #include "../kernels/attn_tiles.h"
-
-/* Scores are kept in base 2 (Q is packed times scale log2(e)), so every exponential is a 2^x with
- * no extra multiply; L is saved in base 2 too, and dK, which is summed against that packed Q,
- * takes the factor ln 2 back when it is written out. */
-#define LOG2E 1.44269504088896341f
 
 typedef struct geom {
     int B, H, Tq, Tk, Dh;
@@ -61,9 +48,7 @@ typedef struct geom {
     const uint8_t *keep;             /* [B, Tk] or NULL */
     int causal, off;                 /* off = Tk - Tq */
     float scale;
-    int dropout;                     /* 1 when training with p > 0 */
-    float p, inv_keep;               /* drop probability, 1 / (1 - p) */
-    uint64_t key;
+    attn_dropout drop;
     /* Packed once per call (arena, given back on return), so that no block is repacked for each
      * pair it meets. Padding rows of qs, dos, dd and padding columns of kt, vt are zero. */
     float *qs, *dos;                 /* [B*H, nqb*BQ, Dh] scale log2(e) Q, and dO (backward) */
@@ -72,104 +57,24 @@ typedef struct geom {
     float *rows;                     /* [B*H, nkb, BK, Dh] V (forward) or K (backward), rows of Dh */
 } geom;
 
-/* one thread's workspace; every array starts on a 64-byte boundary */
-typedef struct ws {
-    float *p, *ds;                   /* [BQ, BK] probabilities (dropped), dS */
-    float *z;                        /* [BK] dropout multipliers of one row */
-    float *m, *mnew, *l, *alpha;     /* [BQ] running max, new max, running sum, rescaling factor */
-    float *dkacc, *dvacc;            /* [BK, Dh] */
-    float *acc;                      /* [acc_rows, Dh]: output (forward) or dQ (backward) */
-} ws;
-
-static size_t up16(size_t n) { return (n + 15) & ~(size_t)15; }
+/* One thread's workspace, the block-pair buffers alone, carved from base (NULL: only counted);
+ * returns its size in floats */
+static size_t ws_layout(attn_bufs *w, float *base, int dh, int acc_rows) {
+    ws_carver c = {base, 0};
+    attn_bufs_take(&c, w, dh, acc_rows);
+    return c.floats;
+}
 
 static size_t ws_floats(int dh, int acc_rows) {
-    return 2 * up16(BQ * BK) + up16(BK) + 4 * up16(BQ) + 2 * up16((size_t)BK * dh) + up16((size_t)acc_rows * dh);
+    attn_bufs w;
+    return ws_layout(&w, NULL, dh, acc_rows);
 }
-
-static ws ws_carve(float *base, int dh, int acc_rows) {
-    ws w;
-    float *x = base;
-#define TAKE(field, n) (w.field = x, x += up16(n))
-    TAKE(p, BQ * BK); TAKE(ds, BQ * BK); TAKE(z, BK);
-    TAKE(m, BQ); TAKE(mnew, BQ); TAKE(l, BQ); TAKE(alpha, BQ);
-    TAKE(dkacc, (size_t)BK * dh); TAKE(dvacc, (size_t)BK * dh);
-    TAKE(acc, (size_t)acc_rows * dh);
-#undef TAKE
-    return w;
-}
-
-/* ---- block kernels ------------------------------------------------------------------------- */
-
-
-#ifdef __AVX512F__
-/* A 4-row tile of nn_block over one chunk of at most 64 columns (nv vectors, the last one masked
- * by tail). Inlined with a constant nv, so the 4 x nv accumulators stay in registers. */
-static inline __attribute__((always_inline)) void nn_tile(int nv, __mmask16 tail, const float *a, int64_t ars,
-                                                          int64_t ans, int nn, const float *b, int64_t ldb,
-                                                          float *c, int64_t ldc, const float *cs) {
-    __m512 acc[4][4];
-    __mmask16 mk[4];
-    for (int v = 0; v < nv; v++) mk[v] = v == nv - 1 ? tail : 0xFFFF;
-    for (int i = 0; i < 4; i++)
-        for (int v = 0; v < nv; v++) {
-            acc[i][v] = _mm512_maskz_loadu_ps(mk[v], c + i * ldc + 16 * v);
-            if (cs) acc[i][v] = _mm512_mul_ps(acc[i][v], _mm512_set1_ps(cs[i]));
-        }
-    for (int n = 0; n < nn; n++) {
-        __m512 bv[4];
-        for (int v = 0; v < nv; v++) bv[v] = _mm512_maskz_loadu_ps(mk[v], b + n * ldb + 16 * v);
-        for (int i = 0; i < 4; i++) {
-            __m512 x = _mm512_set1_ps(a[i * ars + n * ans]);
-            for (int v = 0; v < nv; v++) acc[i][v] = _mm512_fmadd_ps(x, bv[v], acc[i][v]);
-        }
-    }
-    for (int i = 0; i < 4; i++)
-        for (int v = 0; v < nv; v++) _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mk[v], acc[i][v]);
-}
-#endif
-
-/* C[r][0..dh) = cs[r] C[r][0..dh) + sum_{n < nn} A(r, n) B[n][0..dh) for r < rows (a multiple of
- * 4), where A(r, n) = a[r*ars + n*ans]: swapping the strides reads A^T (P^T dO, dS^T Q) without a
- * copy. cs == NULL means 1 (then C keeps its exact old value); the forward passes the online-
- * softmax rescaling there, so the output accumulator is not swept separately. Each C element
- * gets the terms in ascending n, one fused multiply-add each. */
-static void nn_block(int rows, int dh, const float *a, int64_t ars, int64_t ans, int nn, const float *b,
-                     int64_t ldb, float *c, int64_t ldc, const float *cs) {
-#ifdef __AVX512F__
-    for (int r = 0; r < rows; r += 4)
-        for (int c0 = 0; c0 < dh; c0 += 64) {
-            int w = dh - c0 < 64 ? dh - c0 : 64, nv = (w + 15) / 16;
-            __mmask16 tail = (__mmask16)((1u << (w - 16 * (nv - 1))) - 1);
-            const float *ar = a + r * ars, *bc = b + c0, *csr = cs ? cs + r : NULL;
-            float *cr = c + r * ldc + c0;
-            switch (nv) {
-            case 1: nn_tile(1, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            case 2: nn_tile(2, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            case 3: nn_tile(3, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            default: nn_tile(4, tail, ar, ars, ans, nn, bc, ldb, cr, ldc, csr); break;
-            }
-        }
-#else
-    for (int r = 0; r < rows; r++) {
-        float *cr = c + r * ldc;
-        if (cs)
-            for (int j = 0; j < dh; j++) cr[j] *= cs[r];
-        for (int n = 0; n < nn; n++) {
-            float x = a[r * ars + n * ans];
-            const float *bn = b + n * ldb;
-            for (int j = 0; j < dh; j++) cr[j] += x * bn[j];
-        }
-    }
-#endif
-}
-
 
 /* ---- masks and packing ------------------------------------------------------------------------ */
 
 /* bit j: key k0 + j exists and is not padding */
 static uint64_t keep_bits(const geom *g, int b, int k0, int nk) {
-    uint64_t bits = nk == 64 ? ~0ull : (1ull << nk) - 1;
+    uint64_t bits = low_bits(nk);
     if (g->keep) {
         const uint8_t *kp = g->keep + (int64_t)b * g->Tk + k0;
         for (int j = 0; j < nk; j++)
@@ -184,15 +89,13 @@ static uint64_t row_bits(const geom *g, uint64_t keep, int qi, int k0) {
     int64_t lim = (int64_t)qi + g->off - k0;   /* the last visible column */
     if (lim < 0) return 0;
     if (lim >= BK - 1) return keep;
-    return keep & ((1ull << (lim + 1)) - 1);
+    return keep & low_bits((int)lim + 1);
 }
 
 /* does any query of [q0, q0 + nq) see any key of the block? (the same test in every driver) */
 static int pair_live(const geom *g, uint64_t keep, int q0, int nq, int k0) {
     return keep && (!g->causal || (int64_t)k0 <= (int64_t)q0 + nq - 1 + g->off);
 }
-
-static int blen(int t, int at, int bs) { return t - at < bs ? t - at : bs; }
 
 /* the packed blocks of (b*H + h, block) */
 static float *qblk(const geom *g, float *base, int64_t bh, int qb) {
@@ -208,30 +111,22 @@ static void pack_q(const geom *g, int64_t bh, int qb, int with_do) {
     int64_t r0 = (int64_t)b * g->Tq + q0;
     float *qs = qblk(g, g->qs, bh, qb);
     memset(qs, 0, sizeof(float) * BQ * dh);
-    for (int i = 0; i < nq; i++) {
-        const float *src = g->q + (r0 + i) * g->sq + (int64_t)h * dh;
-        for (int d = 0; d < dh; d++) qs[(int64_t)i * dh + d] = g->scale * LOG2E * src[d];
-    }
+    for (int i = 0; i < nq; i++)
+        pack_q_row(qs + (int64_t)i * dh, g->q + (r0 + i) * g->sq + (int64_t)h * dh, dh, g->scale);
     if (!with_do) return;
     float *dos = qblk(g, g->dos, bh, qb), *dd = g->dd + (bh * g->nqb + qb) * BQ;
     memset(dos, 0, sizeof(float) * BQ * dh);
     memset(dd, 0, sizeof(float) * BQ);
     for (int i = 0; i < nq; i++) {
-        const float *go = g->dout + (r0 + i) * g->so + (int64_t)h * dh, *o = g->o + (r0 + i) * g->so + (int64_t)h * dh;
-        float s = 0;
-        #pragma omp simd reduction(+ : s)
-        for (int d = 0; d < dh; d++) s += go[d] * o[d];
-        memcpy(dos + (int64_t)i * dh, go, sizeof(float) * dh);
-        dd[i] = s;
+        int64_t at = (r0 + i) * g->so + (int64_t)h * dh;
+        dd[i] = pack_do_row(dos + (int64_t)i * dh, g->dout + at, g->o + at, dh);
     }
 }
 
 /* dst[d][j] = row j of src, column d; columns [n, BK) zero */
 static void pack_t(float *dst, const float *src, int64_t stride, int n, int dh) {
-    if (n < BK)
-        for (int d = 0; d < dh; d++) memset(dst + (int64_t)d * BK + n, 0, sizeof(float) * (BK - n));
-    for (int j = 0; j < n; j++)
-        for (int d = 0; d < dh; d++) dst[(int64_t)d * BK + j] = src[j * stride + d];
+    zero_pad_cols(dst, n, dh);
+    for (int j = 0; j < n; j++) pack_t_col(dst, j, src + j * stride, dh);
 }
 
 /* Key block kb of head bh: K^T, and the rows the output-side product reads (forward V for P V;
@@ -259,82 +154,57 @@ static void pack_all(const geom *g, int backward) {
     for (int64_t i = 0; i < bh * g->nkb; i++) pack_k(g, i / g->nkb, (int)(i % g->nkb), backward);
 }
 
-/* z[j] = 1/(1-p) when element (bh, qi, k0 + j) is kept, else 0: exactly cf_rng_uniform(key, idx)
- * >= p, with idx * 0xd1b5... stepped by addition (the same value modulo 2^64, one vector multiply
- * fewer per element) and the uniform compared as the integer it is (24 bits over 2^24). */
+/* z[j] = 1/(1-p) when element (bh, qi, k0 + j) is kept, else 0, with idx * DROP_IDX_MUL stepped
+ * by addition (the same value modulo 2^64, one vector multiply fewer per element) */
 static void dropout_row(const geom *g, float *z, int64_t bh, int qi, int k0) {
-    const uint64_t mul = 0xd1b54a32d192ed03ull;
-    uint64_t idx = (uint64_t)((bh * g->Tq + qi) * g->Tk + k0), key = g->key, h = idx * mul;
-    uint64_t thr = (uint64_t)ceilf(g->p * 16777216.0f);
-    float s = g->inv_keep;
-    for (int j = 0; j < BK; j++, h += mul) z[j] = cf_mix64(key ^ h) >> 40 >= thr ? s : 0.0f;
+    uint64_t idx = (uint64_t)((bh * g->Tq + qi) * g->Tk + k0), key = g->drop.key, h = idx * DROP_IDX_MUL;
+    uint64_t thr = dropout_threshold(g->drop.p);
+    float s = g->drop.inv_keep;
+    for (int j = 0; j < BK; j++, h += DROP_IDX_MUL) z[j] = dropout_keeps(key, h, thr) ? s : 0.0f;
 }
-
-static int round4(int n) { return (n + 3) & ~3; }
 
 /* ---- forward --------------------------------------------------------------------------------- */
 
 /* Fold the score block in w->p (rows [0, nq), in base-2 units) into each row's running max m and
- * sum l: w->alpha gets the factor 2^(m_old - m_new) by which the row's output accumulator must
- * shrink (1 for padding rows), and w->p the (dropped) probabilities 2^(s - m_new), padding rows
- * zero. The maxima come first, then all the row factors in one vector pass. */
-static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, int q0, int nq, int rows, int k0, uint64_t keep) {
+ * sum l: w->alpha gets the factor by which the row's output accumulator must shrink, and w->p the
+ * (dropped) probabilities 2^(s - m_new), padding rows zero. */
+static void fwd_softmax_block(const geom *g, attn_bufs *w, int64_t bh, int q0, int nq, int rows, int k0,
+                              uint64_t keep) {
+    for (int i = 0; i < nq; i++) online_max_row(w, i, row_bits(g, keep, q0 + i, k0));
+    online_alpha(w, nq, rows);
     for (int i = 0; i < nq; i++) {
-        const float *s = w->p + (int64_t)i * BK;
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        w->mnew[i] = fmaxf(w->m[i], masked_row_max(s, vis));
+        if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
+        online_fold_row(w, i, vis, g->drop.on ? w->z : NULL);
     }
-    for (int i = nq; i < rows; i++) w->alpha[i] = 1.0f;
-    online_alpha(w->m, w->mnew, w->alpha, nq);
-    for (int i = 0; i < nq; i++) {
-        float *s = w->p + (int64_t)i * BK, m = w->mnew[i];
-        uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        w->m[i] = m;
-        if (!vis) {
-            memset(s, 0, BK * sizeof(float));
-            w->l[i] *= w->alpha[i];
-            continue;
-        }
-        if (g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
-        w->l[i] = w->l[i] * w->alpha[i] + prob_row(s, vis, m, g->dropout ? w->z : NULL);
-    }
-    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
+    zero_pad_rows(w->p, nq, rows);
 }
 
-static void fwd_block(const geom *g, ws *w, int64_t bh, int qb, float *out) {
+static void fwd_block(const geom *g, attn_bufs *w, int64_t bh, int qb, float *out) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     int rows = round4(nq);
     const float *qs = qblk(g, g->qs, bh, qb);
-    for (int i = 0; i < nq; i++) { w->m[i] = -INFINITY; w->l[i] = 0; }
-    memset(w->acc, 0, (size_t)rows * dh * sizeof(float));
+    online_start(w, nq, rows, dh);
     for (int kb = 0; kb < g->nkb; kb++) {
         int k0 = kb * BK, nk = blen(g->Tk, k0, BK);
         uint64_t keep = keep_bits(g, b, k0, nk);
         if (!pair_live(g, keep, q0, nq, k0)) continue;
         nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
         fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
-        nn_block(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
+        cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
     }
-    for (int i = 0; i < nq; i++) {
-        float *o = out + ((int64_t)b * g->Tq + q0 + i) * g->so + (int64_t)h * dh;
-        const float *a = w->acc + (int64_t)i * dh;
-        float l = w->l[i];
-        if (l > 0) {
-            float inv = 1.0f / l;
-            for (int d = 0; d < dh; d++) o[d] = a[d] * inv;
-            g->lse[bh * g->Tq + q0 + i] = w->m[i] + log2f(l);
-        } else {   /* no visible key: zero output, and L = inf makes every recomputed P zero */
-            memset(o, 0, (size_t)dh * sizeof(float));
-            g->lse[bh * g->Tq + q0 + i] = INFINITY;
-        }
-    }
+    /* a row with no visible key gets L = inf, which makes every recomputed P zero */
+    for (int i = 0; i < nq; i++)
+        g->lse[bh * g->Tq + q0 + i] = out_row(out + ((int64_t)b * g->Tq + q0 + i) * g->so + (int64_t)h * dh,
+                                              w->acc + (int64_t)i * dh, dh, w->m[i], w->l[i], INFINITY);
 }
 
 /* ---- backward -------------------------------------------------------------------------------- */
 
 /* One (query block, key block) pair: recompute P, form dS, and add P'^T dO and dS^T (scale Q)
  * into the dV and dK accumulators (want_kv) and dS K into dqacc (when not NULL). */
-static void bwd_pair(const geom *g, ws *w, int64_t bh, int qb, int kb, uint64_t keep, int want_kv, float *dqacc) {
+static void bwd_pair(const geom *g, attn_bufs *w, int64_t bh, int qb, int kb, uint64_t keep, int want_kv,
+                     float *dqacc) {
     int dh = g->Dh;
     int q0 = qb * BQ, nq = blen(g->Tq, q0, BQ), rows = round4(nq), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
     const float *qs = qblk(g, g->qs, bh, qb), *dos = qblk(g, g->dos, bh, qb);
@@ -342,25 +212,11 @@ static void bwd_pair(const geom *g, ws *w, int64_t bh, int qb, int kb, uint64_t 
     nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
     nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
     for (int i = 0; i < nq; i++) {
-        float *s = w->p + (int64_t)i * BK, *dp = w->ds + (int64_t)i * BK;
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
-        if (!vis) {
-            memset(s, 0, BK * sizeof(float));
-            memset(dp, 0, BK * sizeof(float));
-            continue;
-        }
-        if (g->dropout) dropout_row(g, w->z, bh, q0 + i, k0);
-        ds_row(s, dp, vis, lse[i], dd[i], g->dropout ? w->z : NULL);
+        if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
+        ds_row(w->p + (int64_t)i * BK, w->ds + (int64_t)i * BK, vis, lse[i], dd[i], g->drop.on ? w->z : NULL);
     }
-    memset(w->p + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
-    memset(w->ds + (int64_t)nq * BK, 0, (size_t)(rows - nq) * BK * sizeof(float));
-    if (want_kv) {
-        int krows = round4(nk);
-        nn_block(krows, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
-        nn_block(krows, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
-    }
-    if (dqacc)
-        nn_block(rows, dh, w->ds, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, dqacc, dh, NULL);
+    bwd_pair_products(w, nq, rows, nk, dh, qs, dos, kblk(g, g->rows, bh, kb), want_kv, dqacc);
 }
 
 /* grad rows [r0, r0 + n) of head h += s * acc */
@@ -372,14 +228,9 @@ static void add_rows(float *grad, int64_t stride, int64_t r0, int n, int h, int 
     }
 }
 
-/* Below this many multiply-adds per matrix product (B H Tq Tk Dh, about 0.1 ms of work) the op runs
- * on the calling thread: waking the team would cost more than it saves. Results do not depend on
- * the thread count, so this changes speed only. */
-#define PAR_MIN_WORK (1 << 18)
-
-static int team_size(const geom *g) {
-    double work = (double)g->B * g->H * g->Tq * g->Tk * g->Dh;
-    return work < PAR_MIN_WORK ? 1 : cf_num_threads();
+/* the team for the multiply-adds of one of the matrix products, B H Tq Tk Dh */
+static int team(const geom *g) {
+    return team_size((double)g->B * g->H * g->Tq * g->Tk * g->Dh, PAR_MIN_WORK);
 }
 
 /* first query block whose rows may see key k0 (causal), else 0 */
@@ -391,7 +242,7 @@ static int first_qb(const geom *g, int k0) {
 
 /* dK, dV of key block kb: the sum over query blocks in ascending order; with dqacc_head (the
  * per-head driver), dS K goes into the head's dQ accumulator on the way */
-static void bwd_kv_block(const geom *g, ws *w, int64_t bh, int kb, int want_kv, float *dqacc_head) {
+static void bwd_kv_block(const geom *g, attn_bufs *w, int64_t bh, int kb, int want_kv, float *dqacc_head) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
     uint64_t keep = keep_bits(g, b, k0, nk);
     if (want_kv) {
@@ -411,7 +262,7 @@ static void bwd_kv_block(const geom *g, ws *w, int64_t bh, int kb, int want_kv, 
 }
 
 /* dQ of query block qb: the sum over key blocks in ascending order */
-static void bwd_q_block(const geom *g, ws *w, int64_t bh, int qb) {
+static void bwd_q_block(const geom *g, attn_bufs *w, int64_t bh, int qb) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     memset(w->acc, 0, (size_t)round4(nq) * dh * sizeof(float));
     for (int kb = 0; kb < g->nkb; kb++) {
@@ -423,20 +274,8 @@ static void bwd_q_block(const geom *g, ws *w, int64_t bh, int qb) {
     add_rows(g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, dh, w->acc, g->scale);
 }
 
-/* The per-head driver does 5 block GEMMs per pair, the two-pass one 7 but over many more work
- * items. Per head is used when its load imbalance (B*H heads dealt to the threads in rounds)
- * costs less than the two-pass driver's extra recomputation. Measured on a quiet 16-core Xeon
- * (causal, n 2048, Dh 64, B 1): at one thread per head is 1.40-1.44x faster (the 7/5); at
- * 2, 4 and 8 threads with H from 1 to 8 this rule picked the faster driver in every case but one
- * near tie (H 3 at 2 threads, 4% apart). */
-static int use_per_head(int bh, int nt) {
-    if (nt <= 1) return 1;
-    int rounds = (bh + nt - 1) / nt;
-    return 7.0 * bh >= 5.0 * rounds * nt;
-}
-
 static void backward_run(cf_ctx *ctx, geom *g) {
-    int nt = team_size(g), bh = g->B * g->H, per_head = use_per_head(bh, nt), kv = g->dk || g->dv;
+    int nt = team(g), bh = g->B * g->H, per_head = use_per_item(bh, nt), kv = g->dk || g->dv;
     int acc_rows = per_head ? g->nqb * BQ : BQ;
     size_t per = ws_floats(g->Dh, acc_rows), mark = cf_arena_mark(&ctx->arena);
     size_t qn = (size_t)bh * g->nqb * BQ, kn = (size_t)bh * g->nkb * BK;
@@ -446,10 +285,11 @@ static void backward_run(cf_ctx *ctx, geom *g) {
     g->kt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
     g->vt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
     g->rows = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g->Dh, acc_rows);
+        attn_bufs w;
+        ws_layout(&w, thread_ws(base, per), g->Dh, acc_rows);
         pack_all(g, 1);
         if (per_head) {
             /* dynamic: padding can make heads unequal; results do not depend on who runs what */
@@ -503,8 +343,8 @@ static geom geom_of(int n_in, cf_tensor **in, int n_heads, int causal, float sca
     g.causal = causal;
     g.off = g.Tk - g.Tq;
     g.scale = scale != 0 ? scale : 1.0f / sqrtf((float)g.Dh);
-    g.nqb = (g.Tq + BQ - 1) / BQ;
-    g.nkb = (g.Tk + BK - 1) / BK;
+    g.nqb = nblocks(g.Tq, BQ);
+    g.nkb = nblocks(g.Tk, BK);
     return g;
 }
 
@@ -514,28 +354,24 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     CF_ASSERT(o->dropout >= 0 && o->dropout < 1, "attention: dropout %g outside [0, 1)", o->dropout);
     geom g = geom_of(n_in, in, n_heads, o->causal != 0, o->scale);
     g.keep = o->key_keep;
-    g.dropout = ctx->training && o->dropout > 0;
-    if (g.dropout) {
-        g.p = o->dropout;
-        g.inv_keep = 1.0f / (1.0f - o->dropout);
-        g.key = cf_rng_key(ctx->seed, ctx->step, ctx->rng_calls++);
-    }
+    g.drop = attn_dropout_draw(ctx, o->dropout);
     cf_tensor *out = cf_tensor_3d(ctx, g.B, g.Tq, (int)g.so);
     int record = cf_needs_grad(ctx, n_in, in);
     size_t lse_bytes = (size_t)g.B * g.H * g.Tq * sizeof(float);
     float *lse = record ? cf_scratch(ctx, lse_bytes) : NULL;
     size_t mark = cf_arena_mark(&ctx->arena);
     g.lse = record ? lse : cf_scratch(ctx, lse_bytes);
-    int nt = team_size(&g);
+    int nt = team(&g);
     size_t per = ws_floats(g.Dh, BQ), bh = (size_t)g.B * g.H;
     g.qs = cf_scratch(ctx, bh * g.nqb * BQ * g.Dh * sizeof(float));
     g.kt = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
     g.rows = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
-    float *base = cf_scratch(ctx, (size_t)nt * per * sizeof(float));
+    float *base = team_ws(ctx, nt, per);
     int64_t items = (int64_t)bh * g.nqb;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        ws w = ws_carve(base + (size_t)omp_get_thread_num() * per, g.Dh, BQ);
+        attn_bufs w;
+        ws_layout(&w, thread_ws(base, per), g.Dh, BQ);
         pack_all(&g, 0);
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
         #pragma omp for schedule(dynamic, 1)
@@ -548,10 +384,10 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
         n->ptr = o->key_keep;
         n->iarg[0] = n_heads;
         n->iarg[1] = g.causal;
-        n->iarg[2] = g.dropout;
-        n->iarg[3] = (int64_t)g.key;
+        n->iarg[2] = g.drop.on;
+        n->iarg[3] = (int64_t)g.drop.key;
         n->farg[0] = g.scale;
-        n->farg[1] = g.p;
+        n->farg[1] = g.drop.p;
     }
     return out;
 }
@@ -577,10 +413,7 @@ cf_tensor *cf_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, const cf_a
 void cf_attention_backward(cf_ctx *ctx, cf_node *n) {
     geom g = geom_of(n->n_in, n->in, (int)n->iarg[0], (int)n->iarg[1], n->farg[0]);
     g.keep = n->ptr;
-    g.dropout = (int)n->iarg[2];
-    g.key = (uint64_t)n->iarg[3];
-    g.p = n->farg[1];
-    g.inv_keep = g.dropout ? 1.0f / (1.0f - g.p) : 0.0f;
+    g.drop = attn_dropout_saved((int)n->iarg[2], n->farg[1], (uint64_t)n->iarg[3]);
     g.lse = n->saved;
     g.o = n->out->data;
     g.dout = n->out->grad;

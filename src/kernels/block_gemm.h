@@ -1,13 +1,17 @@
-/* Internal to src/attention: the small register-tiled product that the masked and the linear
- * attention kernels are built from (the nn_block of src/ops/attention.c, which keeps it static,
- * extended to any number of rows).
+/* The small register-tiled product that the attention kernels are built from: the P V, P'^T dO,
+ * dS^T Q and dS K products of the fused softmax kernels (src/ops/attention.c and
+ * src/attention/masked.c) and the chunk products of the linear, Infini and Transformer-XL kernels.
+ * Internal.
  *
  * C[r][0..n) = cs[r] C[r][0..n) + sum_{k < nk} A(r, k) B[k][0..n) for r < rows, where
  * A(r, k) = a[r*ars + k*acs]: swapping the strides reads A^T without a copy. cs == NULL means 1
- * (C keeps its exact old value). Each C element gets its terms in ascending k, one fused
- * multiply-add each, so the result depends only on the operands, never on threads. */
-#ifndef CF_ATTENTION_BLOCK_GEMM_H
-#define CF_ATTENTION_BLOCK_GEMM_H
+ * (C keeps its exact old value); the online softmax passes its rescaling factors there, so the
+ * output accumulator is not swept separately. Each C element gets its terms in ascending k, one
+ * fused multiply-add each, so the result depends only on the operands, never on threads or on
+ * where the tile edges fall. Rows go by 4 (by 1 for the last rows short of 4); the fused kernels
+ * pad their blocks to a multiple of 4 rows, so they never take the 1-row tiles. */
+#ifndef CF_KERNELS_BLOCK_GEMM_H
+#define CF_KERNELS_BLOCK_GEMM_H
 
 #include <stdint.h>
 #ifdef __AVX512F__
@@ -39,6 +43,7 @@ static inline __attribute__((always_inline)) void cf_bg_tile(int nr, int nv, __m
 }
 #endif
 
+/* the product of the head comment, 4 x 64 tiles at a time */
 static inline void cf_block_gemm(int rows, int n, const float *a, int64_t ars, int64_t acs, int nk, const float *b,
                                  int64_t ldb, float *c, int64_t ldc, const float *cs) {
 #ifdef __AVX512F__
