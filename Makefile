@@ -74,7 +74,7 @@ test: all $(TEST_BIN) data/tiny/train.bin
 data/tiny/train.bin:
 	sh tools/make_tiny_data.sh >/dev/null
 
-# Benchmarks print BENCH lines (DESIGN.md section 9). OpenBLAS is linked only here, when present.
+# Benchmarks print BENCH lines (docs/architecture.md section 13). OpenBLAS is linked only here, when present.
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || (test -e /usr/lib/x86_64-linux-gnu/libopenblas.so && echo -lopenblas))
 ifneq ($(strip $(BLAS_LIBS)),)
   BENCH_BLAS := -DCF_HAVE_OPENBLAS $(shell pkg-config --cflags openblas 2>/dev/null)

@@ -1,6 +1,6 @@
 /* Window and sparse attention (cf_masked_attention_qkv, and cf_attn_core on a layer) against dense
  * softmax attention in double under an explicit mask that this file builds from the conventions of
- * ALGORITHMS.md sections 2.1 and 3 on its own: forward and all gradients, causal and
+ * docs/attention.md sections 3 and 4.1 on its own: forward and all gradients, causal and
  * bidirectional, every combine mode and both layer parities, strides below, at and above the
  * 64-key block, lengths that leave partial blocks and partial residue classes, key padding,
  * attention dropout (the op's documented mask); gradient checks by finite differences; bitwise

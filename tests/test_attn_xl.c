@@ -1,5 +1,5 @@
 /* Transformer-XL relative-position attention (cf_xl_attention, src/attention/xl.c) against a direct
- * double-precision computation of the paper's four terms (ALGORITHMS.md section 1.2) written from
+ * double-precision computation of the paper's four terms (docs/attention.md section 7.2) written from
  * distances, without the rel_shift trick:
  *   a = q_i . k_j,  b = q_i . R_{mlen+i-j},  c = u . k_j,  d = v . R_{mlen+i-j},
  * where R_dist is row Tk-1-dist of rk; mask j <= mlen + i. Forward and every gradient (q, k, v,

@@ -1,4 +1,4 @@
-/* HDF5 checkpoints, exact resume and safe interruption (checkpoint.h, DESIGN.md sections 6-7).
+/* HDF5 checkpoints, exact resume and safe interruption (checkpoint.h, docs/architecture.md sections 9-10).
  *
  *   - round trip: save and load give back every weight, moment and state field bitwise; the
  *     layout is the documented one and /params matches the golden files' names and shapes;

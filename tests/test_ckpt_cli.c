@@ -1,4 +1,4 @@
-/* The checkpoint commands of the cformer binary (DESIGN.md section 4): train --until / --resume,
+/* The checkpoint commands of the cformer binary (docs/architecture.md section 10): train --until / --resume,
  * info, eval, sample on checkpoints; exit status 2 with one line on stderr for bad input (and
  * nothing written); SIGINT stops training with status 130 after a checkpoint.
  *

@@ -1,5 +1,5 @@
 /* Infini-attention's compressive memory (cf_infini_attention, src/attention/infini.c) against a
- * direct double-precision reference written here from ALGORITHMS.md section 6.1, one segment after
+ * direct double-precision reference written here from docs/attention.md section 8.1, one segment after
  * another with explicit loops: forward and final memory for the linear and the delta rule, with no
  * initial memory and with a given M0, z0, a last partial segment, segments longer than the op's
  * chunk of 64 rows, d from 4 to 64. Gradients of qkv, a_dot and beta against central differences of

@@ -1,5 +1,5 @@
 #!/bin/sh
-# enwik8 for cformer (DESIGN.md section 8, ALGORITHMS.md section 7): the first 10^8 bytes of an
+# enwik8 for cformer (docs/architecture.md section 11, docs/attention.md section 9.5): the first 10^8 bytes of an
 # English Wikipedia dump (Hutter Prize), split by byte offset into the standard
 # data/enwik8/{train,valid,test}.bin = first 90,000,000 / next 5,000,000 / last 5,000,000 bytes.
 # Usage: tools/prepare_enwik8.sh [enwik8.zip | enwik8]

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Split a byte file into OUTDIR/{train,valid,test}.bin by byte offset: the first train_frac of the
-# bytes, the next valid_frac, and the rest as test (DESIGN.md section 8).
+# bytes, the next valid_frac, and the rest as test (docs/architecture.md section 11).
 # Usage: tools/split_bytes.sh FILE OUTDIR [train_frac valid_frac]     (default 0.9 0.05)
 # Sizes are n*frac rounded to the nearest byte; every split must get at least one byte.
 set -eu

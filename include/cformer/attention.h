@@ -1,5 +1,5 @@
-/* The ops of the attention variants and the table that names them (DESIGN.md section 3,
- * ALGORITHMS.md sections 2-5). An attention layer (nn.h: cf_attn_layer) is projections around a
+/* The ops of the attention variants and the table that names them (docs/architecture.md section 7,
+ * docs/attention.md sections 3-6). An attention layer (nn.h: cf_attn_layer) is projections around a
  * core; its core runs on a fused projection qkv [B, T, 3D] (all q columns, then k, then v; head h
  * is columns [h*Dh, (h+1)*Dh) of each) and returns [B, T, D] with the heads in the same layout,
  * through one op per family:
@@ -32,7 +32,7 @@
 #include "schema.h"
 
 /* ---- masked softmax attention: window and sparse (src/attention/masked.c) -------------------------
- * Conventions (ALGORITHMS.md sections 2.1 and 3), for query i and key j, l = stride:
+ * Conventions (docs/attention.md sections 3 and 4.1), for query i and key j, l = stride:
  *   window          causal i - window <= j <= i;   bidirectional |i - j| <= window
  *   strided part 1  causal i - l < j <= i;         bidirectional |i - j| < l        ("local")
  *   strided part 2  (i - j) mod l == 0, with j <= i when causal                     ("strided")
@@ -105,7 +105,7 @@ cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v
 void cf_xl_sinusoids(float *R, int klen, int d, int clamp_len);
 
 /* ---- Infini-attention compressive memory (src/attention/infini.c) ---------------------------------
- * Munkhdalai et al. 2024, ALGORITHMS.md section 6. qkv [B, T, 3*H*d] as above; the sequence is cut
+ * Munkhdalai et al. 2024, docs/attention.md section 8. qkv [B, T, 3*H*d] as above; the sequence is cut
  * into segments of segment_len rows (the last may be shorter). a_dot [B, T, H*d] is the local
  * attention, causal inside each segment only (the caller computes it: masked attention with the
  * sparse_fixed part-1 pattern of stride segment_len). Per batch row b and head h, with

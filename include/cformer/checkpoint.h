@@ -1,4 +1,4 @@
-/* HDF5 checkpoints, format version 1 (DESIGN.md section 6): everything a run needs to continue
+/* HDF5 checkpoints, format version 1 (docs/architecture.md section 9): everything a run needs to continue
  * exactly as if it had never stopped, in a file that h5py alone can read.
  *
  *   /                          attributes: format = "cformer-checkpoint" (string),

@@ -1,4 +1,4 @@
-/* Run configuration (DESIGN.md section 5): strict JSON with documented defaults.
+/* Run configuration (docs/architecture.md section 8): strict JSON with documented defaults.
  * Every key is listed in configs/README.md with its default. Unknown keys, wrong types and
  * impossible values are errors naming the key path ("model.n_heads: must divide model.d_model"). */
 #ifndef CFORMER_CONFIG_H

@@ -1,4 +1,4 @@
-/* Byte-level data (DESIGN.md section 8): a token is a byte. Files are mapped read-only. */
+/* Byte-level data (docs/architecture.md section 11): a token is a byte. Files are mapped read-only. */
 #ifndef CFORMER_DATA_H
 #define CFORMER_DATA_H
 

@@ -1,4 +1,4 @@
-/* The encoder-decoder Transformer (Vaswani et al. 2017; DESIGN.md sections 5 and 6), its
+/* The encoder-decoder Transformer (Vaswani et al. 2017; docs/architecture.md sections 4 and 7.4), its
  * cross-attention layer, and decoding (greedy and beam search with cached keys and values).
  *
  * Tokens. The vocabulary is the 256 byte values plus three specials, so model.vocab_size must be
@@ -26,7 +26,7 @@
  * sqrt(d_model), as the paper does), or none. post-norm + sinusoidal + relu + tie_embeddings
  * with 6 + 6 layers, d_model 512, 8 heads, d_ff 2048 is the paper's base model.
  *
- * Parameter names (DESIGN.md section 6, extended; linear weights [out, in]):
+ * Parameter names (docs/architecture.md section 4; linear weights [out, in]):
  *   emb.weight [V, D]                     tie_embeddings: source, target and output embedding shared
  *   src_emb.weight, tgt_emb.weight,       untied: three separate tables [V, D]
  *   lm_head.weight

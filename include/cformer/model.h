@@ -1,5 +1,5 @@
 /* Models built from a config: the decoder-only language model (GPT-2 architecture by default,
- * DESIGN.md section 5). */
+ * docs/architecture.md section 7.1). */
 #ifndef CFORMER_MODEL_H
 #define CFORMER_MODEL_H
 
@@ -38,7 +38,7 @@ typedef struct cf_model {
     /* model.arch "encoder_decoder": the model's layers (encdec.h); its parameters are in params and
      * the decoder-only fields above stay empty. NULL for the decoder-only model. */
     struct cf_encdec *ed;
-    /* Recurrent attention (ALGORITHMS.md sections 1 and 6): layers of type xl or infini carry
+    /* Recurrent attention (docs/attention.md sections 7 and 8): layers of type xl or infini carry
      * state from one call to the next, per batch row (stream). Transformer-XL has no absolute
      * positions (model.position is ignored), scales token embeddings by sqrt(D), projects relative
      * sinusoids through each xl layer's r_net, and shares u, v between the xl layers. */

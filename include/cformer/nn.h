@@ -1,5 +1,5 @@
 /* Building blocks with parameters: each declares its parameters under a name prefix and records
- * ops when applied. Names follow DESIGN.md section 6 ("blocks.3.attn.qkv.weight"). */
+ * ops when applied. Names follow docs/architecture.md section 4 ("blocks.3.attn.qkv.weight"). */
 #ifndef CFORMER_NN_H
 #define CFORMER_NN_H
 
@@ -20,7 +20,7 @@ typedef struct cf_attn_layer {
     int   causal;
     float dropout;               /* on the attention probabilities */
     cf_attn_config cfg;          /* the variant and its settings */
-    /* Set by cf_attn_decl from the name prefix (DESIGN.md section 6 puts the block index in it:
+    /* Set by cf_attn_decl from the name prefix (docs/architecture.md section 4 puts the block index in it:
      * "blocks.3.attn", "encoder.blocks.3.attn"): */
     int      layer;              /* the block index: sparse "alternate" takes part 1 or 2 by its parity */
     uint64_t layer_key;          /* a hash of the whole prefix: keys the performer's random features */

@@ -1,4 +1,4 @@
-/* Infini-attention's compressive memory (Munkhdalai et al. 2024; ALGORITHMS.md section 6), forward
+/* Infini-attention's compressive memory (Munkhdalai et al. 2024; docs/attention.md section 8), forward
  * and backward side by side. The contract is the comment on cf_infini_attention in attention.h.
  *
  * Per (batch, head), with sq = sigma(q), sk = sigma(k) by rows, g = sigmoid(beta[h]), and (M, z) the
@@ -10,7 +10,7 @@
  * processed in chunks of TC rows, each a few small dense products (src/kernels/block_gemm.h), and
  * the workspace is bounded by TC whatever segment_len is.
  *
- * Backward (ALGORITHMS.md 6.3) walks the segments in reverse carrying dM, dz = dLoss/d(M_s, z_s);
+ * Backward (docs/attention.md section 8.3) walks the segments in reverse carrying dM, dz = dLoss/d(M_s, z_s);
  * the state after the last segment only reaches M_out, which is detached, so it starts at zero.
  * For segment s, with dM_s, dz_s read-only and dM_p, dz_p = dM_s, dz_s (the identity path) plus:
  *   retrieval: dnum_i = g dout_i / den_i,  dden_i = -g (dout_i . A_mem_i) / den_i,

@@ -1,6 +1,6 @@
 /* Kernelised attention by prefix sums: linear attention (Katharopoulos et al. 2020, phi(x) =
- * elu(x) + 1) and the core of the Performer (performer.c supplies FAVOR+ features). ALGORITHMS.md
- * sections 4 and 5.3.
+ * elu(x) + 1) and the core of the Performer (performer.c supplies FAVOR+ features). docs/attention.md
+ * sections 5 and 6.6.
  *
  * Per (batch, head), with F features, Dv value columns, Q = phi(q) and K = phi(k) by rows:
  *   causal:        S_i = sum_{j <= i} K_j V_j^T (F x Dv),  z_i = sum_{j <= i} K_j
@@ -9,7 +9,7 @@
  * The causal sums run over chunks of TC = 64 positions, as in the chunked form of causal linear
  * attention: for chunk c with A = tril(Q_c K_c^T) and the state (S, z) of the chunks before it,
  *   num_c = A V_c + Q_c S,  den_c = A 1 + Q_c z + eps,  then S += K_c^T V_c, z += K_c^T 1.
- * That is exactly the prefix sum of ALGORITHMS.md section 4 (fast-transformers' causal_product)
+ * That is exactly the prefix sum of docs/attention.md section 5 (fast-transformers' causal_product)
  * regrouped: the state moves once per chunk instead of once per position, and every step is a small
  * dense product (src/kernels/block_gemm.h) instead of a rank-1 update that streams the F x Dv state
  * through memory for each position.

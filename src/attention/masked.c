@@ -1,5 +1,5 @@
-/* Masked softmax attention, flash style, for the window and sparse patterns (ALGORITHMS.md sections
- * 0, 2, 3). The structure is that of the fused full attention (src/ops/attention.c): 64 x 64 blocks,
+/* Masked softmax attention, flash style, for the window and sparse patterns (docs/attention.md sections
+ * 2, 3, 4). The structure is that of the fused full attention (src/ops/attention.c): 64 x 64 blocks,
  * Q packed times scale log2(e) so that scores are in base 2, online softmax in the forward with only
  * the output and the per-row log-sum-exp L kept, and a backward that recomputes P = 2^(S - L) block
  * by block with D_i = dO_i . O_i:

@@ -1,4 +1,4 @@
-/* Performer, FAVOR+ (Choromanski et al. 2020; ALGORITHMS.md section 5): random features whose dot
+/* Performer, FAVOR+ (Choromanski et al. 2020; docs/attention.md section 6): random features whose dot
  * products estimate the softmax kernel exp(q . k / sqrt(d)) (positive orthogonal random features),
  * or the generalised ReLU kernel; the attention itself is the prefix-sum kernel of linear.c on
  * these features (cf_kernel_attention), so no T x T matrix and O(T m) memory.

@@ -1,4 +1,4 @@
-/* Sparse Transformer patterns (Child et al. 2019; ALGORITHMS.md section 2.1, conventions of
+/* Sparse Transformer patterns (Child et al. 2019; docs/attention.md section 4.1, conventions of
  * openai/sparse_attention), as plans for the masked flash-attention engine (masked.c).
  *
  * strided, l = stride:

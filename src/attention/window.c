@@ -1,4 +1,4 @@
-/* Sliding-window attention (ALGORITHMS.md section 3): query i sees i - window <= j <= i (causal,
+/* Sliding-window attention (docs/attention.md section 3): query i sees i - window <= j <= i (causal,
  * window + 1 keys, the x-transformers max_attend_past convention), or |i - j| <= window
  * (bidirectional, for encoders). One segment, every query against every key, a band rule: the
  * engine (masked.c) visits only the ceil(window / 64) + 2 key blocks a query block's band touches,

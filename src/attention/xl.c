@@ -1,4 +1,4 @@
-/* Transformer-XL relative-position attention (ALGORITHMS.md sections 1.2 and 1.3), forward and
+/* Transformer-XL relative-position attention (docs/attention.md sections 7.2-7.5), forward and
  * backward side by side.
  *
  * Per head h (columns [h*Dh, (h+1)*Dh) of every row), query i of the segment (absolute position

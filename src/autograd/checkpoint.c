@@ -1,4 +1,4 @@
-/* Gradient checkpointing (DESIGN.md section 2): a region runs forward without recording and keeps
+/* Gradient checkpointing (docs/architecture.md section 5): a region runs forward without recording and keeps
  * only its input; backward recomputes it with recording on and backpropagates through the fresh
  * nodes, then gives their memory back. */
 #include <string.h>

@@ -1,4 +1,4 @@
-/* cformer: the command line (DESIGN.md section 4). A thin client of libcformer and the only place
+/* cformer: the command line (docs/architecture.md section 10). A thin client of libcformer and the only place
  * that exits: 0 success, 2 bad usage or input, 1 internal failure. */
 #include <errno.h>
 #include <limits.h>

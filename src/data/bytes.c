@@ -1,4 +1,4 @@
-/* Byte files (DESIGN.md section 8, data.h). Files are mapped rather than read: enwik8's 90 MB
+/* Byte files (docs/architecture.md section 11, data.h). Files are mapped rather than read: enwik8's 90 MB
  * training split is then paged in on demand and shared between processes, and opening it costs
  * nothing. */
 #include <errno.h>

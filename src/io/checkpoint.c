@@ -1,4 +1,4 @@
-/* HDF5 checkpoints (checkpoint.h, DESIGN.md section 6).
+/* HDF5 checkpoints (checkpoint.h, docs/architecture.md section 9).
  *
  * Saving never exposes a partial file under a checkpoint's name: the file is built under a
  * dot-prefixed temporary name in the target's directory (rename is atomic only within one file

@@ -1,4 +1,4 @@
-/* Run configuration (DESIGN.md section 5, config.h): strict JSON through cJSON.
+/* Run configuration (docs/architecture.md section 8, config.h): strict JSON through cJSON.
  *
  * Every key is one row of a table {name, type, offset, size, names}; parsing, printing and the
  * unknown-key check all walk the same rows, so a new key is one line here plus its validation and

@@ -1,6 +1,6 @@
 /* Recurrent attention in the decoder: the layers that carry state from one call to the next,
- * Transformer-XL (a memory of earlier hidden states, relative positions; ALGORITHMS.md section 1)
- * and Infini-attention (a compressive memory per head; section 6). The state lives in a
+ * Transformer-XL (a memory of earlier hidden states, relative positions; docs/attention.md section 7)
+ * and Infini-attention (a compressive memory per head; section 8). The state lives in a
  * cf_rec_state, one row per stream (batch row), and is a constant to autograd: gradients stop at
  * the segment boundary between calls, as in both papers. */
 #include <math.h>
@@ -100,7 +100,7 @@ static void xl_update(const cf_model *m, cf_rec_state *st, int l, const cf_tenso
     st->used[l] = keep;
 }
 
-/* one xl block (ALGORITHMS.md section 1.2): pre-norm x + drop(attn(LN(x), LN(concat(mem, x)))),
+/* one xl block (docs/attention.md section 7.6): pre-norm x + drop(attn(LN(x), LN(concat(mem, x)))),
  * x + drop(mlp(LN(x))); post-norm LN(x + drop(attn(x, concat(mem, x)))), LN(x + drop(mlp(x))) */
 static cf_tensor *xl_block(cf_ctx *ctx, const cf_model *m, const cf_block *b, cf_tensor *mem, cf_tensor *pos_all,
                            cf_tensor *x) {

@@ -1,4 +1,4 @@
-/* Fused multi-head scaled-dot-product attention, flash-attention style (ALGORITHMS.md section 0).
+/* Fused multi-head scaled-dot-product attention, flash-attention style (docs/attention.md section 2).
  *
  * Forward, per (batch, head, block of BQ queries): walk the key blocks of BK keys, compute the
  * score block S = scale Q K^T as a small register-tiled GEMM, and fold it into a running row max m,

@@ -1,4 +1,4 @@
-/* Bits per byte with sliding windows (ALGORITHMS.md section 7): every byte after the first is
+/* Bits per byte with sliding windows (docs/attention.md section 9): every byte after the first is
  * scored exactly once, and after the first window each scored byte sees at least ctx - stride
  * bytes of context. */
 #include <math.h>
