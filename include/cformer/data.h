@@ -16,6 +16,9 @@ typedef struct cf_bytes {
 /* 0, or -1 with cf_error_msg() naming the file (missing, unreadable, empty) */
 int  cf_bytes_open(cf_bytes *b, const char *path);
 void cf_bytes_close(cf_bytes *b);
+/* Every byte of b is a token id below vocab: 0, or -1 with cf_error_msg() naming the file, the
+ * offset and the byte (a model of vocab_size 2 cannot read text). */
+int  cf_bytes_check_vocab(const cf_bytes *b, int vocab);
 
 /* The training batch sampler. Random: row r of batch `index` starts at a position drawn from the
  * counter-based RNG keyed by (seed, index, r), so any batch can be regenerated from its index

@@ -244,7 +244,11 @@ static int cmd_eval(int argc, char **argv) {
         snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);
     if (msg[0]) { cf_model_free(&m); return fail(msg); }
     cf_bytes b;
-    if (cf_bytes_open(&b, data)) { cf_model_free(&m); return fail(cf_error_msg()); }
+    if (cf_bytes_open(&b, data) || cf_bytes_check_vocab(&b, c.model.vocab_size)) {
+        cf_bytes_close(&b);
+        cf_model_free(&m);
+        return fail(cf_error_msg());
+    }
     int batch = c.train.batch_size;
     cf_ctx ctx;
     int rc = 0;
@@ -299,6 +303,14 @@ static int cmd_sample(int argc, char **argv) {
     }
     int n_prompt = (int)strlen(prompt);
     if (n_prompt > 1000000) { cf_model_free(&m); return fail("--prompt: longer than 1000000 bytes"); }
+    for (int i = 0; i < n_prompt; i++)
+        if ((uint8_t)prompt[i] >= c.model.vocab_size) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "--prompt: byte %d at offset %d is not a token of the model's vocab_size %d",
+                     (uint8_t)prompt[i], i, c.model.vocab_size);
+            cf_model_free(&m);
+            return fail(msg);
+        }
     int W = c.model.max_seq_len;
     cf_ctx ctx;
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, 1, W), 1 << 20)) { cf_model_free(&m); return fail(cf_error_msg()); }

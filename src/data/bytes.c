@@ -42,3 +42,12 @@ void cf_bytes_close(cf_bytes *b) {
     if (b->map) munmap(b->map, b->map_len);
     memset(b, 0, sizeof *b);
 }
+
+int cf_bytes_check_vocab(const cf_bytes *b, int vocab) {
+    if (vocab >= 256) return 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->data[i] >= vocab)
+            return cf_set_error("\"%s\": byte %d at offset %zu is not a token of model.vocab_size %d (bytes are tokens: "
+                                "use model.vocab_size 256)", b->path, b->data[i], i, vocab);
+    return 0;
+}

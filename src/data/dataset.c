@@ -13,9 +13,22 @@ static const char *split_path(const cf_dataset *d, int s) {
 }
 
 /* ---- bytes: a decoder-only model reads windows (random) or streams (ordered) of byte files ----- */
+/* Every split is checked against what the run will ask of it before the first step: its bytes
+ * are tokens of the model, and an evaluation split has a byte to predict. */
 static int bytes_open(cf_dataset *d) {
-    for (int s = 0; s < CF_SPLIT_COUNT; s++)
-        if ((s == CF_SPLIT_TRAIN || split_path(d, s)[0]) && cf_bytes_open(&d->bytes[s], split_path(d, s))) return -1;
+    for (int s = 0; s < CF_SPLIT_COUNT; s++) {
+        if (s != CF_SPLIT_TRAIN && !split_path(d, s)[0]) continue;
+        cf_bytes *b = &d->bytes[s];
+        int bad = cf_bytes_open(b, split_path(d, s)) || cf_bytes_check_vocab(b, d->c->model.vocab_size);
+        if (!bad && s != CF_SPLIT_TRAIN && b->n < 2)
+            bad = cf_set_error("\"%s\": %zu byte, too short to evaluate (at least 2: a context and a byte to predict)",
+                               b->path, b->n);
+        if (bad) {
+            char msg[1200];
+            snprintf(msg, sizeof msg, "%s", cf_error_msg());
+            return cf_set_error("%s: %s", cf_split_names[s], msg);
+        }
+    }
     return 0;
 }
 

@@ -211,7 +211,8 @@ static int set_value(const key_def *k, const cJSON *v, const char *path, char *b
         set_str(dst, k->size, v->valuestring);
         return 0;
     case K_SEED: {
-        if (get_integer(path, v, 0, 9007199254740992.0, &d)) return -1;   /* 2^53: exact in a double */
+        /* below 2^53 every integer is exact in a double: a larger literal may have been rounded */
+        if (get_integer(path, v, 0, 9007199254740991.0, &d)) return -1;
         uint64_t u = (uint64_t)d;
         memcpy(dst, &u, sizeof u);
         return 0;
