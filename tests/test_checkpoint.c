@@ -496,6 +496,7 @@ static void test_rec_state_saved(const char *const *xl_over, const char *const *
         H5Ldelete(g, "state/attention/layer.0", H5P_DEFAULT);
         H5Ldelete(g, "state/attention/layer.1", H5P_DEFAULT);
         H5Fclose(g);
+        CHECK(t_reseal(p) == 0, "cannot reseal %s", p);
         st = train_child(&c, NULL, b, 0, NULL, NULL);   /* latest.h5 is a link to step_4.h5 */
         snprintf(q, sizeof q, "%s/%s-straight", root, modes[k]);
         char *la = log_losses(q), *lb = log_losses(b);
@@ -564,6 +565,7 @@ static void test_unnamed_optimizer(const char *straight) {
     hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
     CHECK(f >= 0 && H5Ldelete(f, "optimizer/name", H5P_DEFAULT) >= 0, "cannot delete /optimizer/name from %s", p);
     if (f >= 0) H5Fclose(f);
+    CHECK(t_reseal(p) == 0, "cannot reseal %s", p);
     f = cf_h5_open_read(p);
     CHECK(f >= 0 && !cf_h5_exists(f, "optimizer/name"), "/optimizer/name is still there");
     if (f >= 0) H5Fclose(f);
@@ -694,6 +696,7 @@ static void bad_load(const char *good, const cf_config *c, const char *name, edi
         CF_ASSERT(f >= 0, "cannot edit %s", p);
         edit(f);
         H5Fclose(f);
+        CF_ASSERT(t_reseal(p) == 0, "cannot reseal %s", p);
     }
     size_t n;
     char *before = read_bytes(p, &n);

@@ -25,6 +25,19 @@ static void write_bytes(const char *path, const void *data, size_t n) {
 
 static int exists(const char *p) { struct stat st; return stat(p, &st) == 0; }
 
+/* a whole file (binary), malloc'd; *n its size */
+static char *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    CF_ASSERT(f, "cannot read %s", path);
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = cf_xmalloc(*n ? *n : 1);
+    CF_ASSERT(fread(b, 1, *n, f) == *n, "cannot read %s", path);
+    fclose(f);
+    return b;
+}
+
 static int count_lines(const char *s) {
     int n = 0;
     for (; *s; s++) n += *s == '\n';
@@ -65,6 +78,101 @@ static void expect_bad(const char *what, const char *const *args, const char *wa
           "%s: status %d, stderr \"%s\" (want exit 2 and one line containing \"%s\")", what, rc, err, want);
     printf("bad input %-22s -> exit %d: %s", what, rc, err);
     free(err);
+}
+
+
+/* Bit flips across a checkpoint: every one is refused before HDF5 parses the file (in process, so
+ * a crash would end the test), and a few through every loading command, each with one line. */
+static void flips(const char *ckpt) {
+    size_t n;
+    char *orig = read_file(ckpt, &n), flip_path[300];
+    snprintf(flip_path, sizeof flip_path, "%s/flip.h5", root);
+    int refused = 0, total = 0;
+    cf_rng r;
+    cf_rng_seed(&r, 7);
+    for (int i = 0; i < 400; i++) {
+        /* 100 offsets spread evenly over the file, then random ones */
+        size_t off = i < 100 ? (size_t)i * (n / 100) : (size_t)(cf_rng_next(&r) % n);
+        char bit = (char)(1 << (cf_rng_next(&r) % 8));
+        orig[off] ^= bit;
+        write_bytes(flip_path, orig, n);
+        orig[off] ^= bit;
+        cf_config c;
+        cf_model m;
+        int rc = cf_ckpt_load_model(flip_path, &c, &m, NULL);
+        if (rc == 0) cf_model_free(&m);
+        refused += rc == -1 && strstr(cf_error_msg(), flip_path) && !strchr(cf_error_msg(), '\n');
+        total++;
+    }
+    CHECK(refused == total, "bit flips: %d of %d refused", refused, total);
+    printf("bit flips: %d of %d refused with one line\n", refused, total);
+    orig[n / 2] ^= 4;
+    write_bytes(flip_path, orig, n);
+    expect_bad("info flipped bit", (const char *[]){"info", flip_path, NULL}, "damaged");
+    expect_bad("eval flipped bit", (const char *[]){"eval", flip_path, "--data", valid, NULL}, "damaged");
+    expect_bad("sample flipped bit", (const char *[]){"sample", flip_path, NULL}, "damaged");
+    expect_bad("info --verify flipped", (const char *[]){"info", "--verify", flip_path, NULL}, "damaged");
+    int rc = run((const char *[]){"info", "--verify", ckpt, NULL});
+    char *out = t_read_text(out_path);
+    CHECK(rc == 0 && strstr(out, "checksums match"), "info --verify: status %d: %s", rc, out);
+    free(out);
+    free(orig);
+}
+
+/* A full disk: a small tmpfs when this runs as root and may mount one, else the write-failure hook
+ * (CF_CKPT_FAIL_DISK) that fails the checkpoint's real write as ENOSPC does: exit 2, one line, no
+ * temporary file left, no crash at exit. */
+static void full_disk(void) {
+    char mnt[300], run_dir[400];
+    snprintf(mnt, sizeof mnt, "%s/small", root);
+    mkdir(mnt, 0755);
+    char cmd[500];
+    int mounted = 0;
+    if (geteuid() == 0) {
+        snprintf(cmd, sizeof cmd, "mount -t tmpfs -o size=200k tmpfs %s 2>/dev/null", mnt);
+        mounted = system(cmd) == 0;
+    }
+    snprintf(run_dir, sizeof run_dir, "%s/run", mnt);
+    if (!mounted) setenv("CF_CKPT_FAIL_DISK", "1", 1);
+    /* the run's opening line, then the error: the save fails, the run stops */
+    int rc = run((const char *[]){"train", cfg, "--out", run_dir, "--quiet", NULL});
+    char *err = t_read_text(err_path), *last = strstr(err, "\ncformer: ");
+    CHECK(rc == 2 && count_lines(err) == 2 && last && strstr(last, "No space left on device"),
+          "full disk (%s): status %d, stderr \"%s\" (want exit 2 and one error line)", mounted ? "tmpfs" : "hook", rc, err);
+    printf("full disk (%s) -> exit %d:%s", mounted ? "tmpfs" : "hook", rc, last ? last : err);
+    free(err);
+    unsetenv("CF_CKPT_FAIL_DISK");
+    snprintf(cmd, sizeof cmd, "ls -a %s/ckpt | grep -c tmp >/dev/null", run_dir);
+    CHECK(system(cmd) != 0, "a temporary checkpoint file is left behind");
+    if (mounted) {
+        snprintf(cmd, sizeof cmd, "umount %s", mnt);
+        CHECK(system(cmd) == 0, "cannot unmount %s", mnt);
+    }
+}
+
+/* inputs that must be refused at once, with one line: a FIFO as data or config, a directory as
+ * data, models too large for memory, a vocabulary the data does not fit */
+static void hostile_inputs(void) {
+    char fifo[300], set[400];
+    snprintf(fifo, sizeof fifo, "%s/fifo", root);
+    CF_ASSERT(mkfifo(fifo, 0644) == 0, "mkfifo: %s", strerror(errno));
+    snprintf(set, sizeof set, "data.train=%s", fifo);
+    expect_bad("FIFO as data", (const char *[]){"train", cfg, "--set", set, NULL}, "a FIFO");
+    expect_bad("FIFO as config", (const char *[]){"train", fifo, NULL}, "a FIFO");
+    expect_bad("FIFO as checkpoint", (const char *[]){"info", fifo, NULL}, "not a regular file");
+    snprintf(set, sizeof set, "data.train=%s", root);
+    expect_bad("directory as data", (const char *[]){"train", cfg, "--set", set, NULL}, "a directory");
+    expect_bad("huge d_model", (const char *[]){"train", cfg, "--set", "model.d_model=1048576", NULL}, "choose a smaller model");
+    expect_bad("huge n_layers", (const char *[]){"train", cfg, "--set", "model.n_layers=1048576", NULL}, "choose a smaller model");
+    expect_bad("vocab 2", (const char *[]){"train", cfg, "--set", "model.vocab_size=2", NULL}, "is not a token of model.vocab_size 2");
+    expect_bad("threads 5000", (const char *[]){"train", cfg, "--threads", "5000", NULL}, "--threads");
+    expect_bad("sample --tokens -1", (const char *[]){"sample", "x.h5", "--tokens", "-1", NULL}, "--tokens");
+}
+
+static void faults(const char *ckpt) {
+    flips(ckpt);
+    full_disk();
+    hostile_inputs();
 }
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
@@ -174,6 +282,8 @@ int main(int argc, char **argv) {
                "the checkpoint holds the state of optimizer \"adamw\", the run's train.optimizer is \"lion\"");
     expect_bad("unwritable --out", (const char *[]){"train", cfg, "--out", under, NULL}, "cannot create");
     CHECK(!exists(under), "a run directory appeared under a file");
+
+    faults(ckpt);
 
     /* SIGINT: finish the step, checkpoint, exit 130, say where */
     char srun[300], slog[400], slatest[400];

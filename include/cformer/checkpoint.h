@@ -105,6 +105,18 @@ int cf_ckpt_load_model(const char *path, cf_config *c, cf_model *m, cf_train_sta
  * directory and means ARG/ckpt/latest.h5 (run_dir = ARG), which must exist. */
 int cf_ckpt_resolve(const char *arg, char *path, size_t path_size, char *run_dir, size_t run_dir_size);
 
+/* ---- integrity (src/io/integrity.c) ----
+ * A checkpoint's first CF_CKPT_USERBLOCK bytes (HDF5's user block) are a header of CRC-32C
+ * checksums of the header itself, of the whole HDF5 image after it and of each of its chunks
+ * (about 1000 of them at most), written once the image is complete. */
+#define CF_CKPT_USERBLOCK 4096
+/* the header for image[n] into h[CF_CKPT_USERBLOCK] */
+void cf_ckpt_seal(uint8_t *h, const uint8_t *image, size_t n);
+/* Check path against its checksums before anything parses it: 0 with *sealed = 1 when they match,
+ * 0 with *sealed = 0 for a file written without them (HDF5 at byte 0), else -1 with cf_error_msg()
+ * naming the file and the part that failed (the header, a byte range, the length). */
+int  cf_ckpt_verify(const char *path, int *sealed);
+
 /* Keys whose values differ between two resolved configs, as one malloc'd line
  * ("train.steps: 200 -> 400, train.lr: 0.001 -> 0.0005"), or NULL when none do. prefix selects
  * a section ("model.") or NULL for all; skip (NULL-terminated, may be NULL) lists keys to ignore. */

@@ -234,6 +234,9 @@ void cf_set_num_threads(int n);
 
 /* peak resident set size of the process in MB (from /proc/self/status VmHWM) */
 double cf_peak_rss_mb(void);
+/* CRC-32C of n bytes continuing crc (0 to start): cf_crc32c(0, "123456789", 9) == 0xe3069283 */
+uint32_t cf_crc32c(uint32_t crc, const void *data, size_t n);
+
 /* the machine's physical memory in bytes (0 when unknown) */
 uint64_t cf_phys_mem_bytes(void);
 

@@ -16,7 +16,7 @@ static void usage(FILE *f) {
         "  train CONFIG.json [--out DIR] [--resume CKPT.h5|RUN_DIR] [--until STEP] [--set key.path=value]... [--threads N]\n"
         "  eval  CKPT.h5 --data FILE [--ctx N] [--stride S] [--bytes N] [--mem-len N]   bits per byte of FILE\n"
         "  sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-        "  info  CKPT.h5                                        config, step, parameter counts\n"
+        "  info  [--verify] CKPT.h5                                        config, step, parameter counts\n"
         "  translate CKPT.h5 [--input TEXT] [--beam K] [--max-len N]   encoder-decoder: one line per input line\n"
         "        (stdin without --input); input and output use the escapes \\t \\n \\\\ of pair files\n"
         "  bench CONFIG.json [--steps N] [--set key=value]... [--threads N]   training-step speed and memory\n"
@@ -331,12 +331,21 @@ static int cmd_sample(int argc, char **argv) {
 
 static int cmd_info(int argc, char **argv) {
     const char *ckpt = NULL;
+    int verify = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--help")) { usage(stdout); return 0; }
+        if (!strcmp(argv[i], "--verify")) { verify = 1; continue; }
         if (argv[i][0] == '-' || ckpt) { fprintf(stderr, "cformer: info: unexpected argument \"%s\"\n", argv[i]); return 2; }
         ckpt = argv[i];
     }
     if (!ckpt) return fail("info: missing CKPT.h5");
+    if (verify) {   /* the checksums alone: nothing is parsed */
+        int sealed;
+        if (cf_ckpt_verify(ckpt, &sealed)) return fail(cf_error_msg());
+        if (!sealed) return fail("info --verify: the checkpoint has no checksums (written by an earlier cformer)");
+        printf("%s: checksums match\n", ckpt);
+        return 0;
+    }
     cf_config c;
     cf_model m;
     cf_train_state s;

@@ -186,6 +186,27 @@ static int64_t first_non_finite(const float *x, int64_t n) {
     return -1;
 }
 
+/* bytes[n] into path (created), fsync'ed and closed; a short write (a full disk) is an error
+ * naming the file. CF_CKPT_FAIL_DISK=1 makes the write stop half way with ENOSPC, as a full disk
+ * does (tests). */
+static int write_file(const char *path, const uint8_t *bytes, size_t n, const char *label) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return cf_set_error("%s: cannot create %s: %s", label, path, strerror(errno));
+    size_t limit = env_long("CF_CKPT_FAIL_DISK") > 0 ? n / 2 : n;
+    int e = 0;
+    for (size_t off = 0; off < n && !e;) {
+        ssize_t w = off < limit ? write(fd, bytes + off, (limit < n ? limit : n) - off) : -1;
+        if (off >= limit) errno = ENOSPC;
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) e = w < 0 ? errno : EIO;
+        else off += (size_t)w;
+    }
+    if (!e && fsync(fd)) e = errno;
+    if (close(fd) && !e) e = errno;
+    if (e) return cf_set_error("%s: writing %s failed: %s", label, path, strerror(e));
+    return 0;
+}
+
 int cf_ckpt_save(const char *path, const cf_config *c, const cf_model *m, const cf_optim *o,
                  const cf_train_state *s) {
     CF_ASSERT(m && o && s && o->n_params == m->params.n, "cf_ckpt_save: model, optimizer and state are required");
@@ -204,16 +225,32 @@ int cf_ckpt_save(const char *path, const cf_config *c, const cf_model *m, const 
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return cf_set_error("%s: cannot write in \"%s\": %s", file, dir, strerror(errno));
     close(fd);
+    /* HDF5 builds the file in memory (the core driver, no backing store) and never touches the
+     * disk: a full disk then fails in write() below, where it is reported and cleaned up, instead
+     * of leaving libhdf5 with a file it cannot close */
     cf_h5_quiet();
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_fapl_core(fapl, (size_t)1 << 20, 0);
+    H5Pset_userblock(fcpl, CF_CKPT_USERBLOCK);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, fapl);
+    H5Pclose(fapl);
+    H5Pclose(fcpl);
     if (f < 0) {
         unlink(tmp);
         return cf_set_error("%s: cannot create the HDF5 file %s", file, tmp);
     }
     int rc = write_all(f, file, c, m, o, s);
-    if (!rc && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = cf_set_error("%s: flushing %s failed (disk full?)", file, tmp);
-    if (H5Fclose(f) < 0 && !rc) rc = cf_set_error("%s: closing %s failed (disk full?)", file, tmp);
-    if (!rc) rc = fsync_path(tmp, file, 0);
+    if (!rc && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) rc = cf_set_error("%s: building %s failed", file, tmp);
+    ssize_t n = rc ? -1 : H5Fget_file_image(f, NULL, 0);
+    uint8_t *img = n > 0 ? malloc(CF_CKPT_USERBLOCK + (size_t)n) : NULL;
+    if (!rc && (!img || H5Fget_file_image(f, img + CF_CKPT_USERBLOCK, (size_t)n) != n))
+        rc = cf_set_error("%s: cannot take the image of %s (%zd bytes)", file, tmp, n);
+    H5Fclose(f);
+    if (!rc) {
+        cf_ckpt_seal(img, img + CF_CKPT_USERBLOCK, (size_t)n);
+        rc = write_file(tmp, img, CF_CKPT_USERBLOCK + (size_t)n, file);
+    }
+    free(img);
     if (!rc && rename(tmp, path)) rc = cf_set_error("%s: cannot rename %s into place: %s", file, tmp, strerror(errno));
     if (rc) {
         unlink(tmp);
@@ -271,12 +308,25 @@ int cf_ckpt_publish(const char *src, const char *dst) {
 }
 
 /* ---- load ----------------------------------------------------------------------------------------- */
-/* Open read-only and check that this is a checkpoint of a format this build reads. */
+/* once per file: a checkpoint without checksums is loaded as it is, and said so */
+static void warn_unsealed(const char *path) {
+    static char last[1024];
+    if (!strcmp(last, path)) return;
+    snprintf(last, sizeof last, "%s", path);
+    fprintf(stderr, "cformer: warning: %s has no checksums (written by an earlier cformer): it is loaded unverified\n",
+            path);
+}
+
+/* Open read-only, after verifying the checksums, and check that this is a checkpoint of a format
+ * this build reads. */
 static hid_t ckpt_open(const char *path) {
     struct stat st;
     if (stat(path, &st)) { cf_set_error("%s: cannot open: %s", path, strerror(errno)); return -1; }
     if (!S_ISREG(st.st_mode)) { cf_set_error("%s: not a regular file", path); return -1; }
     if (access(path, R_OK)) { cf_set_error("%s: cannot open: %s", path, strerror(errno)); return -1; }
+    int sealed;
+    if (cf_ckpt_verify(path, &sealed)) return -1;
+    if (!sealed) warn_unsealed(path);
     cf_h5_quiet();
     if (H5Fis_hdf5(path) <= 0) { cf_set_error("%s: not an HDF5 file (or its header is damaged)", path); return -1; }
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
