@@ -64,6 +64,11 @@ static void test_errors(void) {
     expect_error("{\"train\": {\"optimizer\": \"sgd\"}}", NULL, 0, 0,
                  "train.optimizer: expected one of adamw, lion, got \"sgd\"");
     expect_error("{\"data\": {\"train\": 7}}", NULL, 0, 0, "data.train: expected a string, got number");
+    /* a NUL escape would cut the string short: refused, and an escaped backslash before u0000 is not one */
+    expect_error("{\"data\": {\"train\": \"a\\u0000b\"}}", NULL, 0, 0, "\\u0000 (a NUL byte) at line 1, column 22");
+    expect_error("{}", (const char *[]){"data.train=\"a\\u0000\""}, 1, 0, "cannot be part of a value");
+    expect_ok("{\"comment\": \"a \\\\u0000 b\"}", NULL, 0);
+    expect_error("{\"train\": {\"seed\": 9007199254740993}}", NULL, 0, 0, "train.seed: 9007199254740992 is out of range");
     expect_error("{\"model\": {\"d_model\": 256, \"n_heads\": 6}}", NULL, 0, 0,
                  "model.n_heads: must divide model.d_model (256 % 6 != 0)");
     expect_error("{\"model\": {\"max_seq_len\": 128}, \"train\": {\"seq_len\": 256}}", NULL, 0, 0,

@@ -113,6 +113,7 @@ static int eval_pairs(const cf_config *c, cf_model *m, const char *data, int lim
     }
     cf_eval_result r;
     if (cf_s2s_eval(m, &ctx, &p, limit, batch, T, &r)) rc = fail(cf_error_msg());
+    else if (!isfinite(r.bpb)) rc = fail("eval: bits per target token is not finite (the model's weights are broken)");
     else printf("BENCH eval bpb=%.6f exact_match=%.4f pairs=%lld tokens=%lld seconds=%.1f\n", r.bpb, r.exact,
                 (long long)r.pairs, (long long)r.bytes, r.seconds);
     cf_ctx_free(&ctx);
@@ -257,6 +258,7 @@ static int cmd_eval(int argc, char **argv) {
     cf_eval_result r;
     size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
     if (cf_eval_bpb(&m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
+    else if (!isfinite(r.bpb)) rc = fail("eval: bits per byte is not finite (the model's weights are broken)");
     else if (cf_model_is_recurrent(&m)) {
         /* streamed in order with the recurrent state: no stride; the memory is the context */
         int ml = 0;

@@ -353,10 +353,26 @@ static int split_segment(const char *ov, const char *seg, size_t len, char *name
     return 0;
 }
 
+/* The offset of a \u0000 escape inside a JSON string of text, or -1: cJSON's strings end at their
+ * first NUL, so a path "a\u0000b" would silently become "a". */
+static long nul_escape(const char *text) {
+    int in_string = 0;
+    for (const char *p = text; *p; p++) {
+        if (!in_string) { in_string = *p == '"'; continue; }
+        if (*p == '"') in_string = 0;
+        else if (*p == '\\' && p[1]) {
+            if (p[1] == 'u' && !strncmp(p + 2, "0000", 4)) return p - text;
+            p++;   /* the escaped character, which may be a quote */
+        }
+    }
+    return -1;
+}
+
 static int apply_override(cJSON *root, const char *ov) {
     const char *eq = strchr(ov, '=');
     if (!eq || eq == ov) return cf_set_error("override \"%s\": expected key.path=value", ov);
     const char *val = eq + 1;
+    if (nul_escape(val) >= 0) return cf_set_error("override \"%s\": \\u0000 (a NUL byte) cannot be part of a value", ov);
     cJSON *v = cJSON_ParseWithOpts(val, NULL, 1);
     if (!v) v = cJSON_CreateString(val);   /* a bare string: --set data.train=x.bin */
     CF_ASSERT(v, "out of memory in cJSON");
@@ -566,6 +582,16 @@ static int check_data_files(const cf_data_config *d) {
 static int parse_source(cf_config *c, const char *text, const char *source, const char *const *overrides,
                         int n_overrides, int check_files) {
     cf_config_defaults(c);
+    long nul = nul_escape(text);
+    if (nul >= 0) {
+        int line = 1, col = 1;
+        for (long i = 0; i < nul; i++) {
+            if (text[i] == '\n') line++, col = 1;
+            else col++;
+        }
+        return cf_set_error("%s%s\\u0000 (a NUL byte) at line %d, column %d cannot be part of a value",
+                            source ? source : "", source ? ": " : "", line, col);
+    }
     const char *err = NULL;
     cJSON *root = cJSON_ParseWithOpts(text, &err, 1);
     if (!root) {
