@@ -24,4 +24,35 @@ void cf_gemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
 /* which micro-kernel cf_gemm runs: "avx512", "avx2" or "portable" */
 const char *cf_gemm_isa(void);
 
+/* ---- bfloat16 GEMM: the matrix products of mixed-precision training ---------------------------
+ * cf_gemm's contract (layouts, leading dimensions, alpha and beta, beta == 0 ignores C, alpha == 0
+ * or k == 0 leave A and B unread, deterministic at any thread count, safe from several threads at
+ * once, no allocation after a thread's first call), except that every element of op(A) and op(B)
+ * is rounded to bfloat16 (cf_bf16_round) as it is packed and the products are summed in fp32. The
+ * tensors stay fp32. The micro-kernel is chosen at run time, so one binary runs on any x86-64:
+ *   "amx"         AMX-BF16 tiles (tdpbf16ps), where Linux grants the tile permission
+ *   "avx512bf16"  AVX512-BF16 (vdpbf16ps)
+ *   "portable"    C that gives bitwise the same C as avx512bf16, on any machine
+ * the first this machine runs, unless the environment variable CF_BF16_KERNEL names one: then that
+ * one, and a name that is unknown or that this machine cannot run stops the program with a message.
+ * The kernels differ in their k blocking and summation order: each is within the fp32 summation
+ * bound of cf_gemm_bf16_ref, and only portable and avx512bf16 agree bitwise. */
+void cf_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                  const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* The reference the tests trust: op(A) and op(B) rounded as cf_gemm_bf16 rounds them, then
+ * cf_gemm_ref (products summed in double). */
+void cf_gemm_bf16_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                      const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                      int ldc);
+/* x rounded to bfloat16 (returned as the float of the same value), as packing rounds: to nearest,
+ * ties to even, overflow to infinity, NaN stays NaN, and subnormal x gives a zero of its sign (the
+ * bf16 instructions read subnormals as zero; rounding a normal x never makes one). */
+float cf_bf16_round(float x);
+/* the kernel cf_gemm_bf16 runs: "amx", "avx512bf16" or "portable" */
+const char *cf_gemm_bf16_kernel(void);
+/* Runs the named kernel from the next call on (tests and benchmarks compare them in one process;
+ * not while calls are in flight). 0, or -1 with cf_error_msg() when the name is unknown or this
+ * machine cannot run it. */
+int cf_gemm_bf16_set_kernel(const char *name);
+
 #endif
