@@ -85,7 +85,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# cformer's defaults for the keys the twin reads (src/train/config.c cf_config_defaults)
+# cformer's defaults for the keys the twin reads (src/core/schema.c cf_config_defaults)
 MODEL_DEFAULTS = {
     "arch": "decoder", "vocab_size": 256, "d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 0,
     "norm": "layernorm", "norm_position": "pre", "activation": "gelu", "position": "learned",
@@ -293,7 +293,7 @@ def build(cfg, seed=0):
     return Decoder(m)
 
 
-# ---- training: cformer's AdamW step (src/train/optim.c) -------------------------------------------
+# ---- training: cformer's AdamW step (src/optim/adamw.c) -------------------------------------------
 
 def make_adamw(model, t):
     """AdamW with decoupled weight decay on matrices only (biases, norm weights: none)."""

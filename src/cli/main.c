@@ -1,5 +1,5 @@
 /* cformer: the command line (docs/architecture.md section 10). A thin client of libcformer and the only place
- * that exits: 0 success, 2 bad usage or input, 1 internal failure. */
+ * that exits: 0 success, 2 bad usage or input, 1 an MPI job stopped by one rank's failure. */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -23,7 +23,7 @@ static void usage(FILE *f) {
         "  --help, --version\n"
         "Under mpirun (make MPI=1) train and bench run data-parallel, train.batch_size being the global\n"
         "batch (README: Training on several processes).\n"
-        "Exit status: 0 done, 2 bad usage or input, 1 internal failure, 130/143 stopped by SIGINT/SIGTERM\n"
+        "Exit status: 0 done, 2 bad usage or input, 1 another MPI rank failed, 130/143 stopped by SIGINT/SIGTERM\n"
         "(after the current step and a checkpoint; --resume RUN_DIR continues it).\n"
         "Configuration keys and defaults: configs/README.md\n");
 }
