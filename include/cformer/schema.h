@@ -19,6 +19,7 @@ typedef enum {
 typedef enum { CF_COMBINE_ALTERNATE, CF_COMBINE_HEADS, CF_COMBINE_MERGED } cf_combine_kind;
 typedef enum { CF_FAVOR_SOFTMAX, CF_FAVOR_RELU } cf_favor_kernel;
 typedef enum { CF_UPDATE_LINEAR, CF_UPDATE_DELTA, CF_UPDATE_NONE } cf_update_kind;
+typedef enum { CF_PRECISION_FP32, CF_PRECISION_BF16, CF_PRECISION_COUNT } cf_precision;
 typedef enum { CF_SCHED_COSINE, CF_SCHED_LINEAR, CF_SCHED_CONSTANT } cf_sched_kind;
 typedef enum { CF_SAMPLE_RANDOM, CF_SAMPLE_ORDERED } cf_sample_kind;
 /* train.optimizer; each kind is a row of the optimizer table (optim.h, src/optim/optim.c) */
@@ -92,6 +93,7 @@ typedef struct cf_train_config {
     int     keep_checkpoints;   /* 3 */
     cf_sample_kind sampling;    /* "random" windows or "ordered" streams per batch row */
     int     threads;            /* 0 = OMP_NUM_THREADS / all cores */
+    cf_precision precision;     /* "fp32"; "bf16": matrix products on bfloat16 operands, fp32 sums */
     int     bucket_pool;        /* 1; encoder-decoder: batches from pools of bucket_pool x batch_size pairs
                                  * sorted by length (pairs.h: cf_pairs_sample) */
 } cf_train_config;
@@ -125,7 +127,7 @@ const cf_attn_config *cf_config_layer_attn(const cf_model_config *m, int layer);
 extern const char *const cf_arch_names[], *const cf_norm_names[], *const cf_norm_pos_names[],
     *const cf_act_names[], *const cf_pos_names[], *const cf_attn_kind_names[], *const cf_sched_names[],
     *const cf_sample_names[], *const cf_combine_names[], *const cf_favor_kernel_names[],
-    *const cf_update_names[], *const cf_optim_names[];
+    *const cf_update_names[], *const cf_optim_names[], *const cf_precision_names[];
 const char *cf_attn_kind_name(cf_attn_kind k);
 const char *cf_optim_name(cf_optim_kind k);
 

@@ -14,8 +14,8 @@ static void usage(FILE *f) {
     fprintf(f,
         "usage: cformer <command> [options]\n"
         "  train CONFIG.json [--out DIR] [--resume CKPT.h5|RUN_DIR] [--until STEP] [--set key.path=value]... [--threads N]\n"
-        "  eval  CKPT.h5 --data FILE [--ctx N] [--stride S] [--bytes N] [--mem-len N]   bits per byte of FILE\n"
-        "  sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+        "  eval  CKPT.h5 --data FILE [--precision fp32|bf16] [--ctx N] [--stride S] [--bytes N] [--mem-len N]   bits per byte of FILE\n"
+        "  sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S] [--precision fp32|bf16]\n"
         "  info  [--verify] CKPT.h5                                        config, step, parameter counts\n"
         "  translate CKPT.h5 [--input TEXT] [--beam K] [--max-len N]   encoder-decoder: one line per input line\n"
         "        (stdin without --input); input and output use the escapes \\t \\n \\\\ of pair files\n"
@@ -57,6 +57,14 @@ static int int_arg(const char *opt, const char *v, int lo, int hi, int *out) {
     }
     *out = (int)x;
     return 0;
+}
+
+/* --precision fp32|bf16 into *out (a cf_precision), or report it in one line */
+static int precision_arg(const char *opt, const char *v, int *out) {
+    for (int i = 0; v && cf_precision_names[i]; i++)
+        if (!strcmp(v, cf_precision_names[i])) { *out = i; return 0; }
+    fprintf(stderr, "cformer: %s: expected fp32 or bf16, got \"%s\"\n", opt, v ? v : "");
+    return -1;
 }
 
 static int cmd_train_or_bench(int argc, char **argv, int bench) {
@@ -111,6 +119,7 @@ static int eval_pairs(const cf_config *c, cf_model *m, const char *data, int lim
         cf_pairs_free(&p);
         return fail(cf_error_msg());
     }
+    ctx.bf16 = c->train.precision == CF_PRECISION_BF16;
     cf_eval_result r;
     if (cf_s2s_eval(m, &ctx, &p, limit, batch, T, &r)) rc = fail(cf_error_msg());
     else if (!isfinite(r.bpb)) rc = fail("eval: bits per target token is not finite (the model's weights are broken)");
@@ -202,12 +211,13 @@ static int cmd_translate(int argc, char **argv) {
 
 static int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
-    int ctx_len = 0, stride = 0, limit = 0, mem_len = -1;
+    int ctx_len = 0, stride = 0, limit = 0, mem_len = -1, precision = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--data") && v) { data = v; i++; }
         else if (!strcmp(a, "--mem-len")) { if (int_arg(a, v, 0, 1 << 20, &mem_len)) return 2; i++; }
+        else if (!strcmp(a, "--precision")) { if (precision_arg(a, v, &precision)) return 2; i++; }
         else if (!strcmp(a, "--bytes")) { if (int_arg(a, v, 2, INT_MAX, &limit)) return 2; i++; }
         else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, 1, 1 << 20, &ctx_len)) return 2; i++; }
         else if (!strcmp(a, "--stride")) { if (int_arg(a, v, 1, 1 << 20, &stride)) return 2; i++; }
@@ -219,6 +229,7 @@ static int cmd_eval(int argc, char **argv) {
     cf_config c;
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    if (precision >= 0) c.train.precision = precision;   /* default: the precision the model trained in */
     if (m.family == &cf_encdec_family) {   /* an encoder-decoder scores pairs (section above) */
         int rc = ctx_len || stride ? fail("eval: --ctx and --stride are for decoder models; an encoder-decoder scores pairs")
                                    : eval_pairs(&c, &m, data, limit);
@@ -255,6 +266,7 @@ static int cmd_eval(int argc, char **argv) {
     int rc = 0;
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, batch, ctx_len), 1 << 20)) { rc = fail(cf_error_msg()); goto out; }
     ctx.grad_enabled = 0;
+    ctx.bf16 = c.train.precision == CF_PRECISION_BF16;
     cf_eval_result r;
     size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
     if (cf_eval_bpb(&m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
@@ -279,7 +291,7 @@ out:
 
 static int cmd_sample(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = "";
-    int tokens = 256, top_k = 0, seed = 1;
+    int tokens = 256, top_k = 0, seed = 1, precision = -1;
     float temperature = 1.0f;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -289,6 +301,7 @@ static int cmd_sample(int argc, char **argv) {
         else if (!strcmp(a, "--top-k")) { if (int_arg(a, v, 0, 1 << 20, &top_k)) return 2; i++; }
         else if (!strcmp(a, "--seed")) { if (int_arg(a, v, 0, INT_MAX, &seed)) return 2; i++; }
         else if (!strcmp(a, "--temperature")) { if (float_arg(a, v, &temperature)) return 2; i++; }
+        else if (!strcmp(a, "--precision")) { if (precision_arg(a, v, &precision)) return 2; i++; }
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: sample: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;
     }
@@ -316,6 +329,8 @@ static int cmd_sample(int argc, char **argv) {
     int W = c.model.max_seq_len;
     cf_ctx ctx;
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, 1, W), 1 << 20)) { cf_model_free(&m); return fail(cf_error_msg()); }
+    if (precision >= 0) c.train.precision = precision;   /* default: the precision the model trained in */
+    ctx.bf16 = c.train.precision == CF_PRECISION_BF16;
     uint8_t *out = cf_xmalloc((size_t)n_prompt + (size_t)tokens);
     memcpy(out, prompt, (size_t)n_prompt);
     int rc = 0;

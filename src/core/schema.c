@@ -18,7 +18,9 @@ const char *const cf_sample_names[] = {"random", "ordered", NULL};
 const char *const cf_combine_names[] = {"alternate", "heads", "merged", NULL};
 const char *const cf_favor_kernel_names[] = {"softmax", "relu", NULL};
 const char *const cf_update_names[] = {"linear", "delta", "none", NULL};
+const char *const cf_precision_names[] = {"fp32", "bf16", NULL};
 const char *const cf_optim_names[] = {"adamw", "lion", NULL};
+_Static_assert(sizeof cf_precision_names / sizeof *cf_precision_names == CF_PRECISION_COUNT + 1, "precision_names");
 _Static_assert(sizeof cf_arch_names / sizeof *cf_arch_names == CF_ARCH_COUNT + 1, "arch_names");
 _Static_assert(sizeof cf_attn_kind_names / sizeof *cf_attn_kind_names == CF_ATTN_KIND_COUNT + 1, "attn_names");
 _Static_assert(sizeof cf_optim_names / sizeof *cf_optim_names == CF_OPTIM_KIND_COUNT + 1, "optim_names");
@@ -99,6 +101,7 @@ void cf_config_defaults(cf_config *c) {
     t->keep_checkpoints = 3;
     t->sampling = CF_SAMPLE_RANDOM;
     t->threads = 0;
+    t->precision = CF_PRECISION_FP32;
     t->bucket_pool = 1;
 
     c->eval.ctx = 0;

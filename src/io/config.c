@@ -27,7 +27,7 @@ _Static_assert(sizeof(cf_arch) == sizeof(int) && sizeof(cf_norm_kind) == sizeof(
                sizeof(cf_pos_kind) == sizeof(int) && sizeof(cf_attn_kind) == sizeof(int) &&
                sizeof(cf_sched_kind) == sizeof(int) && sizeof(cf_sample_kind) == sizeof(int) &&
                sizeof(cf_combine_kind) == sizeof(int) && sizeof(cf_favor_kernel) == sizeof(int) &&
-               sizeof(cf_update_kind) == sizeof(int) && sizeof(cf_optim_kind) == sizeof(int),
+               sizeof(cf_update_kind) == sizeof(int) && sizeof(cf_precision) == sizeof(int) && sizeof(cf_optim_kind) == sizeof(int),
                "config enums must be int-sized");
 
 /* ---- key tables ---------------------------------------------------------------------------------- */
@@ -119,6 +119,7 @@ static const key_def train_keys[] = {
     KEY(cf_train_config, keep_checkpoints, K_INT, NULL),
     KEY(cf_train_config, sampling, K_ENUM, cf_sample_names),
     KEY(cf_train_config, threads, K_INT, NULL),
+    KEY(cf_train_config, precision, K_ENUM, cf_precision_names),
     KEY(cf_train_config, bucket_pool, K_INT, NULL),
 };
 

@@ -1,6 +1,7 @@
 /* matmul and linear: forward and backward side by side, all products through cf_gemm with its
  * transpose flags, so no transpose is ever materialised. Gradients accumulate with beta = 1
- * straight into the cf_grad buffers.
+ * straight into the cf_grad buffers. With ctx->bf16 every product goes through cf_gemm_bf16
+ * instead: operands rounded to bfloat16 where they are packed, sums in fp32.
  *
  * matmul: C = op(A) op(B). A [..., M, K] (trans_a: [..., K, M]); B [..., K, N] (trans_b:
  * [..., N, K]) with the same leading dims as A, or 2-D and shared by every batch; C [..., M, N].
@@ -10,6 +11,9 @@
 #include "cformer/ops.h"
 #include "cformer/kernels.h"
 #include "backward.h"
+
+typedef void gemm_fn(int, int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
+static gemm_fn *gemm_of(const cf_ctx *ctx) { return ctx->bf16 ? cf_gemm_bf16 : cf_gemm; }
 
 /* the 2-D problem of a matmul node: op(A) is M x K, op(B) is K x N, `batch` of them */
 typedef struct mm_dims {
@@ -54,18 +58,18 @@ static mm_dims mm_shape(const cf_tensor *a, const cf_tensor *b, int ta, int tb) 
  * schedules give the same bits. */
 #define SMALL_GEMM (1 << 20)   /* multiply-adds below which cf_gemm stays on the calling thread */
 #define SPREAD_MIN (1 << 16)   /* total multiply-adds below which a fork/join costs more than it saves */
-static void gemm_batched(int64_t count, int ta, int tb, int m, int n, int k,
+static void gemm_batched(gemm_fn *gemm, int64_t count, int ta, int tb, int m, int n, int k,
                          const float *a, int lda, int64_t sa, const float *b, int ldb, int64_t sb,
                          float beta, float *c, int ldc, int64_t sc) {
     double work = (double)m * n * k;
     if (sc && count > 1 && work < SMALL_GEMM && work * count >= SPREAD_MIN) {
         #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < count; i++)
-            cf_gemm(ta, tb, m, n, k, 1.0f, a + i * sa, lda, b + i * sb, ldb, beta, c + i * sc, ldc);
+            gemm(ta, tb, m, n, k, 1.0f, a + i * sa, lda, b + i * sb, ldb, beta, c + i * sc, ldc);
     } else {
         for (int64_t i = 0; i < count; i++)
-            cf_gemm(ta, tb, m, n, k, 1.0f, a + i * sa, lda, b + i * sb, ldb, i && !sc ? 1.0f : beta,
-                    c + i * sc, ldc);
+            gemm(ta, tb, m, n, k, 1.0f, a + i * sa, lda, b + i * sb, ldb, i && !sc ? 1.0f : beta,
+                 c + i * sc, ldc);
     }
 }
 
@@ -85,9 +89,9 @@ cf_tensor *cf_matmul(cf_ctx *ctx, cf_tensor *a, cf_tensor *b, int trans_a, int t
     shape[a->ndim - 1] = d.n;
     cf_tensor *c = cf_tensor_new(ctx, a->ndim, shape);
     if (mm_foldable(&d, ta))
-        cf_gemm(0, tb, (int)(d.batch * d.m), d.n, d.k, 1.0f, a->data, d.lda, b->data, d.ldb, 0.0f, c->data, d.n);
+        gemm_of(ctx)(0, tb, (int)(d.batch * d.m), d.n, d.k, 1.0f, a->data, d.lda, b->data, d.ldb, 0.0f, c->data, d.n);
     else
-        gemm_batched(d.batch, ta, tb, d.m, d.n, d.k, a->data, d.lda, d.sa, b->data, d.ldb, d.sb,
+        gemm_batched(gemm_of(ctx), d.batch, ta, tb, d.m, d.n, d.k, a->data, d.lda, d.sa, b->data, d.ldb, d.sb,
                      0.0f, c->data, d.n, d.sc);
     cf_node *n = cf_record(ctx, CF_OP_MATMUL, c, 2, (cf_tensor *[]){a, b});
     if (n) {
@@ -117,20 +121,20 @@ void cf_matmul_backward(cf_ctx *ctx, cf_node *n) {
     if (a->requires_grad) {
         float *da = cf_grad(ctx, a);
         if (!ta)   /* dA [M, K] = G op'(B): B^T for plain B, B itself for stored-transposed B */
-            gemm_batched(count, 0, !tb, m, d.k, d.n, g, d.n, d.sc, b->data, d.ldb, d.sb,
+            gemm_batched(gemm_of(ctx), count, 0, !tb, m, d.k, d.n, g, d.n, d.sc, b->data, d.ldb, d.sb,
                          1.0f, da, d.k, d.sa);
         else       /* dA [K, M] = op'(B) G^T: B for plain B, B^T for stored-transposed B */
-            gemm_batched(count, tb, 1, d.k, d.m, d.n, b->data, d.ldb, d.sb, g, d.n, d.sc,
+            gemm_batched(gemm_of(ctx), count, tb, 1, d.k, d.m, d.n, b->data, d.ldb, d.sb, g, d.n, d.sc,
                          1.0f, da, d.m, d.sa);
     }
     if (b->requires_grad) {
         float *db = cf_grad(ctx, b);
         int64_t sdb = d.shared ? 0 : d.sb;
         if (!tb)   /* dB [K, N] = op(A)^T G */
-            gemm_batched(count, !ta, 0, d.k, d.n, m, a->data, d.lda, d.sa, g, d.n, d.sc,
+            gemm_batched(gemm_of(ctx), count, !ta, 0, d.k, d.n, m, a->data, d.lda, d.sa, g, d.n, d.sc,
                          1.0f, db, d.n, sdb);
         else       /* dB [N, K] = G^T op(A) */
-            gemm_batched(count, 1, ta, d.n, d.k, m, g, d.n, d.sc, a->data, d.lda, d.sa,
+            gemm_batched(gemm_of(ctx), count, 1, ta, d.n, d.k, m, g, d.n, d.sc, a->data, d.lda, d.sa,
                          1.0f, db, d.k, sdb);
     }
 }
@@ -156,7 +160,7 @@ cf_tensor *cf_linear(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b) {
         #pragma omp parallel for schedule(static) if (y->numel > 32768)
         for (int64_t r = 0; r < rows; r++) memcpy(y->data + r * out, b->data, (size_t)out * sizeof(float));
     }
-    cf_gemm(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in, b ? 1.0f : 0.0f, y->data, out);
+    gemm_of(ctx)(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in, b ? 1.0f : 0.0f, y->data, out);
     cf_record(ctx, CF_OP_LINEAR, y, b ? 3 : 2, (cf_tensor *[]){x, w, b});
     return y;
 }
@@ -187,9 +191,9 @@ void cf_linear_backward(cf_ctx *ctx, cf_node *n) {
     if (x->requires_grad) { /* dX [rows, in] += dY W; a fresh buffer is written, not zeroed and added to */
         int fresh;
         float *dx = cf_grad_nozero(ctx, x, &fresh);
-        cf_gemm(0, 0, rows, in, out, 1.0f, g, out, w->data, in, fresh ? 0.0f : 1.0f, dx, in);
+        gemm_of(ctx)(0, 0, rows, in, out, 1.0f, g, out, w->data, in, fresh ? 0.0f : 1.0f, dx, in);
     }
     if (w->requires_grad)   /* dW [out, in] += dY^T X */
-        cf_gemm(1, 0, out, in, rows, 1.0f, g, out, x->data, in, 1.0f, cf_grad(ctx, w), in);
+        gemm_of(ctx)(1, 0, out, in, rows, 1.0f, g, out, x->data, in, 1.0f, cf_grad(ctx, w), in);
     if (b && b->requires_grad) col_sums_into(cf_grad(ctx, b), g, rows, out);
 }

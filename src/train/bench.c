@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <time.h>
 #include "cformer/dist.h"
+#include "cformer/kernels.h"
 #include "cformer/train.h"
 
 static double now_s(void) {
@@ -33,6 +34,7 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c->model, B, T), 1 << 20)) return -1;
     ctx.training = 1;
     ctx.seed = t->seed;
+    ctx.bf16 = t->precision == CF_PRECISION_BF16;
     cf_batch batch;
     data.kind->synthetic(&data, &batch);
     cf_grad_sync *sync = ranks > 1 ? cf_grad_sync_new(&m.params, cf_grad_sync_default_bytes()) : NULL;
@@ -54,8 +56,9 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     /* the tokens of the whole job (both sides of a pair), as the trainer's tokens_per_s */
     double med = ms[steps / 2], tps = (double)batch.tokens / (med / 1e3);
     if (cf_dist_rank() == 0) {
-        printf("BENCH train_step config=%s threads=%d B=%d T=%d step_ms=%.1f tokens_per_s=%.0f peak_rss_mb=%.0f arena_mb=%.0f\n",
-               c->name, cf_num_threads(), B * ranks, T, med, tps, cf_peak_rss_mb(), ctx.arena.peak / 1048576.0);
+        printf("BENCH train_step config=%s threads=%d B=%d T=%d precision=%s kernel=%s step_ms=%.1f tokens_per_s=%.0f "
+               "peak_rss_mb=%.0f arena_mb=%.0f\n", c->name, cf_num_threads(), B * ranks, T, cf_precision_names[t->precision],
+               ctx.bf16 ? cf_gemm_bf16_kernel() : cf_gemm_isa(), med, tps, cf_peak_rss_mb(), ctx.arena.peak / 1048576.0);
         /* allreduce_ms: per step (mean), the time inside MPI for the gradient: the wait after backward
          * for the reductions still running plus the calls that start and progress them during
          * backward, i.e. the part of the all-reduce that computation did not hide. step_ms is rank

@@ -257,9 +257,11 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     if (cf_ctx_init(&r->ctx, cf_model_arena_bytes(&c->model, r->rows, T), 1 << 20)) return -1;
     r->ctx.seed = r->cfg.train.seed;
     r->ctx.training = 1;
+    r->ctx.bf16 = c->train.precision == CF_PRECISION_BF16;
     int eval_T = c->eval.ctx > T ? c->eval.ctx : T;   /* windows of eval.ctx bytes, or pairs of seq_len tokens */
     if (cf_ctx_init(&r->eval_ctx, cf_model_arena_bytes(&c->model, B, eval_T), 1 << 20)) return -1;
     r->eval_ctx.grad_enabled = 0;
+    r->eval_ctx.bf16 = r->ctx.bf16;
     return 0;
 }
 
