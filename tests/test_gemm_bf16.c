@@ -6,7 +6,7 @@
  * The bound. The reference sums the bf16-rounded products exactly enough (double) and rounds
  * once, so what separates a kernel from it is fp32 summation alone: per element at most one
  * rounding per product, and per k block at most two more (alpha * sum, + C; beta * C once), over
- * at most ceil(k / 128) blocks (every kernel's blocks hold at least 256 k), plus the reference's
+ * at most ceil(k / 128) blocks (no kernel cuts a block shorter than 128), plus the reference's
  * own final rounding. With u = 2^-24 and n = k + 2 ceil(k / 128) + 2 roundings,
  *     |C - ref| <= gamma_n (|alpha| sum_p |a_ip| |b_pj| + |beta| |c_ij|), gamma_n = n u / (1 - n u)
  * where a and b are the rounded operands (the sum is cf_gemm_bf16_ref of |A|, |B|, |alpha|,

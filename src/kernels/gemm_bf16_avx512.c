@@ -4,7 +4,10 @@
  *
  * Micro-kernel: a 14 x 32 tile of C in 28 zmm accumulators. Each pair of k loads two vectors of
  * the B panel (16 columns x 2 k each) and broadcasts 14 pairs of the A panel: 28 vdpbf16ps against
- * 16 loads, and the 31 live registers (28 + 2 + 1) fit the 32 zmm.
+ * 16 loads, and the 31 live registers (28 + 2 + 1) fit the 32 zmm. Its speed depends on the core:
+ * on AMD Zen 5 up to twice cf_gemm's fp32 speed (one vdpbf16ps does the work of two FMAs, at the
+ * same rate); on a Xeon with AMX 0.55-0.8 of fp32 (vdpbf16ps issues at about a quarter of the
+ * FMA rate there), where the AMX kernel, chosen first, runs at 2-5 times fp32.
  *
  * Packing rounds with vcvtne2ps2bf16, whose rounding cf_bf16_bits restates. Panels are built from
  * two kinds of 16-pair vectors: pairs along a row (32 consecutive floats) and pairs across two rows
