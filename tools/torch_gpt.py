@@ -164,6 +164,8 @@ class SelfAttention(nn.Module):
     the keys at or before each query, heads concatenated, output projection (src/nn/attention.c and
     the fused kernel of src/ops/attention.c, which computes the same without the T x T matrix)."""
 
+    sdpa = False   # --sdpa: the same attention through F.scaled_dot_product_attention (PyTorch's fused kernels)
+
     def __init__(self, m):
         super().__init__()
         d = m["d_model"]
@@ -176,6 +178,8 @@ class SelfAttention(nn.Module):
         H = self.n_heads
         q, k, v = self.qkv(x).split(D, dim=-1)                           # each (B, T, D)
         q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))   # (B, H, T, Dh)
+        if SelfAttention.sdpa:
+            return self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, D))
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)           # (B, H, T, T)
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
@@ -304,11 +308,13 @@ def make_adamw(model, t):
                              lr=t["lr"], betas=(t["beta1"], t["beta2"]), eps=t["eps"])
 
 
-def train_step(model, opt, x, y, grad_clip):
+def train_step(model, opt, x, y, grad_clip, bf16=False):
     """forward, backward, clip the global gradient norm to grad_clip (0: no clipping), AdamW;
-    returns the loss before the step"""
+    returns the loss before the step. bf16: the forward under torch.autocast("cpu", bfloat16), as
+    PyTorch's mixed precision runs it (fp32 weights and optimizer, bf16 matrix products)."""
     opt.zero_grad(set_to_none=True)
-    _, loss = model(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        _, loss = model(x, y)
     loss.backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -376,22 +382,23 @@ def write_golden(model, cfg, out, seed, steps):
           + (f" -> {losses[-1]:.6f} after {steps - 1} AdamW steps" if steps > 1 else ""))
 
 
-def bench(model, cfg, steps):
+def bench(model, cfg, steps, bf16=False):
     m, t = model_config(cfg), train_config(cfg)
     refuse_dropout(m)
     B, T, V = t["batch_size"], t["seq_len"], m["vocab_size"]
     opt = make_adamw(model, t)
     x, y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
     for _ in range(3):                                     # warm up allocator and threads
-        train_step(model, opt, x, y, t["grad_clip"])
+        train_step(model, opt, x, y, t["grad_clip"], bf16)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        train_step(model, opt, x, y, t["grad_clip"])
+        train_step(model, opt, x, y, t["grad_clip"], bf16)
         times.append(time.perf_counter() - t0)
     med = sorted(times)[len(times) // 2]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"BENCH torch_train_step B={B} T={T} L={m['n_layers']} C={m['d_model']} threads={torch.get_num_threads()} "
+          f"precision={'bf16' if bf16 else 'fp32'} attention={'sdpa' if SelfAttention.sdpa else 'eager'} "
           f"step_ms={med * 1e3:.1f} tokens_per_s={B * T / med:.0f} peak_rss_mb={rss:.0f}")
 
 
@@ -415,6 +422,8 @@ def main():
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--golden", metavar="OUT.h5", help="write a golden file for tests/test_golden.c")
     mode.add_argument("--bench", action="store_true", help="time the training step")
+    ap.add_argument("--sdpa", action="store_true", help="--bench: attention through F.scaled_dot_product_attention")
+    ap.add_argument("--bf16", action="store_true", help="--bench: the forward under bfloat16 autocast")
     ap.add_argument("--seed", type=int, default=0, help="initial weights (torch.manual_seed) and, with "
                     "seed + 1, the golden batch")
     ap.add_argument("--steps", type=int, default=None, help="AdamW steps (--golden: 5, --bench: 10)")
@@ -435,7 +444,8 @@ def main():
         if a.golden:
             write_golden(model, cfg, a.golden, a.seed, 5 if a.steps is None else a.steps)
         elif a.bench:
-            bench(model, cfg, 10 if a.steps is None else a.steps)
+            SelfAttention.sdpa = a.sdpa
+            bench(model, cfg, 10 if a.steps is None else a.steps, a.bf16)
         else:
             describe(model, cfg, step, a.load or a.config)
     except TwinError as e:
