@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "cformer/cformer.h"
 
 static int t_passed, t_failed;
@@ -52,6 +53,21 @@ static inline int t_reseal(const char *path) {
     }
     free(b);
     return fclose(f) || rc ? -1 : 0;
+}
+
+/* cf_train with its progress and evaluation lines on stderr sent to /dev/null (they are not test
+ * output); its return value */
+static inline int t_train_quietly(const cf_config *c, const cf_train_opts *o) {
+    fflush(stdout);
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *null = freopen("/dev/null", "w", stderr);
+    int rc = cf_train(c, o);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    (void)null;
+    return rc;
 }
 
 /* deterministic test data */

@@ -75,15 +75,7 @@ static int train(const char *run, const char *precision, const char *resume, int
     char rdir[300];
     if (resume) snprintf(rdir, sizeof rdir, "%s/%s", root, resume);
     cf_train_opts o = {.out_dir = out, .resume = resume ? rdir : NULL, .until = until, .quiet = 1};
-    fflush(stdout);
-    int saved = dup(2);                       /* the trainer's progress lines are not test output */
-    FILE *null = freopen("/dev/null", "w", stderr);
-    int rc = cf_train(&c, &o);
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    (void)null;
-    return rc;
+    return t_train_quietly(&c, &o);
 }
 
 /* the losses logged by RUN, in step order */

@@ -33,13 +33,7 @@ int main(void) {
     cf_config c;
     CHECK(cf_config_load(&c, "configs/tiny.json", sets, 4, 1) == 0, "%s", cf_error_msg());
     cf_train_opts o = {.out_dir = out, .quiet = 1};
-    fflush(stdout);
-    int saved = dup(2);                       /* the trainer's progress lines are not test output */
-    FILE *null = freopen("/dev/null", "w", stderr);
-    int rc = cf_train(&c, &o);
-    fflush(stderr);
-    dup2(saved, 2);
-    (void)null;
+    int rc = t_train_quietly(&c, &o);
     CHECK(rc == 0, "train: %s", cf_error_msg());
     double want = last_valid_bpb(out);
     CHECK(want > 0, "no validation line in %s/log.jsonl", out);
