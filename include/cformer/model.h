@@ -64,6 +64,7 @@ typedef struct cf_batch {
 
 struct cf_model_family {
     const char *name;                                                  /* == cf_arch_names[arch] */
+    const char *title;                        /* for messages: "decoder-only", "encoder-decoder" */
     const char *generator;                    /* the command that generates with it: "sample", "translate" */
     /* declare the parameters and initialise them; -1 with cf_error_msg() naming the key for a
      * configuration the family cannot build */

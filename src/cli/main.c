@@ -109,7 +109,14 @@ static int load_ckpt(const char *path, cf_config *c, cf_model *m, cf_train_state
 /* ---- encoder-decoder models (encdec.h, pairs.h) ------------------------------------------------------ */
 /* eval on a pair file: bits per target token and greedy exact match; limit > 0 stops after that many
  * target tokens */
-static int eval_pairs(const cf_config *c, cf_model *m, const char *data, int limit) {
+/* what cformer eval was asked */
+typedef struct eval_opts { const char *data; int ctx_len, stride, limit, mem_len; } eval_opts;
+
+static int eval_pairs(cf_config *c, cf_model *m, const eval_opts *o) {
+    if (o->ctx_len || o->stride || o->mem_len >= 0)
+        return fail("eval: --ctx, --stride and --mem-len are for decoder models; an encoder-decoder scores pairs");
+    const char *data = o->data;
+    int limit = o->limit;
     int batch = c->train.batch_size, T = c->train.seq_len;
     cf_pairs p;
     if (cf_pairs_load(&p, data, T)) return fail(cf_error_msg());
@@ -178,7 +185,7 @@ static int cmd_translate(int argc, char **argv) {
     if (!max_len) max_len = c.train.seq_len;
     if (strcmp(m.family->generator, "translate"))
         snprintf(msg, sizeof msg, "translate: %s is a %s model (use cformer %s)", ckpt,
-                 m.family == &cf_decoder_family ? "decoder-only" : m.family->name, m.family->generator);
+                 m.family->title, m.family->generator);
     else if (c.model.position != CF_POS_NONE && max_len > c.model.max_seq_len)
         snprintf(msg, sizeof msg, "--max-len: %d exceeds the model's max_seq_len %d", max_len, c.model.max_seq_len);
     if (msg[0]) { cf_model_free(&m); return fail(msg); }
@@ -209,6 +216,66 @@ static int cmd_translate(int argc, char **argv) {
     return rc;
 }
 
+/* eval on a byte file: windows of --ctx bytes every --stride, or streams with the recurrent state */
+static int eval_bytes(cf_config *c, cf_model *m, const eval_opts *o) {
+    const char *data = o->data;
+    int ctx_len = o->ctx_len, stride = o->stride, limit = o->limit, mem_len = o->mem_len;
+    if (mem_len >= 0 && !m->has_xl) {
+        return fail("eval: --mem-len is for models with Transformer-XL (xl) layers");
+    }
+    if (mem_len >= 0) {
+        /* Transformer-XL evaluates with a longer memory than it trained with (Dai et al. 2019) */
+        cf_model_set_mem_len(m, mem_len);
+        for (int i = 0; i < c->model.n_attn; i++)
+            if (c->model.attn[i].type == CF_ATTN_XL) c->model.attn[i].mem_len = mem_len;
+    }
+    /* defaults: the checkpoint's eval.ctx and eval.stride; a new --ctx halves into the stride */
+    if (!ctx_len) ctx_len = c->eval.ctx;
+    if (!stride) stride = ctx_len == c->eval.ctx ? c->eval.stride : (ctx_len > 1 ? ctx_len / 2 : 1);
+    char msg[256] = "";
+    if (c->model.position != CF_POS_NONE && !m->has_xl && ctx_len > c->model.max_seq_len)
+        snprintf(msg, sizeof msg, "--ctx: %d exceeds the model's max_seq_len %d", ctx_len, c->model.max_seq_len);
+    else if (stride > ctx_len)
+        snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);
+    if (msg[0]) return fail(msg);
+    cf_bytes b;
+    if (cf_bytes_open(&b, data) || cf_bytes_check_vocab(&b, c->model.vocab_size)) {
+        cf_bytes_close(&b);
+        return fail(cf_error_msg());
+    }
+    int batch = c->train.batch_size;
+    cf_ctx ctx;
+    int rc = 0;
+    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c->model, batch, ctx_len), 1 << 20)) { rc = fail(cf_error_msg()); goto out; }
+    ctx.grad_enabled = 0;
+    ctx.bf16 = c->train.precision == CF_PRECISION_BF16;
+    cf_eval_result r;
+    size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
+    if (cf_eval_bpb(m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
+    else if (!isfinite(r.bpb)) rc = fail("eval: bits per byte is not finite (the model's weights are broken)");
+    else if (cf_model_is_recurrent(m)) {
+        /* streamed in order with the recurrent state: no stride; the memory is the context */
+        int ml = 0;
+        for (int l = 0; l < m->n_blocks; l++)
+            if (m->blocks[l].attn.cfg.type == CF_ATTN_XL && m->blocks[l].attn.cfg.mem_len > ml) ml = m->blocks[l].attn.cfg.mem_len;
+        printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d columns=%d attention=%s mem_len=%d tokens_per_s=%.0f "
+               "peak_rss_mb=%.0f\n", r.bpb, (long long)r.bytes, ctx_len, batch, m->has_xl ? "xl" : "infini", ml,
+               r.bytes / (r.seconds > 0 ? r.seconds : 1e-9), cf_peak_rss_mb());
+    } else
+        printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f peak_rss_mb=%.0f\n", r.bpb,
+               (long long)r.bytes, ctx_len, stride, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9), cf_peak_rss_mb());
+    cf_ctx_free(&ctx);
+out:
+    cf_bytes_close(&b);
+    return rc;
+}
+
+/* how each model family is evaluated on a file, by model.arch */
+static int (*const eval_of[CF_ARCH_COUNT])(cf_config *c, cf_model *m, const eval_opts *o) = {
+    [CF_ARCH_DECODER] = eval_bytes,
+    [CF_ARCH_ENCODER_DECODER] = eval_pairs,
+};
+
 static int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
     int ctx_len = 0, stride = 0, limit = 0, mem_len = -1, precision = -1;
@@ -230,61 +297,8 @@ static int cmd_eval(int argc, char **argv) {
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
     if (precision >= 0) c.train.precision = precision;   /* default: the precision the model trained in */
-    if (m.family == &cf_encdec_family) {   /* an encoder-decoder scores pairs (section above) */
-        int rc = ctx_len || stride ? fail("eval: --ctx and --stride are for decoder models; an encoder-decoder scores pairs")
-                                   : eval_pairs(&c, &m, data, limit);
-        cf_model_free(&m);
-        return rc;
-    }
-    if (mem_len >= 0 && !m.has_xl) {
-        cf_model_free(&m);
-        return fail("eval: --mem-len is for models with Transformer-XL (xl) layers");
-    }
-    if (mem_len >= 0) {
-        /* Transformer-XL evaluates with a longer memory than it trained with (Dai et al. 2019) */
-        cf_model_set_mem_len(&m, mem_len);
-        for (int i = 0; i < c.model.n_attn; i++)
-            if (c.model.attn[i].type == CF_ATTN_XL) c.model.attn[i].mem_len = mem_len;
-    }
-    /* defaults: the checkpoint's eval.ctx and eval.stride; a new --ctx halves into the stride */
-    if (!ctx_len) ctx_len = c.eval.ctx;
-    if (!stride) stride = ctx_len == c.eval.ctx ? c.eval.stride : (ctx_len > 1 ? ctx_len / 2 : 1);
-    char msg[256] = "";
-    if (c.model.position != CF_POS_NONE && !m.has_xl && ctx_len > c.model.max_seq_len)
-        snprintf(msg, sizeof msg, "--ctx: %d exceeds the model's max_seq_len %d", ctx_len, c.model.max_seq_len);
-    else if (stride > ctx_len)
-        snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);
-    if (msg[0]) { cf_model_free(&m); return fail(msg); }
-    cf_bytes b;
-    if (cf_bytes_open(&b, data) || cf_bytes_check_vocab(&b, c.model.vocab_size)) {
-        cf_bytes_close(&b);
-        cf_model_free(&m);
-        return fail(cf_error_msg());
-    }
-    int batch = c.train.batch_size;
-    cf_ctx ctx;
-    int rc = 0;
-    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, batch, ctx_len), 1 << 20)) { rc = fail(cf_error_msg()); goto out; }
-    ctx.grad_enabled = 0;
-    ctx.bf16 = c.train.precision == CF_PRECISION_BF16;
-    cf_eval_result r;
-    size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
-    if (cf_eval_bpb(&m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
-    else if (!isfinite(r.bpb)) rc = fail("eval: bits per byte is not finite (the model's weights are broken)");
-    else if (cf_model_is_recurrent(&m)) {
-        /* streamed in order with the recurrent state: no stride; the memory is the context */
-        int ml = 0;
-        for (int l = 0; l < m.n_blocks; l++)
-            if (m.blocks[l].attn.cfg.type == CF_ATTN_XL && m.blocks[l].attn.cfg.mem_len > ml) ml = m.blocks[l].attn.cfg.mem_len;
-        printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d columns=%d attention=%s mem_len=%d tokens_per_s=%.0f "
-               "peak_rss_mb=%.0f\n", r.bpb, (long long)r.bytes, ctx_len, batch, m.has_xl ? "xl" : "infini", ml,
-               r.bytes / (r.seconds > 0 ? r.seconds : 1e-9), cf_peak_rss_mb());
-    } else
-        printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d stride=%d tokens_per_s=%.0f peak_rss_mb=%.0f\n", r.bpb,
-               (long long)r.bytes, ctx_len, stride, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9), cf_peak_rss_mb());
-    cf_ctx_free(&ctx);
-out:
-    cf_bytes_close(&b);
+    eval_opts o = {data, ctx_len, stride, limit, mem_len};
+    int rc = eval_of[c.model.arch](&c, &m, &o);
     cf_model_free(&m);
     return rc;
 }
@@ -312,7 +326,7 @@ static int cmd_sample(int argc, char **argv) {
     if (strcmp(m.family->generator, "sample")) {
         char msg[128];
         snprintf(msg, sizeof msg, "sample: an %s model generates with cformer %s",
-                 m.family == &cf_encdec_family ? "encoder-decoder" : m.family->name, m.family->generator);
+                 m.family->title, m.family->generator);
         cf_model_free(&m);
         return fail(msg);
     }

@@ -182,6 +182,7 @@ static size_t decoder_arena_bytes(const cf_model_config *c, int B, int T) {
 
 const cf_model_family cf_decoder_family = {
     .name = "decoder",
+    .title = "decoder-only",
     .generator = "sample",
     .init = decoder_init,
     .free = decoder_free,

@@ -287,6 +287,7 @@ static size_t encdec_arena_bytes_sq(const cf_model_config *c, int B, int T) { re
 
 const cf_model_family cf_encdec_family = {
     .name = "encoder_decoder",
+    .title = "encoder-decoder",
     .generator = "translate",
     .init = encdec_init,
     .free = encdec_free,
