@@ -56,7 +56,8 @@ $(BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h)
 # contracted into an FMA, which would round once where the emulated instruction rounds twice.
 # (-std=c11 already means this; the flag keeps it so under any CFLAGS.) Their extensions come
 # from target attributes in the sources, not from -march: they run where cpu.c finds them.
-$(BUILD)/src/kernels/gemm_bf16_portable.o $(BUILD)/src/kernels/gemm_bf16_avx512.o: CFLAGS += -ffp-contract=off
+$(BUILD)/src/kernels/gemm_bf16_portable.o $(BUILD)/src/kernels/gemm_bf16_avx512.o \
+  $(BUILD)/src/kernels/attn_bf16.o $(BUILD)/src/kernels/attn_bf16_avx512.o: CFLAGS += -ffp-contract=off
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
