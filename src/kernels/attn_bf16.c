@@ -1,5 +1,4 @@
-/* The portable bf16 attention kernel, the packing of whole operands, and the choice of kernel
- * (attn_bf16.h). Built with -ffp-contract=off (Makefile), since the portable kernel must round as
+/* The portable bf16 attention kernel and the choice of kernel (attn_bf16.h). Built with -ffp-contract=off (Makefile), since the portable kernel must round as
  * vdpbf16ps does, step by step. */
 #include "attn_bf16.h"
 
@@ -13,15 +12,6 @@ static inline float hi_of(uint32_t w) { return cf_bf16_float((uint16_t)(w >> 16)
 
 static inline uint32_t pair_bits(float even, float odd) {
     return (uint32_t)cf_bf16_bits(even) | (uint32_t)cf_bf16_bits(odd) << 16;
-}
-
-void cf_attn_bf16_pack(uint32_t *out, const float *x, int64_t su, int64_t sp, int nu, int w, int np, int npad) {
-    for (int p = 0; p < npad; p += 2)
-        for (int u = 0; u < w; u++) {
-            float e = u < nu && p < np ? x[u * su + p * sp] : 0.0f;
-            float o = u < nu && p + 1 < np ? x[u * su + (p + 1) * sp] : 0.0f;
-            out[(int64_t)(p / 2) * w + u] = pair_bits(e, o);
-        }
 }
 
 /* A subnormal accumulator reads as zero, as in vdpbf16ps (DAZ on every source). */
@@ -49,16 +39,18 @@ static void gemm_portable(int rows, int n, const uint32_t *a, int64_t ars, int64
         }
 }
 
-static void rows64_portable(const float *x, int rows, uint32_t *out) {
-    for (int i = 0; i < rows * 32; i++) out[i] = pair_bits(x[2 * i], x[2 * i + 1]);
+static void rows_portable(const float *x, int64_t ldx, int rows, int n, uint32_t *out, int64_t ldo) {
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < n; k += 2) out[r * ldo + k / 2] = pair_bits(x[r * ldx + k], x[r * ldx + k + 1]);
 }
 
-static void pairs64_portable(const float *x, int rows, uint32_t *out) {
+static void pairs_portable(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out, int64_t ldo) {
     for (int r = 0; r < rows; r += 2)
-        for (int k = 0; k < 64; k++) out[(r / 2) * 64 + k] = pair_bits(x[r * 64 + k], x[(r + 1) * 64 + k]);
+        for (int k = 0; k < n; k++)
+            out[(r / 2) * ldo + k] = pair_bits(r < have ? x[r * ldx + k] : 0.0f, r + 1 < have ? x[(r + 1) * ldx + k] : 0.0f);
 }
 
-static const cf_attn_bf16_kernel portable = {"portable", gemm_portable, rows64_portable, pairs64_portable};
+static const cf_attn_bf16_kernel portable = {"portable", gemm_portable, rows_portable, pairs_portable};
 extern const cf_attn_bf16_kernel cf_attn_bf16_avx512;
 
 const cf_attn_bf16_kernel *cf_attn_bf16(void) {

@@ -23,20 +23,17 @@ typedef struct {
      * fp32 accumulator pair by pair in ascending p. */
     void (*gemm)(int rows, int n, const uint32_t *a, int64_t ars, int64_t acs, int np, const uint32_t *b,
                  int64_t ldb, float *c, int64_t ldc, const float *cs, float scale);
-    /* rows of 64 floats (x[r*64 + k]) as rows of 32 pairs of keys: out[r*32 + k/2] */
-    void (*rows64)(const float *x, int rows, uint32_t *out);
-    /* rows of 64 floats as pairs of rows (rows even): out[(r/2)*64 + k] = (x[r][k], x[r+1][k]) */
-    void (*pairs64)(const float *x, int rows, uint32_t *out);
+    /* rows [0, rows) of n floats (n even), row r at x + r ldx, as n / 2 pairs each:
+     * out[r ldo + k/2] = (x[r][k], x[r][k+1]) */
+    void (*rows)(const float *x, int64_t ldx, int rows, int n, uint32_t *out, int64_t ldo);
+    /* pairs of rows (rows even), rows [have, rows) read as zero:
+     * out[(r/2) ldo + k] = (x[r][k], x[r+1][k]) for k < n */
+    void (*pairs)(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out, int64_t ldo);
 } cf_attn_bf16_kernel;
 
 /* the avx512bf16 kernel where the machine has AVX512-BF16 and cf_gemm_bf16 does not run its
  * portable kernel (cf_gemm_bf16_set_kernel("portable") makes attention portable too), else the
  * portable one */
 const cf_attn_bf16_kernel *cf_attn_bf16(void);
-
-/* Pairs from fp32: out[(p/2)*w + u] holds elements p and p+1 (p even) of unit u, element (u, p)
- * being x[u*su + p*sp], for u < nu and p < np; units [nu, w) and elements [np, npad) are zero
- * (npad even). The once-per-call packing of Q, dO, K and V. */
-void cf_attn_bf16_pack(uint32_t *out, const float *x, int64_t su, int64_t sp, int nu, int w, int np, int npad);
 
 #endif

@@ -26,9 +26,12 @@ static inline __attribute__((always_inline)) CF_BF16_AVX512 void tile(int nr, in
         }
     for (int p = 0; p < np; p++) {
         __m512bh bv[4];
+#pragma GCC unroll 4
         for (int v = 0; v < nv; v++) bv[v] = (__m512bh)_mm512_maskz_loadu_epi32(mk[v], b + p * ldb + 16 * v);
+#pragma GCC unroll 4
         for (int i = 0; i < nr; i++) {
             __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[i * ars + p * acs]);
+#pragma GCC unroll 4
             for (int v = 0; v < nv; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], x, bv[v]);
         }
     }
@@ -62,17 +65,25 @@ static CF_BF16_AVX512 void gemm(int rows, int n, const uint32_t *a, int64_t ars,
     }
 }
 
-static CF_BF16_AVX512 void rows64(const float *x, int rows, uint32_t *out) {
-    for (int i = 0; i < rows * 2; i++) _mm512_storeu_si512(out + 16 * i, cf_bf16_pairs_along(x + 32 * i, 32));
+static CF_BF16_AVX512 void rows(const float *x, int64_t ldx, int rows, int n, uint32_t *out, int64_t ldo) {
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < n; k += 32)
+            _mm512_mask_storeu_epi32(out + r * ldo + k / 2, cf_bf16_lanes((n - k) / 2),
+                                     cf_bf16_pairs_along(x + r * ldx + k, n - k));
 }
 
-static CF_BF16_AVX512 void pairs64(const float *x, int rows, uint32_t *out) {
-    for (int r = 0; r < rows; r += 2)
-        for (int v = 0; v < 4; v++)
-            _mm512_storeu_si512(out + (r / 2) * 64 + 16 * v,
-                                cf_bf16_pairs_across(x + r * 64 + 16 * v, x + (r + 1) * 64 + 16 * v, 0xFFFF));
+static CF_BF16_AVX512 void pairs(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out,
+                                 int64_t ldo) {
+    for (int r = 0; r < rows; r += 2) {
+        const float *x0 = r < have ? x + r * ldx : NULL, *x1 = r + 1 < have ? x + (r + 1) * ldx : NULL;
+        for (int k = 0; k < n; k += 16) {
+            __mmask16 m = cf_bf16_lanes(n - k);
+            _mm512_mask_storeu_epi32(out + (r / 2) * ldo + k, m,
+                                     cf_bf16_pairs_across(x0 ? x0 + k : NULL, x1 ? x1 + k : NULL, m));
+        }
+    }
 }
 
-const cf_attn_bf16_kernel cf_attn_bf16_avx512 = {"avx512bf16", gemm, rows64, pairs64};
+const cf_attn_bf16_kernel cf_attn_bf16_avx512 = {"avx512bf16", gemm, rows, pairs};
 
 #endif

@@ -37,12 +37,12 @@
 #include <math.h>
 #include <string.h>
 #include <omp.h>
-#include "cformer/kernels.h"
 #include "cformer/ops.h"
 #include "backward.h"
 #include "../kernels/attn_geom.h"
 #include "../kernels/attn_tiles.h"
 #include "../kernels/attn_bf16.h"
+#include "../kernels/gemm_bf16_internal.h"
 
 typedef struct geom {
     int B, H, Tq, Tk, Dh;
@@ -125,27 +125,42 @@ static uint32_t *blk16(const geom *g, uint32_t *base, int64_t bh, int b, int nb)
     return base + (bh * nb + b) * (int64_t)BQ * g->Dh / 2;
 }
 
-/* bf16: query block qb of head bh as rows and by pairs of rows (Q; with dO, dO and D too). D is
- * the rounded dO times O, so that sum_j P_ij dS_ij stays zero as dP is formed from rounded dO. */
+/* bf16: query block qb of head bh as rows and by pairs of rows (Q; with dO, dO and D too), padding
+ * rows zero. D is the rounded dO times O, so that sum_j P_ij dS_ij stays zero as dP is formed from
+ * the rounded dO. */
 static void pack_q16(const geom *g, int64_t bh, int qb, int with_do) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
-    int64_t r0 = (int64_t)b * g->Tq + q0, c0 = (int64_t)h * dh;
-    const float *q = g->q + r0 * g->sq + c0, *dout = g->dout + r0 * g->so + c0, *o = g->o + r0 * g->so + c0;
+    int64_t r0 = (int64_t)b * g->Tq + q0, c0 = (int64_t)h * dh, half = BQ * dh / 2;
+    const float *q = g->q + r0 * g->sq + c0;
     uint32_t *rows = blk16(g, g->q16, bh, qb, g->nqb);
-    for (int i = 0; i < BQ; i++)
-        cf_attn_bf16_pack(rows + (int64_t)i * dh / 2, q + (i < nq ? i : 0) * g->sq, 0, 1, i < nq, 1, dh, dh);
+    g->bk->rows(q, g->sq, nq, dh, rows, dh / 2);
+    memset(rows + (int64_t)nq * dh / 2, 0, (size_t)(half - (int64_t)nq * dh / 2) * sizeof(uint32_t));
     if (!with_do) return;
-    cf_attn_bf16_pack(blk16(g, g->qp16, bh, qb, g->nqb), q, 1, g->sq, dh, dh, nq, BQ);
-    cf_attn_bf16_pack(blk16(g, g->dop16, bh, qb, g->nqb), dout, 1, g->so, dh, dh, nq, BQ);
+    const float *dout = g->dout + r0 * g->so + c0, *o = g->o + r0 * g->so + c0;
+    g->bk->pairs(q, g->sq, BQ, nq, dh, blk16(g, g->qp16, bh, qb, g->nqb), dh);
+    g->bk->pairs(dout, g->so, BQ, nq, dh, blk16(g, g->dop16, bh, qb, g->nqb), dh);
     rows = blk16(g, g->do16, bh, qb, g->nqb);
+    g->bk->rows(dout, g->so, nq, dh, rows, dh / 2);
+    memset(rows + (int64_t)nq * dh / 2, 0, (size_t)(half - (int64_t)nq * dh / 2) * sizeof(uint32_t));
     float *dd = g->dd + (bh * g->nqb + qb) * BQ;
-    for (int i = 0; i < BQ; i++) {
-        const float *dr = dout + (i < nq ? i : 0) * g->so, *orow = o + (i < nq ? i : 0) * g->so;
-        cf_attn_bf16_pack(rows + (int64_t)i * dh / 2, dr, 0, 1, i < nq, 1, dh, dh);
+    memset(dd, 0, sizeof(float) * BQ);
+    for (int i = 0; i < nq; i++) {
+        const uint32_t *pr = rows + (int64_t)i * dh / 2;
+        const float *orow = o + i * g->so;
         float s = 0;
-        for (int d = 0; i < nq && d < dh; d++) s += cf_bf16_round(dr[d]) * orow[d];
+        for (int d = 0; d < dh / 2; d++) s += cf_bf16_float((uint16_t)pr[d]) * orow[2 * d] +
+                                               cf_bf16_float((uint16_t)(pr[d] >> 16)) * orow[2 * d + 1];
         dd[i] = s;
     }
+}
+
+/* bf16: K^T or V^T of a key block, pairs of Dh per key: out[(d/2) BK + j], keys [n, BK) zero */
+static void pack_t16(const geom *g, uint32_t *out, const float *x, int64_t stride, int n) {
+    int dh2 = g->Dh / 2;
+    uint32_t tmp[BK * dh2];
+    g->bk->rows(x, stride, n, g->Dh, tmp, dh2);
+    for (int d = 0; d < dh2; d++)
+        for (int j = 0; j < BK; j++) out[(int64_t)d * BK + j] = j < n ? tmp[j * dh2 + d] : 0;
 }
 
 /* bf16: key block kb of head bh, K^T (and V^T backward) by pairs of Dh, and V (forward) or K
@@ -154,10 +169,9 @@ static void pack_k16(const geom *g, int64_t bh, int kb, int backward) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
     int64_t r0 = (int64_t)b * g->Tk + k0, c0 = (int64_t)h * dh;
     const float *k = g->k + r0 * g->sk + c0, *v = g->v + r0 * g->sv + c0;
-    cf_attn_bf16_pack(blk16(g, g->kt16, bh, kb, g->nkb), k, g->sk, 1, nk, BK, dh, dh);
-    if (backward) cf_attn_bf16_pack(blk16(g, g->vt16, bh, kb, g->nkb), v, g->sv, 1, nk, BK, dh, dh);
-    cf_attn_bf16_pack(blk16(g, g->rows16, bh, kb, g->nkb), backward ? k : v, 1, backward ? g->sk : g->sv, dh, dh,
-                      nk, BK);
+    pack_t16(g, blk16(g, g->kt16, bh, kb, g->nkb), k, g->sk, nk);
+    if (backward) pack_t16(g, blk16(g, g->vt16, bh, kb, g->nkb), v, g->sv, nk);
+    g->bk->pairs(backward ? k : v, backward ? g->sk : g->sv, BK, nk, dh, blk16(g, g->rows16, bh, kb, g->nkb), dh);
 }
 
 /* query block qb of head bh: scale Q (and with dO, also dO and D), padding rows zero */
@@ -252,7 +266,7 @@ static void scores16(const geom *g, int64_t bh, int qb, int kb, int rows, float 
  * Y the nk rows of the key block (V forward, K backward) */
 static void rows_product16(const geom *g, uint32_t *pk, const float *x, int rows, int64_t bh, int kb, int nk,
                            float *acc, const float *cs) {
-    g->bk->rows64(x, rows, pk);
+    g->bk->rows(x, BK, rows, BK, pk, BK / 2);
     g->bk->gemm(rows, g->Dh, pk, BK / 2, 1, (nk + 1) / 2, blk16(g, g->rows16, bh, kb, g->nkb), g->Dh, acc, g->Dh, cs,
                 0.0f);
 }
@@ -290,9 +304,9 @@ static void bwd_products16(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh
     zero_pad_rows(w->ds, nq, rows);
     if (want_kv) {
         int kr = round4(nk), np = (nq + 1) / 2;
-        g->bk->pairs64(w->p, rows, pk);
+        g->bk->pairs(w->p, BK, rows, rows, BK, pk, BK);
         g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->dop16, bh, qb, g->nqb), dh, w->dvacc, dh, NULL, 0.0f);
-        g->bk->pairs64(w->ds, rows, pk);
+        g->bk->pairs(w->ds, BK, rows, rows, BK, pk, BK);
         g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->qp16, bh, qb, g->nqb), dh, w->dkacc, dh, NULL, 0.0f);
     }
     if (dqacc) rows_product16(g, pk, w->ds, rows, bh, kb, nk, dqacc, NULL);
