@@ -68,7 +68,7 @@ $(BUILD)/cformer: $(CLI_OBJ) $(LIB_OBJ) | $(LIB)
 	@echo "LD $@"
 	@$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h $(LIB_OBJ)
+$(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h tests/attn_fixture.h $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(CC) $(CFLAGS) -Itests $< $(LIB_OBJ) -o $@ $(LDLIBS)
