@@ -56,7 +56,8 @@ $(BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h)
 # contracted into an FMA, which would round once where the emulated instruction rounds twice.
 # (-std=c11 already means this; the flag keeps it so under any CFLAGS.) Their extensions come
 # from target attributes in the sources, not from -march: they run where cpu.c finds them.
-$(BUILD)/src/kernels/gemm_bf16_portable.o $(BUILD)/src/kernels/gemm_bf16_avx512.o: CFLAGS += -ffp-contract=off
+$(BUILD)/src/kernels/gemm_bf16_portable.o $(BUILD)/src/kernels/gemm_bf16_avx512.o \
+  $(BUILD)/src/kernels/attn_bf16.o $(BUILD)/src/kernels/attn_bf16_avx512.o: CFLAGS += -ffp-contract=off
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
@@ -67,7 +68,7 @@ $(BUILD)/cformer: $(CLI_OBJ) $(LIB_OBJ) | $(LIB)
 	@echo "LD $@"
 	@$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h $(LIB_OBJ)
+$(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h tests/attn_fixture.h $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(CC) $(CFLAGS) -Itests $< $(LIB_OBJ) -o $@ $(LDLIBS)

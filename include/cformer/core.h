@@ -155,8 +155,9 @@ typedef struct cf_ctx {
     int64_t  *free_numel;
     int       n_free, cap_free;
     cf_hook  *hook;                /* NULL: nothing observes the tape (cf_hook above) */
-    int       bf16;                /* matmul and linear round their operands to bfloat16 and sum in
-                                    * fp32 (train.precision "bf16"); tensors stay fp32 */
+    int       bf16;                /* matmul, linear and the fused softmax attention round their
+                                    * products' operands to bfloat16 and sum in fp32
+                                    * (train.precision "bf16"); tensors stay fp32 */
 } cf_ctx;
 
 int  cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes);

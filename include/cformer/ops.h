@@ -84,7 +84,8 @@ typedef struct cf_attn_opts {
 /* Fused multi-head scaled-dot-product attention, tiled so that no T x T matrix is stored: backward
  * recomputes probabilities from the saved per-row log-sum-exp. q [B, Tq, H*Dh], k and v
  * [B, Tk, H*Dh] (heads are contiguous column blocks, as after a fused qkv projection); returns
- * [B, Tq, H*Dh] with heads merged back in the same layout. o may be NULL (all defaults). */
+ * [B, Tq, H*Dh] with heads merged back in the same layout. o may be NULL (all defaults). With
+ * ctx->bf16 (and Dh even) the operands of its products are rounded to bfloat16, sums fp32. */
 cf_tensor *cf_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v, int n_heads,
                         const cf_attn_opts *o);
 /* The same on a fused projection qkv [B, T, 3*H*Dh] (all q columns, then k, then v), reading q,

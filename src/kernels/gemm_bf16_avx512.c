@@ -21,26 +21,6 @@
 
 enum { MR = CF_BF16_VNNI_MR, NR = CF_BF16_VNNI_NR };
 
-/* x[0 .. 32), of which the first n exist (n may be <= 0 or > 32), as 16 pairs (x[2i], x[2i+1]) */
-static inline CF_BF16_AVX512 __m512i pairs_along(const float *x, int n) {
-    __m512 lo = _mm512_maskz_loadu_ps(cf_bf16_lanes(n), x);
-    __m512 hi = _mm512_maskz_loadu_ps(cf_bf16_lanes(n - 16), x + 16);
-    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-}
-
-/* word w of the result takes word w / 2 of x's half (w even) or of y's (w odd) */
-static const uint16_t interleave[32] __attribute__((aligned(64))) = {
-    0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
-    8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-
-/* columns m of rows x and y as 16 pairs (x[j], y[j]); a NULL row reads as zeros */
-static inline CF_BF16_AVX512 __m512i pairs_across(const float *x, const float *y, __mmask16 m) {
-    __m512 vx = x ? _mm512_maskz_loadu_ps(m, x) : _mm512_setzero_ps();
-    __m512 vy = y ? _mm512_maskz_loadu_ps(m, y) : _mm512_setzero_ps();
-    __m512i v = (__m512i)_mm512_cvtne2ps_pbh(vy, vx);   /* words 0-15 from x, 16-31 from y */
-    return _mm512_permutexvar_epi16(_mm512_load_si512(interleave), v);
-}
-
 /* r[i] holds row i of a 16 x 16 matrix of 32-bit elements; afterwards r[i] holds column i. Four
  * butterfly stages: stage b exchanges bit b of the row and of the column index, between rows i
  * and i + b, with two two-source permutes per pair of rows. */
@@ -69,7 +49,7 @@ static inline CF_BF16_AVX512 void transpose16(__m512i r[16]) {
 static inline CF_BF16_AVX512 void rows_to_pairs(const float *x, size_t ld, int rows, int n,
                                                  __m512i r[16]) {
     for (int u = 0; u < 16; u++)
-        r[u] = u < rows ? pairs_along(x + (size_t)u * ld, n) : _mm512_setzero_si512();
+        r[u] = u < rows ? cf_bf16_pairs_along(x + (size_t)u * ld, n) : _mm512_setzero_si512();
     transpose16(r);
 }
 
@@ -86,7 +66,7 @@ static CF_BF16_AVX512 void pack_a(int trans, const float *a, int lda, int mc, in
                 const float *x = p < kc ? a + (size_t)p * lda + i : NULL;
                 const float *y = p + 1 < kc ? x + lda : NULL;
                 _mm512_mask_storeu_epi32(out + (size_t)p * MR, panel,
-                                         pairs_across(x, y, cf_bf16_lanes(mr)));
+                                         cf_bf16_pairs_across(x, y, cf_bf16_lanes(mr)));
             }
         } else {               /* a row of op(A) is a row of A: 16 pairs at a time, transposed */
             for (int p = 0; p < kcp; p += 32) {
@@ -108,8 +88,8 @@ void CF_BF16_AVX512 cf_bf16_pack_b_vnni32(int trans, const float *b, int ldb, in
                 const float *x = p < kc ? b + (size_t)p * ldb + j : NULL;
                 const float *y = p + 1 < kc ? x + ldb : NULL;
                 uint16_t *o = out + (size_t)p * 32;
-                _mm512_store_si512(o, pairs_across(x, y, cf_bf16_lanes(nr)));
-                _mm512_store_si512(o + 32, pairs_across(x ? x + 16 : NULL, y ? y + 16 : NULL,
+                _mm512_store_si512(o, cf_bf16_pairs_across(x, y, cf_bf16_lanes(nr)));
+                _mm512_store_si512(o + 32, cf_bf16_pairs_across(x ? x + 16 : NULL, y ? y + 16 : NULL,
                                                         cf_bf16_lanes(nr - 16)));
             }
         } else {               /* a column of op(B) is a row of B: transposed, 16 columns at once */
@@ -135,7 +115,7 @@ void CF_BF16_AVX512 cf_bf16_pack_a_amx(int trans, const float *a, int lda, int m
             if (!trans) {      /* a row of op(A) is a row of A: 32 k of it make a tile row */
                 for (int r = 0; r < 32; r++) {
                     const float *row = a + (size_t)(i + r) * lda + p;
-                    __m512i v = r < mr ? pairs_along(row, kc - p) : _mm512_setzero_si512();
+                    __m512i v = r < mr ? cf_bf16_pairs_along(row, kc - p) : _mm512_setzero_si512();
                     _mm512_store_si512(tile + 32 * r, v);
                 }
                 continue;
@@ -146,7 +126,7 @@ void CF_BF16_AVX512 cf_bf16_pack_a_amx(int trans, const float *a, int lda, int m
                     int pk = p + 2 * q;
                     const float *x = pk < kc ? a + (size_t)pk * lda + i + 16 * h : NULL;
                     const float *y = pk + 1 < kc ? x + lda : NULL;
-                    v[q] = pairs_across(x, y, cf_bf16_lanes(mr - 16 * h));
+                    v[q] = cf_bf16_pairs_across(x, y, cf_bf16_lanes(mr - 16 * h));
                 }
                 transpose16(v);
                 for (int r = 0; r < 16; r++) _mm512_store_si512(tile + 32 * (16 * h + r), v[r]);

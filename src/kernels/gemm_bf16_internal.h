@@ -38,6 +38,32 @@ static inline float cf_bf16_float(uint16_t h) {
     return x;
 }
 
+/* One step of vdpbf16ps on one lane, acc + x * y for bf16 values x and y, as the portable kernels
+ * (gemm_bf16_portable.c, attn_bf16.c) reproduce it: the head comment of gemm_bf16_portable.c
+ * says why this is exact. Callers compile with -ffp-contract=off. */
+static inline uint32_t cf_bf16_f32_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+/* One step. Where |s| < 2^-126 the result is the smallest normal if s rounds to it at 24 bits
+ * with an unbounded exponent, else zero, signed as s: scaled by 2^64 (exact), s lies in float's
+ * normal range, where the conversion rounds at 24 bits (below 2^-190 it is tiny anyway). Both
+ * results are computed and one is picked with a mask, not a branch: the compiler vectorises the
+ * loop over columns only if no floating-point operation sits under a condition. */
+static inline float cf_bf16_dp_step(float acc, float x, float y) {
+    double s = (double)acc + (double)x * y;
+    uint64_t sb;
+    memcpy(&sb, &s, sizeof sb);
+    uint32_t r = cf_bf16_f32_bits((float)s), t = cf_bf16_f32_bits((float)(s * 0x1p64));
+    uint32_t tiny = (t & 0x80000000u) | ((t & 0x7fffffffu) >= 0x20800000u ? 0x00800000u : 0u);
+    uint32_t pick = 0u - (uint32_t)((sb & 0x7fffffffffffffffull) < 0x3810000000000000ull);
+    uint32_t out = r ^ ((r ^ tiny) & pick);  /* 0x3810...: 2^-126 as a double, 0x2080...: 2^-62 */
+    memcpy(&x, &out, sizeof x);
+    return x;
+}
+
 /* trans says whether the operand is stored transposed: op(A)(i, p) = a[p * lda + i] with trans,
  * a[i * lda + p] without; op(B)(p, j) = b[j * ldb + p] with trans, b[p * ldb + j] without. */
 typedef struct {
@@ -82,6 +108,25 @@ static inline CF_BF16_AVX512 void cf_bf16_store16(float *c, __m512 sum, __m512 a
 
 static inline CF_BF16_AVX512 __mmask16 cf_bf16_lanes(int n) {
     return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* x[0 .. 32), of which the first n exist (n may be <= 0 or > 32), as 16 pairs (x[2i], x[2i+1]) */
+static inline CF_BF16_AVX512 __m512i cf_bf16_pairs_along(const float *x, int n) {
+    __m512 lo = _mm512_maskz_loadu_ps(cf_bf16_lanes(n), x);
+    __m512 hi = _mm512_maskz_loadu_ps(cf_bf16_lanes(n - 16), x + 16);
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+/* columns m of rows x and y as 16 pairs (x[j], y[j]); a NULL row reads as zeros */
+static inline CF_BF16_AVX512 __m512i cf_bf16_pairs_across(const float *x, const float *y, __mmask16 m) {
+    __m512 vx = x ? _mm512_maskz_loadu_ps(m, x) : _mm512_setzero_ps();
+    __m512 vy = y ? _mm512_maskz_loadu_ps(m, y) : _mm512_setzero_ps();
+    /* word w of the result takes word w / 2 of x's half (w even) or of y's (w odd) */
+    static const uint16_t interleave[32] __attribute__((aligned(64))) = {
+        0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
+        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+    __m512i v = (__m512i)_mm512_cvtne2ps_pbh(vy, vx);   /* words 0-15 from x, 16-31 from y */
+    return _mm512_permutexvar_epi16(_mm512_load_si512(interleave), v);
 }
 #endif
 

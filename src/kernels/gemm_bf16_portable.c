@@ -7,7 +7,8 @@
  *     acc = acc + a[2i+1] * b[2i+1];   acc = acc + a[2i] * b[2i]
  * each rounded to nearest even, with subnormal inputs read as zero and a result that is tiny
  * after rounding (below 2^-126 once rounded to 24 bits with an unbounded exponent) flushed to a
- * zero of its sign; MXCSR plays no part. dp_step reproduces one such step. The product of two
+ * zero of its sign; MXCSR plays no part. cf_bf16_dp_step (gemm_bf16_internal.h) reproduces one such
+ * step. The product of two
  * bf16 values (8-bit significands) is exact in double, and the sum of two numbers of 24 bits,
  * rounded to double's 53 and then to float's 24, is the sum rounded once to 24 (53 >= 2 * 24 + 2,
  * so the double rounding is innocuous): (float)((double)acc + x * y) is the fused result
@@ -18,29 +19,6 @@
 #include <stddef.h>
 
 enum { MR = CF_BF16_VNNI_MR, NR = CF_BF16_VNNI_NR };
-
-static inline uint32_t bits_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-
-/* One step. Where |s| < 2^-126 the result is the smallest normal if s rounds to it at 24 bits
- * with an unbounded exponent, else zero, signed as s: scaled by 2^64 (exact), s lies in float's
- * normal range, where the conversion rounds at 24 bits (below 2^-190 it is tiny anyway). Both
- * results are computed and one is picked with a mask, not a branch: the compiler vectorises the
- * loop over columns only if no floating-point operation sits under a condition. */
-static inline float dp_step(float acc, float x, float y) {
-    double s = (double)acc + (double)x * y;
-    uint64_t sb;
-    memcpy(&sb, &s, sizeof sb);
-    uint32_t r = bits_of((float)s), t = bits_of((float)(s * 0x1p64));
-    uint32_t tiny = (t & 0x80000000u) | ((t & 0x7fffffffu) >= 0x20800000u ? 0x00800000u : 0u);
-    uint32_t pick = 0u - (uint32_t)((sb & 0x7fffffffffffffffull) < 0x3810000000000000ull);
-    uint32_t out = r ^ ((r ^ tiny) & pick);  /* 0x3810...: 2^-126 as a double, 0x2080...: 2^-62 */
-    memcpy(&x, &out, sizeof x);
-    return x;
-}
 
 /* Panels of w units (rows of op(A) or columns of op(B)) from count units of the operand X, whose
  * element (u, p) is x[u * su + p * sp], in the VNNI layout of gemm_bf16_internal.h. */
@@ -77,7 +55,7 @@ static void micro(int kcp, const uint16_t *restrict a, const uint16_t *restrict 
         for (int r = 0; r < mr; r++) {
             float a0 = cf_bf16_float(a[2 * r]), a1 = cf_bf16_float(a[2 * r + 1]);
             for (int j = 0; j < NR; j++)
-                acc[r][j] = dp_step(dp_step(acc[r][j], a1, b1[j]), a0, b0[j]);
+                acc[r][j] = cf_bf16_dp_step(cf_bf16_dp_step(acc[r][j], a1, b1[j]), a0, b0[j]);
         }
     }
     for (int r = 0; r < mr; r++) {

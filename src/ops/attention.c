@@ -28,7 +28,12 @@
  * Memory: besides O and L, a call takes from the arena, and gives back before it returns, packed
  * copies of Q, K^T and V (backward: Q, dO, D, K^T, V^T and K), O(T) each, plus one workspace per
  * thread (the per-head backward's holds that head's dQ, Tq x Dh). With AVX-512 the block kernels
- * are intrinsics; otherwise they are plain loops that gcc vectorises. */
+ * are intrinsics; otherwise they are plain loops that gcc vectorises.
+ *
+ * Precision bf16 (ctx->bf16, Dh even): the operands of the seven products (Q, K, V, dO, and the
+ * blocks of P' and dS) are rounded to bfloat16 and the sums kept in fp32 (attn_bf16.h); the packed
+ * copies then hold bf16 pairs instead of floats, Q unscaled (scale log2(e) multiplies the score
+ * sums instead). The softmax statistics, P, dS, the output and the gradients stay fp32. */
 #include <math.h>
 #include <string.h>
 #include <omp.h>
@@ -36,6 +41,8 @@
 #include "backward.h"
 #include "../kernels/attn_geom.h"
 #include "../kernels/attn_tiles.h"
+#include "../kernels/attn_bf16.h"
+#include "../kernels/gemm_bf16_internal.h"
 
 typedef struct geom {
     int B, H, Tq, Tk, Dh;
@@ -55,19 +62,28 @@ typedef struct geom {
     float *dd;                       /* [B*H, nqb*BQ] D = dO . O (backward) */
     float *kt, *vt;                  /* [B*H, nkb, Dh, BK] K^T and V^T (V^T backward) */
     float *rows;                     /* [B*H, nkb, BK, Dh] V (forward) or K (backward), rows of Dh */
+    /* bf16: the kernel, and the packed operands instead of qs, dos, kt, vt and rows (NULL: fp32).
+     * Every block is BQ Dh / 2 words (BQ = BK): rows of Dh / 2 pairs, or BQ / 2 pairs of rows. */
+    const cf_attn_bf16_kernel *bk;
+    uint32_t *q16, *do16;            /* [B*H, nqb, BQ, Dh/2] Q and dO (backward) rows */
+    uint32_t *qp16, *dop16;          /* [B*H, nqb, BQ/2, Dh] Q and dO by pairs of rows (backward) */
+    uint32_t *kt16, *vt16;           /* [B*H, nkb, Dh/2, BK] K^T and V^T (backward) */
+    uint32_t *rows16;                /* [B*H, nkb, BK/2, Dh] V (forward) or K (backward) by pairs of rows */
 } geom;
 
-/* One thread's workspace, the block-pair buffers alone, carved from base (NULL: only counted);
- * returns its size in floats */
-static size_t ws_layout(attn_bufs *w, float *base, int dh, int acc_rows) {
+/* One thread's workspace, the block-pair buffers and with bf16 the block of bf16 pairs that P' or
+ * dS is packed into (*pk), carved from base (NULL: only counted); returns its size in floats */
+static size_t ws_layout(attn_bufs *w, uint32_t **pk, float *base, int dh, int acc_rows, int bf16) {
     ws_carver c = {base, 0};
     attn_bufs_take(&c, w, dh, acc_rows);
+    *pk = bf16 ? ws_take(&c, BQ * BK / 2) : NULL;
     return c.floats;
 }
 
-static size_t ws_floats(int dh, int acc_rows) {
+static size_t ws_floats(int dh, int acc_rows, int bf16) {
     attn_bufs w;
-    return ws_layout(&w, NULL, dh, acc_rows);
+    uint32_t *pk;
+    return ws_layout(&w, &pk, NULL, dh, acc_rows, bf16);
 }
 
 /* ---- masks and packing ------------------------------------------------------------------------ */
@@ -103,6 +119,59 @@ static float *qblk(const geom *g, float *base, int64_t bh, int qb) {
 }
 static float *kblk(const geom *g, float *base, int64_t bh, int kb) {
     return base + (bh * g->nkb + kb) * (int64_t)BK * g->Dh;
+}
+/* the same for bf16 pairs: block b of nb per head */
+static uint32_t *blk16(const geom *g, uint32_t *base, int64_t bh, int b, int nb) {
+    return base + (bh * nb + b) * (int64_t)BQ * g->Dh / 2;
+}
+
+/* bf16: query block qb of head bh as rows and by pairs of rows (Q; with dO, dO and D too), padding
+ * rows zero. D is the rounded dO times O, so that sum_j P_ij dS_ij stays zero as dP is formed from
+ * the rounded dO. */
+static void pack_q16(const geom *g, int64_t bh, int qb, int with_do) {
+    int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
+    int64_t r0 = (int64_t)b * g->Tq + q0, c0 = (int64_t)h * dh, half = BQ * dh / 2;
+    const float *q = g->q + r0 * g->sq + c0;
+    uint32_t *rows = blk16(g, g->q16, bh, qb, g->nqb);
+    g->bk->rows(q, g->sq, nq, dh, rows, dh / 2);
+    memset(rows + (int64_t)nq * dh / 2, 0, (size_t)(half - (int64_t)nq * dh / 2) * sizeof(uint32_t));
+    if (!with_do) return;
+    const float *dout = g->dout + r0 * g->so + c0, *o = g->o + r0 * g->so + c0;
+    g->bk->pairs(q, g->sq, BQ, nq, dh, blk16(g, g->qp16, bh, qb, g->nqb), dh);
+    g->bk->pairs(dout, g->so, BQ, nq, dh, blk16(g, g->dop16, bh, qb, g->nqb), dh);
+    rows = blk16(g, g->do16, bh, qb, g->nqb);
+    g->bk->rows(dout, g->so, nq, dh, rows, dh / 2);
+    memset(rows + (int64_t)nq * dh / 2, 0, (size_t)(half - (int64_t)nq * dh / 2) * sizeof(uint32_t));
+    float *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    memset(dd, 0, sizeof(float) * BQ);
+    for (int i = 0; i < nq; i++) {
+        const uint32_t *pr = rows + (int64_t)i * dh / 2;
+        const float *orow = o + i * g->so;
+        float s = 0;
+        for (int d = 0; d < dh / 2; d++) s += cf_bf16_float((uint16_t)pr[d]) * orow[2 * d] +
+                                               cf_bf16_float((uint16_t)(pr[d] >> 16)) * orow[2 * d + 1];
+        dd[i] = s;
+    }
+}
+
+/* bf16: K^T or V^T of a key block, pairs of Dh per key: out[(d/2) BK + j], keys [n, BK) zero */
+static void pack_t16(const geom *g, uint32_t *out, const float *x, int64_t stride, int n) {
+    int dh2 = g->Dh / 2;
+    uint32_t tmp[BK * dh2];
+    g->bk->rows(x, stride, n, g->Dh, tmp, dh2);
+    for (int d = 0; d < dh2; d++)
+        for (int j = 0; j < BK; j++) out[(int64_t)d * BK + j] = j < n ? tmp[j * dh2 + d] : 0;
+}
+
+/* bf16: key block kb of head bh, K^T (and V^T backward) by pairs of Dh, and V (forward) or K
+ * (backward) by pairs of rows */
+static void pack_k16(const geom *g, int64_t bh, int kb, int backward) {
+    int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
+    int64_t r0 = (int64_t)b * g->Tk + k0, c0 = (int64_t)h * dh;
+    const float *k = g->k + r0 * g->sk + c0, *v = g->v + r0 * g->sv + c0;
+    pack_t16(g, blk16(g, g->kt16, bh, kb, g->nkb), k, g->sk, nk);
+    if (backward) pack_t16(g, blk16(g, g->vt16, bh, kb, g->nkb), v, g->sv, nk);
+    g->bk->pairs(backward ? k : v, backward ? g->sk : g->sv, BK, nk, dh, blk16(g, g->rows16, bh, kb, g->nkb), dh);
 }
 
 /* query block qb of head bh: scale Q (and with dO, also dO and D), padding rows zero */
@@ -148,10 +217,12 @@ static void pack_k(const geom *g, int64_t bh, int kb, int backward) {
 /* every block of every head, inside a parallel region (each item writes its own blocks) */
 static void pack_all(const geom *g, int backward) {
     int64_t bh = (int64_t)g->B * g->H;
+    void (*pq)(const geom *, int64_t, int, int) = g->bk ? pack_q16 : pack_q;
+    void (*pk)(const geom *, int64_t, int, int) = g->bk ? pack_k16 : pack_k;
     #pragma omp for schedule(static)
-    for (int64_t i = 0; i < bh * g->nqb; i++) pack_q(g, i / g->nqb, (int)(i % g->nqb), backward);
+    for (int64_t i = 0; i < bh * g->nqb; i++) pq(g, i / g->nqb, (int)(i % g->nqb), backward);
     #pragma omp for schedule(static)
-    for (int64_t i = 0; i < bh * g->nkb; i++) pack_k(g, i / g->nkb, (int)(i % g->nkb), backward);
+    for (int64_t i = 0; i < bh * g->nkb; i++) pk(g, i / g->nkb, (int)(i % g->nkb), backward);
 }
 
 /* z[j] = 1/(1-p) when element (bh, qi, k0 + j) is kept, else 0, with idx * DROP_IDX_MUL stepped
@@ -180,18 +251,40 @@ static void fwd_softmax_block(const geom *g, attn_bufs *w, int64_t bh, int q0, i
     zero_pad_rows(w->p, nq, rows);
 }
 
-static void fwd_block(const geom *g, attn_bufs *w, int64_t bh, int qb, float *out) {
+/* bf16: s[0..rows) x BK = the base-2 scores of query block qb against key block kb, and, when dp
+ * is not NULL, dP' = dO V^T into dp */
+static void scores16(const geom *g, int64_t bh, int qb, int kb, int rows, float *s, float *dp) {
+    int dh = g->Dh;
+    const uint32_t *kt = blk16(g, g->kt16, bh, kb, g->nkb);
+    g->bk->gemm(rows, BK, blk16(g, g->q16, bh, qb, g->nqb), dh / 2, 1, dh / 2, kt, BK, s, BK, NULL, g->scale * LOG2E);
+    if (dp)
+        g->bk->gemm(rows, BK, blk16(g, g->do16, bh, qb, g->nqb), dh / 2, 1, dh / 2, blk16(g, g->vt16, bh, kb, g->nkb),
+                    BK, dp, BK, NULL, 1.0f);
+}
+
+/* bf16: acc[0..rows) x Dh = cs acc + X Y, X the [rows, BK] block x (P or dS) by pairs of keys and
+ * Y the nk rows of the key block (V forward, K backward) */
+static void rows_product16(const geom *g, uint32_t *pk, const float *x, int rows, int64_t bh, int kb, int nk,
+                           float *acc, const float *cs) {
+    g->bk->rows(x, BK, rows, BK, pk, BK / 2);
+    g->bk->gemm(rows, g->Dh, pk, BK / 2, 1, (nk + 1) / 2, blk16(g, g->rows16, bh, kb, g->nkb), g->Dh, acc, g->Dh, cs,
+                0.0f);
+}
+
+static void fwd_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, float *out) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     int rows = round4(nq);
-    const float *qs = qblk(g, g->qs, bh, qb);
+    const float *qs = g->bk ? NULL : qblk(g, g->qs, bh, qb);
     online_start(w, nq, rows, dh);
     for (int kb = 0; kb < g->nkb; kb++) {
         int k0 = kb * BK, nk = blen(g->Tk, k0, BK);
         uint64_t keep = keep_bits(g, b, k0, nk);
         if (!pair_live(g, keep, q0, nq, k0)) continue;
-        nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
+        if (g->bk) scores16(g, bh, qb, kb, rows, w->p, NULL);
+        else nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
         fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
-        cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
+        if (g->bk) rows_product16(g, pk, w->p, rows, bh, kb, nk, w->acc, w->alpha);
+        else cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
     }
     /* a row with no visible key gets L = inf, which makes every recomputed P zero */
     for (int i = 0; i < nq; i++)
@@ -203,20 +296,41 @@ static void fwd_block(const geom *g, attn_bufs *w, int64_t bh, int qb, float *ou
 
 /* One (query block, key block) pair: recompute P, form dS, and add P'^T dO and dS^T (scale Q)
  * into the dV and dK accumulators (want_kv) and dS K into dqacc (when not NULL). */
-static void bwd_pair(const geom *g, attn_bufs *w, int64_t bh, int qb, int kb, uint64_t keep, int want_kv,
-                     float *dqacc) {
+/* bf16: bwd_pair_products on bf16 operands, P' and dS packed into pk one after the other */
+static void bwd_products16(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, int kb, int nq, int nk,
+                           int want_kv, float *dqacc) {
+    int dh = g->Dh, rows = round4(nq);
+    zero_pad_rows(w->p, nq, rows);
+    zero_pad_rows(w->ds, nq, rows);
+    if (want_kv) {
+        int kr = round4(nk), np = (nq + 1) / 2;
+        g->bk->pairs(w->p, BK, rows, rows, BK, pk, BK);
+        g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->dop16, bh, qb, g->nqb), dh, w->dvacc, dh, NULL, 0.0f);
+        g->bk->pairs(w->ds, BK, rows, rows, BK, pk, BK);
+        g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->qp16, bh, qb, g->nqb), dh, w->dkacc, dh, NULL, 0.0f);
+    }
+    if (dqacc) rows_product16(g, pk, w->ds, rows, bh, kb, nk, dqacc, NULL);
+}
+
+static void bwd_pair(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, int kb, uint64_t keep,
+                     int want_kv, float *dqacc) {
     int dh = g->Dh;
     int q0 = qb * BQ, nq = blen(g->Tq, q0, BQ), rows = round4(nq), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
-    const float *qs = qblk(g, g->qs, bh, qb), *dos = qblk(g, g->dos, bh, qb);
+    const float *qs = g->bk ? NULL : qblk(g, g->qs, bh, qb), *dos = g->bk ? NULL : qblk(g, g->dos, bh, qb);
     const float *lse = g->lse + bh * g->Tq + q0, *dd = g->dd + (bh * g->nqb + qb) * BQ;
-    nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
-    nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
+    if (g->bk) {
+        scores16(g, bh, qb, kb, rows, w->p, w->ds);
+    } else {
+        nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
+        nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
+    }
     for (int i = 0; i < nq; i++) {
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
         if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
         ds_row(w->p + (int64_t)i * BK, w->ds + (int64_t)i * BK, vis, lse[i], dd[i], g->drop.on ? w->z : NULL);
     }
-    bwd_pair_products(w, nq, rows, nk, dh, qs, dos, kblk(g, g->rows, bh, kb), want_kv, dqacc);
+    if (g->bk) bwd_products16(g, w, pk, bh, qb, kb, nq, nk, want_kv, dqacc);
+    else bwd_pair_products(w, nq, rows, nk, dh, qs, dos, kblk(g, g->rows, bh, kb), want_kv, dqacc);
 }
 
 /* grad rows [r0, r0 + n) of head h += s * acc */
@@ -242,7 +356,8 @@ static int first_qb(const geom *g, int k0) {
 
 /* dK, dV of key block kb: the sum over query blocks in ascending order; with dqacc_head (the
  * per-head driver), dS K goes into the head's dQ accumulator on the way */
-static void bwd_kv_block(const geom *g, attn_bufs *w, int64_t bh, int kb, int want_kv, float *dqacc_head) {
+static void bwd_kv_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int kb, int want_kv,
+                         float *dqacc_head) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
     uint64_t keep = keep_bits(g, b, k0, nk);
     if (want_kv) {
@@ -253,23 +368,24 @@ static void bwd_kv_block(const geom *g, attn_bufs *w, int64_t bh, int kb, int wa
         for (int qb = first_qb(g, k0); qb < g->nqb; qb++) {
             int q0 = qb * BQ;
             if (!pair_live(g, keep, q0, blen(g->Tq, q0, BQ), k0)) continue;
-            bwd_pair(g, w, bh, qb, kb, keep, want_kv, dqacc_head ? dqacc_head + (int64_t)q0 * dh : NULL);
+            bwd_pair(g, w, pk, bh, qb, kb, keep, want_kv, dqacc_head ? dqacc_head + (int64_t)q0 * dh : NULL);
         }
     if (!want_kv) return;
     int64_t r0 = (int64_t)b * g->Tk + k0;
-    if (g->dk) add_rows(g->dk, g->sk, r0, nk, h, dh, w->dkacc, 1.0f / LOG2E);
+    /* dkacc sums dS against Q as packed: scale log2(e) Q in fp32, Q in bf16 */
+    if (g->dk) add_rows(g->dk, g->sk, r0, nk, h, dh, w->dkacc, g->bk ? g->scale : 1.0f / LOG2E);
     if (g->dv) add_rows(g->dv, g->sv, r0, nk, h, dh, w->dvacc, 1.0f);
 }
 
 /* dQ of query block qb: the sum over key blocks in ascending order */
-static void bwd_q_block(const geom *g, attn_bufs *w, int64_t bh, int qb) {
+static void bwd_q_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     memset(w->acc, 0, (size_t)round4(nq) * dh * sizeof(float));
     for (int kb = 0; kb < g->nkb; kb++) {
         int k0 = kb * BK;
         uint64_t keep = keep_bits(g, b, k0, blen(g->Tk, k0, BK));
         if (!pair_live(g, keep, q0, nq, k0)) continue;
-        bwd_pair(g, w, bh, qb, kb, keep, 0, w->acc);
+        bwd_pair(g, w, pk, bh, qb, kb, keep, 0, w->acc);
     }
     add_rows(g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, dh, w->acc, g->scale);
 }
@@ -277,19 +393,31 @@ static void bwd_q_block(const geom *g, attn_bufs *w, int64_t bh, int qb) {
 static void backward_run(cf_ctx *ctx, geom *g) {
     int nt = team(g), bh = g->B * g->H, per_head = use_per_item(bh, nt), kv = g->dk || g->dv;
     int acc_rows = per_head ? g->nqb * BQ : BQ;
-    size_t per = ws_floats(g->Dh, acc_rows), mark = cf_arena_mark(&ctx->arena);
+    size_t per = ws_floats(g->Dh, acc_rows, g->bk != NULL), mark = cf_arena_mark(&ctx->arena);
     size_t qn = (size_t)bh * g->nqb * BQ, kn = (size_t)bh * g->nkb * BK;
-    g->qs = cf_scratch(ctx, qn * g->Dh * sizeof(float));
-    g->dos = cf_scratch(ctx, qn * g->Dh * sizeof(float));
     g->dd = cf_scratch(ctx, qn * sizeof(float));
-    g->kt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-    g->vt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-    g->rows = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+    if (g->bk) {
+        size_t qw = qn * g->Dh / 2 * sizeof(uint32_t), kw = kn * g->Dh / 2 * sizeof(uint32_t);
+        g->q16 = cf_scratch(ctx, qw);
+        g->qp16 = cf_scratch(ctx, qw);
+        g->do16 = cf_scratch(ctx, qw);
+        g->dop16 = cf_scratch(ctx, qw);
+        g->kt16 = cf_scratch(ctx, kw);
+        g->vt16 = cf_scratch(ctx, kw);
+        g->rows16 = cf_scratch(ctx, kw);
+    } else {
+        g->qs = cf_scratch(ctx, qn * g->Dh * sizeof(float));
+        g->dos = cf_scratch(ctx, qn * g->Dh * sizeof(float));
+        g->kt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+        g->vt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+        g->rows = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+    }
     float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         attn_bufs w;
-        ws_layout(&w, thread_ws(base, per), g->Dh, acc_rows);
+        uint32_t *pk;
+        ws_layout(&w, &pk, thread_ws(base, per), g->Dh, acc_rows, g->bk != NULL);
         pack_all(g, 1);
         if (per_head) {
             /* dynamic: padding can make heads unequal; results do not depend on who runs what */
@@ -297,17 +425,17 @@ static void backward_run(cf_ctx *ctx, geom *g) {
             for (int i = 0; i < bh; i++) {
                 float *dq = g->dq ? w.acc : NULL;
                 if (dq) memset(dq, 0, (size_t)acc_rows * g->Dh * sizeof(float));
-                for (int kb = 0; kb < g->nkb; kb++) bwd_kv_block(g, &w, i, kb, kv, dq);
+                for (int kb = 0; kb < g->nkb; kb++) bwd_kv_block(g, &w, pk, i, kb, kv, dq);
                 if (dq) add_rows(g->dq, g->sq, (int64_t)(i / g->H) * g->Tq, g->Tq, i % g->H, g->Dh, dq, g->scale);
             }
         } else {
             if (kv) {
                 #pragma omp for schedule(dynamic, 1)
-                for (int64_t i = 0; i < (int64_t)bh * g->nkb; i++) bwd_kv_block(g, &w, i / g->nkb, (int)(i % g->nkb), 1, NULL);
+                for (int64_t i = 0; i < (int64_t)bh * g->nkb; i++) bwd_kv_block(g, &w, pk, i / g->nkb, (int)(i % g->nkb), 1, NULL);
             }
             if (g->dq) {
                 #pragma omp for schedule(dynamic, 1)
-                for (int64_t i = 0; i < (int64_t)bh * g->nqb; i++) bwd_q_block(g, &w, i / g->nqb, (int)(i % g->nqb));
+                for (int64_t i = 0; i < (int64_t)bh * g->nqb; i++) bwd_q_block(g, &w, pk, i / g->nqb, (int)(i % g->nqb));
             }
         }
     }
@@ -355,6 +483,7 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     geom g = geom_of(n_in, in, n_heads, o->causal != 0, o->scale);
     g.keep = o->key_keep;
     g.drop = attn_dropout_draw(ctx, o->dropout);
+    g.bk = ctx->bf16 && g.Dh % 2 == 0 ? cf_attn_bf16() : NULL;
     cf_tensor *out = cf_tensor_3d(ctx, g.B, g.Tq, (int)g.so);
     int record = cf_needs_grad(ctx, n_in, in);
     size_t lse_bytes = (size_t)g.B * g.H * g.Tq * sizeof(float);
@@ -362,20 +491,28 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     size_t mark = cf_arena_mark(&ctx->arena);
     g.lse = record ? lse : cf_scratch(ctx, lse_bytes);
     int nt = team(&g);
-    size_t per = ws_floats(g.Dh, BQ), bh = (size_t)g.B * g.H;
-    g.qs = cf_scratch(ctx, bh * g.nqb * BQ * g.Dh * sizeof(float));
-    g.kt = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
-    g.rows = cf_scratch(ctx, bh * g.nkb * BK * g.Dh * sizeof(float));
+    size_t per = ws_floats(g.Dh, BQ, g.bk != NULL), bh = (size_t)g.B * g.H;
+    size_t qn = bh * g.nqb * BQ * g.Dh, kn = bh * g.nkb * BK * g.Dh;
+    if (g.bk) {
+        g.q16 = cf_scratch(ctx, qn / 2 * sizeof(uint32_t));
+        g.kt16 = cf_scratch(ctx, kn / 2 * sizeof(uint32_t));
+        g.rows16 = cf_scratch(ctx, kn / 2 * sizeof(uint32_t));
+    } else {
+        g.qs = cf_scratch(ctx, qn * sizeof(float));
+        g.kt = cf_scratch(ctx, kn * sizeof(float));
+        g.rows = cf_scratch(ctx, kn * sizeof(float));
+    }
     float *base = team_ws(ctx, nt, per);
     int64_t items = (int64_t)bh * g.nqb;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         attn_bufs w;
-        ws_layout(&w, thread_ws(base, per), g.Dh, BQ);
+        uint32_t *pk;
+        ws_layout(&w, &pk, thread_ws(base, per), g.Dh, BQ, g.bk != NULL);
         pack_all(&g, 0);
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
         #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < items; i++) fwd_block(&g, &w, i / g.nqb, (int)(i % g.nqb), out->data);
+        for (int64_t i = 0; i < items; i++) fwd_block(&g, &w, pk, i / g.nqb, (int)(i % g.nqb), out->data);
     }
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_ATTENTION, out, n_in, in);
@@ -386,6 +523,7 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
         n->iarg[1] = g.causal;
         n->iarg[2] = g.drop.on;
         n->iarg[3] = (int64_t)g.drop.key;
+        n->iarg[4] = g.bk != NULL;
         n->farg[0] = g.scale;
         n->farg[1] = g.drop.p;
     }
@@ -414,6 +552,7 @@ void cf_attention_backward(cf_ctx *ctx, cf_node *n) {
     geom g = geom_of(n->n_in, n->in, (int)n->iarg[0], (int)n->iarg[1], n->farg[0]);
     g.keep = n->ptr;
     g.drop = attn_dropout_saved((int)n->iarg[2], n->farg[1], (uint64_t)n->iarg[3]);
+    g.bk = n->iarg[4] ? cf_attn_bf16() : NULL;
     g.lse = n->saved;
     g.o = n->out->data;
     g.dout = n->out->grad;

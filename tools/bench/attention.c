@@ -6,7 +6,10 @@
  * head, products by cf_gemm, P kept for backward as an autograd framework keeps it) at small n:
  * its tt_mb column is the T x T memory the tiled kernel never allocates.
  *
- *   BENCH attention type=full n=... d_head=64 heads=4 fwd_bwd_ms=... peak_mb=... fwd_ms=... threads=...
+ * The fused op runs in fp32 and, up to n 2048, in bf16 too (ctx->bf16: the products' operands
+ * rounded to bfloat16), the two timed in alternation so that drift on a busy machine hits both.
+ *
+ *   BENCH attention type=full n=... d_head=64 heads=4 fwd_bwd_ms=... peak_mb=... fwd_ms=... threads=... precision=fp32|bf16
  *   BENCH attention type=naive n=... d_head=64 heads=4 fwd_bwd_ms=... peak_mb=... tt_mb=... threads=... */
 #include <math.h>
 #include <stdio.h>
@@ -29,8 +32,10 @@ static void fill(float *x, size_t n, float lo, float hi, uint64_t seed) {
     for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * cf_rng_float(&r);
 }
 
-/* one step of the fused op; returns fwd+bwd ms and sets *fwd and *peak */
-static double fused_step(cf_ctx *ctx, int n, const float *src, const float *dout, double *fwd, size_t *peak) {
+/* one step of the fused op in fp32 or bf16; returns fwd+bwd ms and sets *fwd and *peak */
+static double fused_step(cf_ctx *ctx, int bf16, int n, const float *src, const float *dout, double *fwd,
+                         size_t *peak) {
+    ctx->bf16 = bf16;
     cf_ctx_begin(ctx, 0);
     ctx->arena.peak = 0;
     cf_tensor *qkv = cf_tensor_3d(ctx, 1, n, 3 * C);
@@ -116,16 +121,20 @@ int main(void) {
         int n = ns[t];
         /* 8192 costs about 4x 4096: only when that keeps this program within its time budget */
         if (n == 8192 && last > 1000) break;
-        int reps = n <= 1024 ? 7 : n <= 2048 ? 5 : n <= 4096 ? 3 : 2;
-        double ms[7], fwd[7], w;
-        size_t peak = 0;
-        fused_step(&ctx, n, src, dout, &w, &peak);   /* warm-up: page in the arena */
-        for (int r = 0; r < reps; r++) ms[r] = fused_step(&ctx, n, src, dout, &fwd[r], &peak);
-        qsort(ms, reps, sizeof *ms, cmp_double);
-        qsort(fwd, reps, sizeof *fwd, cmp_double);
-        last = ms[reps / 2];
-        printf("BENCH attention type=full n=%d d_head=%d heads=%d fwd_bwd_ms=%.2f peak_mb=%.2f fwd_ms=%.2f threads=%d\n",
-               n, DH, H, last, peak / 1048576.0, fwd[reps / 2], threads);
+        int reps = n <= 1024 ? 7 : n <= 2048 ? 5 : n <= 4096 ? 3 : 2, precisions = n <= 2048 ? 2 : 1;
+        double ms[2][7], fwd[2][7], w;
+        size_t peak[2] = {0, 0};
+        for (int b = 0; b < precisions; b++) fused_step(&ctx, b, n, src, dout, &w, &peak[b]);   /* warm-up */
+        for (int r = 0; r < reps; r++)
+            for (int b = 0; b < precisions; b++) ms[b][r] = fused_step(&ctx, b, n, src, dout, &fwd[b][r], &peak[b]);
+        for (int b = 0; b < precisions; b++) {
+            qsort(ms[b], reps, sizeof *ms[b], cmp_double);
+            qsort(fwd[b], reps, sizeof *fwd[b], cmp_double);
+            printf("BENCH attention type=full n=%d d_head=%d heads=%d fwd_bwd_ms=%.2f peak_mb=%.2f fwd_ms=%.2f "
+                   "threads=%d precision=%s\n",
+                   n, DH, H, ms[b][reps / 2], peak[b] / 1048576.0, fwd[b][reps / 2], threads, b ? "bf16" : "fp32");
+        }
+        last = ms[0][reps / 2];
         fflush(stdout);
     }
     for (int n = 512; n <= 1024; n *= 2) {
