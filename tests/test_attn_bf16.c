@@ -1,5 +1,5 @@
-/* Fused softmax attention in bf16 (ctx->bf16): the operands of its seven products rounded to
- * bfloat16, the sums and everything else fp32.
+/* Fused softmax attention in bf16 (ctx->bf16): the operands of its products (Q K^T, P V, dO V^T,
+ * P'^T dO, dS^T Q, dS K) rounded to bfloat16, the sums and everything else fp32.
  *   - Output and the three gradients against a double reference that rounds the same tensors
  *     (Q, K, V, dO) to bf16 and keeps P and dS exact, causal and not, Tq == Tk and Tq < Tk,
  *     lengths that are and are not multiples of 64, key padding, with and without dropout.

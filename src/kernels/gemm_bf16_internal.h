@@ -1,4 +1,5 @@
-/* Internal to src/kernels/gemm_bf16*.c: the bfloat16 rounding and the interface between the
+/* Internal to the bf16 kernels (src/kernels/gemm_bf16*.c, attn_bf16*.c; src/ops/attention.c
+ * reads packed pairs back with cf_bf16_float): the bfloat16 rounding and the interface between the
  * driver (gemm_bf16.c) and its micro-kernels, one of which is chosen at run time.
  *
  * Packed operands hold bfloat16 bit patterns (uint16_t), k padded with zeros up to kcp, a multiple

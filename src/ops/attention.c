@@ -30,8 +30,9 @@
  * thread (the per-head backward's holds that head's dQ, Tq x Dh). With AVX-512 the block kernels
  * are intrinsics; otherwise they are plain loops that gcc vectorises.
  *
- * Precision bf16 (ctx->bf16, Dh even): the operands of the seven products (Q, K, V, dO, and the
- * blocks of P' and dS) are rounded to bfloat16 and the sums kept in fp32 (attn_bf16.h); the packed
+ * Precision bf16 (ctx->bf16, Dh even): the operands of the products (S = Q K^T and O = P V; in
+ * backward S again, dP' = dO V^T, dV, dK and dQ), that is Q, K, V, dO and the blocks of P' and
+ * dS, are rounded to bfloat16 and the sums kept in fp32 (attn_bf16.h); the packed
  * copies then hold bf16 pairs instead of floats, Q unscaled (scale log2(e) multiplies the score
  * sums instead). The softmax statistics, P, dS, the output and the gradients stay fp32. */
 #include <math.h>
