@@ -260,6 +260,10 @@ static void odd_dh(void) {
 }
 
 int main(void) {
+    /* beside AMX tiles attention stays fp32 (attn_bf16.h): test the bf16 kernels themselves */
+    if (!strcmp(cf_gemm_bf16_kernel(), "amx") && cf_gemm_bf16_set_kernel("avx512bf16") != 0)
+        CF_ASSERT(cf_gemm_bf16_set_kernel("portable") == 0, "no bf16 kernel to test");
+    CHECK(strcmp(cf_attn_bf16_kernel_name(), "fp32") != 0, "bf16 attention has no kernel beside %s", cf_gemm_bf16_kernel());
     cfg cs[] = {
         {3, 2, 64, 64, 32, 0, 1, 0},   {3, 2, 64, 64, 32, 1, 1, 0},    {3, 2, 130, 130, 64, 1, 1, 0},
         {3, 2, 100, 100, 16, 0, 1, 0}, {1, 2, 60, 200, 32, 1, 0, 0},   {3, 1, 200, 200, 64, 1, 1, 0.2f},

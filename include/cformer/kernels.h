@@ -48,6 +48,9 @@ void cf_gemm_bf16_ref(int trans_a, int trans_b, int m, int n, int k, float alpha
  * ties to even, overflow to infinity, NaN stays NaN, and subnormal x gives a zero of its sign (the
  * bf16 instructions read subnormals as zero; rounding a normal x never makes one). */
 float cf_bf16_round(float x);
+/* the kernel the fused softmax attention runs with bf16 operands: "avx512bf16", "portable", or
+ * "fp32" where it stays fp32 (beside cf_gemm_bf16's AMX tiles; src/kernels/attn_bf16.h says why) */
+const char *cf_attn_bf16_kernel_name(void);
 /* the kernel cf_gemm_bf16 runs: "amx", "avx512bf16" or "portable" */
 const char *cf_gemm_bf16_kernel(void);
 /* Runs the named kernel from the next call on (tests and benchmarks compare them in one process;

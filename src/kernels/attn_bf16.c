@@ -54,8 +54,15 @@ static const cf_attn_bf16_kernel portable = {"portable", gemm_portable, rows_por
 extern const cf_attn_bf16_kernel cf_attn_bf16_avx512;
 
 const cf_attn_bf16_kernel *cf_attn_bf16(void) {
+    const char *gemm = cf_gemm_bf16_kernel();
+    if (!strcmp(gemm, "amx")) return NULL;
 #if defined(__x86_64__)
-    if (cf_cpu()->avx512bf16 && strcmp(cf_gemm_bf16_kernel(), "portable") != 0) return &cf_attn_bf16_avx512;
+    if (cf_cpu()->avx512bf16 && strcmp(gemm, "portable") != 0) return &cf_attn_bf16_avx512;
 #endif
     return &portable;
+}
+
+const char *cf_attn_bf16_kernel_name(void) {
+    const cf_attn_bf16_kernel *k = cf_attn_bf16();
+    return k ? k->name : "fp32";
 }

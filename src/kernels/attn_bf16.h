@@ -31,9 +31,11 @@ typedef struct {
     void (*pairs)(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out, int64_t ldo);
 } cf_attn_bf16_kernel;
 
-/* the avx512bf16 kernel where the machine has AVX512-BF16 and cf_gemm_bf16 does not run its
- * portable kernel (cf_gemm_bf16_set_kernel("portable") makes attention portable too), else the
- * portable one */
+/* The kernel bf16 attention runs, or NULL when attention stays fp32: the avx512bf16 kernel where
+ * the machine has AVX512-BF16 and cf_gemm_bf16 runs avx512bf16, the portable one where cf_gemm_bf16
+ * runs portable, and none where it runs AMX tiles: there is no AMX attention kernel, and the CPUs
+ * with AMX (Sapphire Rapids and later) issue vdpbf16ps at a fraction of their fp32 FMA rate, so a
+ * bf16 attention measured slower than fp32 on them (docs/bf16/README.md). */
 const cf_attn_bf16_kernel *cf_attn_bf16(void);
 
 #endif

@@ -56,9 +56,10 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     /* the tokens of the whole job (both sides of a pair), as the trainer's tokens_per_s */
     double med = ms[steps / 2], tps = (double)batch.tokens / (med / 1e3);
     if (cf_dist_rank() == 0) {
-        printf("BENCH train_step config=%s threads=%d B=%d T=%d precision=%s kernel=%s step_ms=%.1f tokens_per_s=%.0f "
-               "peak_rss_mb=%.0f arena_mb=%.0f\n", c->name, cf_num_threads(), B * ranks, T, cf_precision_names[t->precision],
-               ctx.bf16 ? cf_gemm_bf16_kernel() : cf_gemm_isa(), med, tps, cf_peak_rss_mb(), ctx.arena.peak / 1048576.0);
+        printf("BENCH train_step config=%s threads=%d B=%d T=%d precision=%s kernel=%s attention_kernel=%s step_ms=%.1f "
+               "tokens_per_s=%.0f peak_rss_mb=%.0f arena_mb=%.0f\n", c->name, cf_num_threads(), B * ranks, T,
+               cf_precision_names[t->precision], ctx.bf16 ? cf_gemm_bf16_kernel() : cf_gemm_isa(),
+               ctx.bf16 ? cf_attn_bf16_kernel_name() : "fp32", med, tps, cf_peak_rss_mb(), ctx.arena.peak / 1048576.0);
         /* allreduce_ms: per step (mean), the time inside MPI for the gradient: the wait after backward
          * for the reductions still running plus the calls that start and progress them during
          * backward, i.e. the part of the all-reduce that computation did not hide. step_ms is rank
