@@ -1,11 +1,11 @@
 /* HDF5 checkpoints (checkpoint.h, docs/architecture.md section 9).
  *
- * Saving never exposes a partial file under a checkpoint's name: the file is built under a
- * dot-prefixed temporary name in the target's directory (rename is atomic only within one file
- * system), flushed and closed, fsync'ed through a fresh descriptor (HDF5 does not fsync), renamed,
- * and the directory is fsync'ed so the rename itself survives a power cut. Loading checks every
- * name, shape, type and value before the caller uses anything, and never opens the file for
- * writing. */
+ * Saving never exposes a partial file under a checkpoint's name: HDF5 builds the file in memory,
+ * its checksums go into the header (integrity.c), and the bytes are written under a dot-prefixed
+ * temporary name in the target's directory (rename is atomic only within one file system),
+ * fsync'ed, renamed, and the directory is fsync'ed so the rename itself survives a power cut
+ * (run_files.c). Loading verifies the checksums first, then checks every name, shape, type and
+ * value before the caller uses anything, and never opens the file for writing. */
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
