@@ -88,6 +88,9 @@ static void test_errors(void) {
     expect_error("{\"model\": {\"d_model\": 64,}}", NULL, 0, 0, "invalid JSON at line 1");
     expect_error("{\n  \"model\": {\n    \"d_model\": 64 64\n  }\n}", NULL, 0, 0, "invalid JSON at line 3");
     expect_error("[1, 2]", NULL, 0, 0, "expected a JSON object at the top level, got list");
+    /* control bytes of the input are escaped in the message, which stays one line */
+    expect_error("{\"model\": {\"norm\": \"layer\\nnorm\\r\\u0001\"}}", NULL, 0, 0, "got \"layer\\nnorm\\r\\x01\"");
+    expect_error("{\"a\\nb\": 1}", NULL, 0, 0, "a\\nb: unknown key");
     expect_error("{\"model\": {\"encoder\": {\"n_layers\": 2}}}", NULL, 0, 0,
                  "model.encoder: only for model.arch \"encoder_decoder\"");
     expect_error("{\"model\": {\"arch\": \"encoder_decoder\", \"decoder\": {\"n_layers\": 0}}}", NULL, 0, 0,
