@@ -254,6 +254,8 @@ static void test_round_trip(void) {
                " \"eval\": {\"ctx\": 200, \"stride\": 7}}");
     round_trip("{\"train\": {\"grad_checkpoint\": \"blocks\"}, \"model\": {\"attention\": [{\"type\": \"performer\","
                " \"kernel\": \"relu\", \"features\": 32, \"redraw_every\": 7}]}}");
+    /* a default d_ff of 4 * d_model above the bound of the other sizes is stated in the printed config */
+    round_trip("{\"model\": {\"d_model\": 400000, \"n_heads\": 1}}");
     /* the printed config is readable: two-space indents, one key per line, floats in short form */
     parse("{}", NULL, 0, 0);
     char *text = cf_config_to_json(&cfg);
