@@ -169,8 +169,32 @@ static void hostile_inputs(void) {
     expect_bad("sample --tokens -1", (const char *[]){"sample", "x.h5", "--tokens", "-1", NULL}, "--tokens");
 }
 
+/* A crafted file behind valid checksums (resealed with cf_ckpt_seal): the datatype of the "format"
+ * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
+ * the end of. Found by tests/fuzz/fuzz_checkpoint.c. */
+static void crafted(const char *ckpt) {
+    size_t n;
+    char *img = read_file(ckpt, &n), path[300];
+    /* the attribute message's name, then its datatype: version 1, class 9 (variable-length), a string,
+     * size 16 */
+    static const char want[] = "format\0\0\x19\x01\x01\x00\x10\x00\x00\x00";
+    char *at = NULL;
+    for (size_t i = CF_CKPT_USERBLOCK; !at && i + sizeof want - 1 <= n; i++)
+        if (!memcmp(img + i, want, sizeof want - 1)) at = img + i;
+    CHECK(at, "the \"format\" attribute's datatype is not where this test looks for it");
+    if (at) {
+        at[12] = 2;
+        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
+        snprintf(path, sizeof path, "%s/crafted.h5", root);
+        write_bytes(path, img, n);
+        expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
+    }
+    free(img);
+}
+
 static void faults(const char *ckpt) {
     flips(ckpt);
+    crafted(ckpt);
     full_disk();
     hostile_inputs();
 }
