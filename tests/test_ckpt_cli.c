@@ -169,12 +169,14 @@ static void hostile_inputs(void) {
     expect_bad("sample --tokens -1", (const char *[]){"sample", "x.h5", "--tokens", "-1", NULL}, "--tokens");
 }
 
-/* A crafted file behind valid checksums (resealed with cf_ckpt_seal): the datatype of the "format"
+/* Crafted files behind valid checksums: resealed with cf_ckpt_seal, the datatype of the "format"
  * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
- * the end of. Found by tests/fuzz/fuzz_checkpoint.c. */
+ * the end of (found by tests/fuzz/fuzz_checkpoint.c); and a header whose own checksum matches but whose
+ * chunk size is 0. */
 static void crafted(const char *ckpt) {
     size_t n;
     char *img = read_file(ckpt, &n), path[300];
+    snprintf(path, sizeof path, "%s/crafted.h5", root);
     /* the attribute message's name, then its datatype: version 1, class 9 (variable-length), a string,
      * size 16 */
     static const char want[] = "format\0\0\x19\x01\x01\x00\x10\x00\x00\x00";
@@ -185,10 +187,19 @@ static void crafted(const char *ckpt) {
     if (at) {
         at[12] = 2;
         cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
-        snprintf(path, sizeof path, "%s/crafted.h5", root);
         write_bytes(path, img, n);
         expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
     }
+    /* an integrity header with a valid checksum and a chunk size of 0 */
+    free(img);
+    img = read_file(ckpt, &n);
+    uint8_t *h = (uint8_t *)img;
+    memset(h + 48, 0, 4);
+    memset(h + 36, 0, 4);
+    uint32_t crc = cf_crc32c(0, h, CF_CKPT_USERBLOCK);
+    for (int i = 0; i < 4; i++) h[36 + i] = (uint8_t)(crc >> 8 * i);
+    write_bytes(path, img, n);
+    expect_bad("info crafted header", (const char *[]){"info", path, NULL}, "integrity header (bytes 0..4095) is inconsistent");
     free(img);
 }
 
