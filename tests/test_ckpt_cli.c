@@ -171,8 +171,8 @@ static void hostile_inputs(void) {
 
 /* Crafted files behind valid checksums: resealed with cf_ckpt_seal, the datatype of the "format"
  * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
- * the end of (found by tests/fuzz/fuzz_checkpoint.c); and a header whose own checksum matches but whose
- * chunk size is 0. */
+ * the end of, and /config's layout says compact with no bytes (both found by tests/fuzz/); and a header
+ * whose own checksum matches but whose chunk size is 0. */
 static void crafted(const char *ckpt) {
     size_t n;
     char *img = read_file(ckpt, &n), path[300];
@@ -189,6 +189,21 @@ static void crafted(const char *ckpt) {
         cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
         write_bytes(path, img, n);
         expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
+    }
+    /* the first contiguous layout message of 16 bytes (that of /config, the first dataset written) made
+     * version 2, which libhdf5 1.10 reads as a compact layout of 0 bytes and would copy from NULL */
+    free(img);
+    img = read_file(ckpt, &n);
+    static const char layout[] = "\x08\x00\x18\x00\x00\x00\x00\x00\x03\x01";
+    at = NULL;
+    for (size_t i = CF_CKPT_USERBLOCK; !at && i + 26 <= n; i++)
+        if (!memcmp(img + i, layout, sizeof layout - 1) && !memcmp(img + i + 18, "\x10\0\0\0\0\0\0\0", 8)) at = img + i;
+    CHECK(at, "the layout message of /config is not where this test looks for it");
+    if (at) {
+        at[8] = 2;
+        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
+        write_bytes(path, img, n);
+        expect_bad("info crafted layout", (const char *[]){"info", path, NULL}, "/config is damaged");
     }
     /* an integrity header with a valid checksum and a chunk size of 0 */
     free(img);
