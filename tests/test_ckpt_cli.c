@@ -169,8 +169,58 @@ static void hostile_inputs(void) {
     expect_bad("sample --tokens -1", (const char *[]){"sample", "x.h5", "--tokens", "-1", NULL}, "--tokens");
 }
 
+/* Crafted files behind valid checksums: resealed with cf_ckpt_seal, the datatype of the "format"
+ * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
+ * the end of, and /config's layout says compact with no bytes (both found by tests/fuzz/); and a header
+ * whose own checksum matches but whose chunk size is 0. */
+static void crafted(const char *ckpt) {
+    size_t n;
+    char *img = read_file(ckpt, &n), path[300];
+    snprintf(path, sizeof path, "%s/crafted.h5", root);
+    /* the attribute message's name, then its datatype: version 1, class 9 (variable-length), a string,
+     * size 16 */
+    static const char want[] = "format\0\0\x19\x01\x01\x00\x10\x00\x00\x00";
+    char *at = NULL;
+    for (size_t i = CF_CKPT_USERBLOCK; !at && i + sizeof want - 1 <= n; i++)
+        if (!memcmp(img + i, want, sizeof want - 1)) at = img + i;
+    CHECK(at, "the \"format\" attribute's datatype is not where this test looks for it");
+    if (at) {
+        at[12] = 2;
+        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
+        write_bytes(path, img, n);
+        expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
+    }
+    /* the first contiguous layout message of 16 bytes (that of /config, the first dataset written) made
+     * version 2, which libhdf5 1.10 reads as a compact layout of 0 bytes and would copy from NULL */
+    free(img);
+    img = read_file(ckpt, &n);
+    static const char layout[] = "\x08\x00\x18\x00\x00\x00\x00\x00\x03\x01";
+    at = NULL;
+    for (size_t i = CF_CKPT_USERBLOCK; !at && i + 26 <= n; i++)
+        if (!memcmp(img + i, layout, sizeof layout - 1) && !memcmp(img + i + 18, "\x10\0\0\0\0\0\0\0", 8)) at = img + i;
+    CHECK(at, "the layout message of /config is not where this test looks for it");
+    if (at) {
+        at[8] = 2;
+        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
+        write_bytes(path, img, n);
+        expect_bad("info crafted layout", (const char *[]){"info", path, NULL}, "/config is damaged");
+    }
+    /* an integrity header with a valid checksum and a chunk size of 0 */
+    free(img);
+    img = read_file(ckpt, &n);
+    uint8_t *h = (uint8_t *)img;
+    memset(h + 48, 0, 4);
+    memset(h + 36, 0, 4);
+    uint32_t crc = cf_crc32c(0, h, CF_CKPT_USERBLOCK);
+    for (int i = 0; i < 4; i++) h[36 + i] = (uint8_t)(crc >> 8 * i);
+    write_bytes(path, img, n);
+    expect_bad("info crafted header", (const char *[]){"info", path, NULL}, "integrity header (bytes 0..4095) is inconsistent");
+    free(img);
+}
+
 static void faults(const char *ckpt) {
     flips(ckpt);
+    crafted(ckpt);
     full_disk();
     hostile_inputs();
 }

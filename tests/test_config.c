@@ -93,6 +93,9 @@ static void test_errors(void) {
     expect_error("{\"model\": {\"d_model\": 64,}}", NULL, 0, 0, "invalid JSON at line 1");
     expect_error("{\n  \"model\": {\n    \"d_model\": 64 64\n  }\n}", NULL, 0, 0, "invalid JSON at line 3");
     expect_error("[1, 2]", NULL, 0, 0, "expected a JSON object at the top level, got list");
+    /* control bytes of the input are escaped in the message, which stays one line */
+    expect_error("{\"model\": {\"norm\": \"layer\\nnorm\\r\\u0001\"}}", NULL, 0, 0, "got \"layer\\nnorm\\r\\x01\"");
+    expect_error("{\"a\\nb\": 1}", NULL, 0, 0, "a\\nb: unknown key");
     expect_error("{\"model\": {\"encoder\": {\"n_layers\": 2}}}", NULL, 0, 0,
                  "model.encoder: only for model.arch \"encoder_decoder\"");
     expect_error("{\"model\": {\"arch\": \"encoder_decoder\", \"decoder\": {\"n_layers\": 0}}}", NULL, 0, 0,
@@ -256,6 +259,8 @@ static void test_round_trip(void) {
                " \"eval\": {\"ctx\": 200, \"stride\": 7}}");
     round_trip("{\"train\": {\"grad_checkpoint\": \"blocks\"}, \"model\": {\"attention\": [{\"type\": \"performer\","
                " \"kernel\": \"relu\", \"features\": 32, \"redraw_every\": 7}]}}");
+    /* a default d_ff of 4 * d_model above the bound of the other sizes is stated in the printed config */
+    round_trip("{\"model\": {\"d_model\": 400000, \"n_heads\": 1}}");
     /* the printed config is readable: two-space indents, one key per line, floats in short form */
     parse("{}", NULL, 0, 0);
     char *text = cf_config_to_json(&cfg);

@@ -29,7 +29,7 @@
 void cf_die(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
 #define CF_ASSERT(cond, ...) do { if (!(cond)) cf_die(__FILE__, __LINE__, __VA_ARGS__); } while (0)
 
-int         cf_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns -1 */
+int         cf_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* returns -1; one line */
 const char *cf_error_msg(void);
 
 /* malloc that dies with a message instead of returning NULL (for set-up time, never the step) */

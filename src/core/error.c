@@ -2,6 +2,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include "cformer/core.h"
 
 void cf_die(const char *file, int line, const char *fmt, ...) {
@@ -16,11 +17,25 @@ void cf_die(const char *file, int line, const char *fmt, ...) {
 
 static _Thread_local char err_buf[1024];
 
+/* The message is one line whatever the input it quotes holds (a key, a string value or a file name
+ * with a newline in it): control bytes other than tab are written as \n, \r or \xHH. */
 int cf_set_error(const char *fmt, ...) {
+    char raw[sizeof err_buf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)raw; *p; p++) {
+        char esc[5];
+        int n = (*p >= 0x20 && *p != 0x7f) || *p == '\t' ? (esc[0] = (char)*p, 1)
+              : *p == '\n' || *p == '\r' ? snprintf(esc, sizeof esc, "\\%c", *p == '\n' ? 'n' : 'r')
+              : snprintf(esc, sizeof esc, "\\x%02x", *p);
+        if (o + (size_t)n >= sizeof err_buf) break;
+        memcpy(err_buf + o, esc, (size_t)n);
+        o += (size_t)n;
+    }
+    err_buf[o] = 0;
     return -1;
 }
 

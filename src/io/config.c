@@ -489,7 +489,8 @@ static int validate(parse_state *st) {
     TRY(check_int("model.n_heads", m->n_heads, 1, MAX_SIZE));
     if (m->d_model % m->n_heads)
         return cf_set_error("model.n_heads: must divide model.d_model (%d %% %d != 0)", m->d_model, m->n_heads);
-    TRY(check_int("model.d_ff", m->d_ff, 0, MAX_SIZE));
+    /* the default 4 * d_model may exceed MAX_SIZE, and the resolved config states it: it must read back */
+    TRY(check_int("model.d_ff", m->d_ff, 0, 4 * MAX_SIZE));
     if (m->d_ff == 0) m->d_ff = 4 * m->d_model;
     TRY(check_int("model.max_seq_len", m->max_seq_len, 1, MAX_SIZE));
     TRY(check_float("model.dropout", m->dropout, 0, 0, 1, 0));
