@@ -169,8 +169,41 @@ static void hostile_inputs(void) {
     expect_bad("sample --tokens -1", (const char *[]){"sample", "x.h5", "--tokens", "-1", NULL}, "--tokens");
 }
 
+/* A crafted file behind valid checksums (resealed with cf_ckpt_seal): the datatype of the "format"
+ * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
+ * the end of. Found by tests/fuzz/fuzz_checkpoint.c. */
+/* Into path: the checkpoint with the byte `at` of the first match of pat[len] after the integrity
+ * header set to v (a '.' of pat matches any byte), resealed with cf_ckpt_seal; 0 when nothing matches. */
+static int crafted_file(const char *ckpt, const char *path, const char *pat, size_t len, size_t at, char v) {
+    size_t n, k = 0;
+    char *img = read_file(ckpt, &n), *hit = NULL;
+    for (size_t i = CF_CKPT_USERBLOCK; !hit && i + len <= n; i++) {
+        for (k = 0; k < len && (pat[k] == '.' || pat[k] == img[i + k]); k++) {}
+        if (k == len) hit = img + i;
+    }
+    if (hit) {
+        hit[at] = v;
+        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
+        write_bytes(path, img, n);
+    }
+    free(img);
+    return hit != NULL;
+}
+
+static void crafted(const char *ckpt) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/crafted.h5", root);
+    /* the attribute message's name, then its datatype: version 1, class 9 (variable-length), a string,
+     * size 16, which becomes 2 */
+    int found = crafted_file(ckpt, path, "format\0\0\x19\x01\x01\x00\x10\x00\x00\x00", 16, 12, 2);
+    CHECK(found, "the \"format\" attribute's datatype is not where this test looks for it");
+    if (found)
+        expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
+}
+
 static void faults(const char *ckpt) {
     flips(ckpt);
+    crafted(ckpt);
     full_disk();
     hostile_inputs();
 }

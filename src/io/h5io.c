@@ -55,6 +55,47 @@ int cf_h5_shape(hid_t f, const char *name, int *ndim, int64_t *shape) {
     return 0;
 }
 
+/* Bytes one value of type t takes in file f: a variable-length value is stored as its length (4 bytes)
+ * and a global heap ID (an address and a 4-byte index; HDF5 file format, "Global Heap ID"). */
+static size_t stored_size(hid_t f, hid_t t) {
+    if (H5Tis_variable_str(t) <= 0 && H5Tget_class(t) != H5T_VLEN) return H5Tget_size(t);
+    size_t addr = 8, len = 8;
+    hid_t fcpl = H5Fget_create_plist(f);
+    if (fcpl >= 0) {
+        H5Pget_sizes(fcpl, &addr, &len);
+        H5Pclose(fcpl);
+    }
+    return 4 + addr + 4;
+}
+
+/* the attribute, or -1 with a message when the object or the attribute is missing, or when it stores
+ * fewer bytes than its type and shape need: libhdf5 1.10 reads such an attribute past the end of its
+ * data (a damaged or crafted datatype size) */
+static hid_t open_attr(hid_t f, const char *file, const char *obj_path, const char *name) {
+    if (H5Aexists_by_name(f, obj_path, name, H5P_DEFAULT) <= 0) {
+        cf_set_error("%s: missing attribute %s of %s", file, name, obj_path);
+        return -1;
+    }
+    hid_t a = H5Aopen_by_name(f, obj_path, name, H5P_DEFAULT, H5P_DEFAULT);
+    if (a < 0) {
+        cf_set_error("%s: cannot open attribute %s of %s", file, name, obj_path);
+        return -1;
+    }
+    hid_t t = H5Aget_type(a), s = H5Aget_space(a);
+    hssize_t n = H5Sget_simple_extent_npoints(s);
+    size_t need = t < 0 || n < 0 ? 0 : stored_size(f, t);
+    hsize_t have = H5Aget_storage_size(a);
+    H5Sclose(s);
+    H5Tclose(t);
+    if (!need || (hsize_t)n > have / need) {
+        cf_set_error("%s: attribute %s of %s is damaged (%llu bytes for %lld values of %zu)", file, name, obj_path,
+                     (unsigned long long)have, (long long)n, need);
+        H5Aclose(a);
+        return -1;
+    }
+    return a;
+}
+
 /* want_f32: a float dataset must be 4 bytes wide (parameters are float32, and a float64 one is
  * a file made by something else); float64 reads accept any float width, widening being exact */
 static int read_any(hid_t f, const char *file, const char *name, hid_t memtype, void *dst, int64_t numel,
@@ -150,7 +191,8 @@ char *cf_h5_read_string(hid_t f, const char *file, const char *name) {
     /* a dataset, or else an attribute of the root group (the golden files keep "config" there) */
     int is_attr = !cf_h5_exists(f, name);
     if (is_attr && H5Aexists(f, name) <= 0) { cf_set_error("%s: missing /%s", file, name); return NULL; }
-    hid_t o = is_attr ? H5Aopen(f, name, H5P_DEFAULT) : H5Dopen2(f, name, H5P_DEFAULT);
+    hid_t o = is_attr ? open_attr(f, file, "/", name) : H5Dopen2(f, name, H5P_DEFAULT);
+    if (is_attr && o < 0) return NULL;
     hid_t t = is_attr ? H5Aget_type(o) : H5Dget_type(o);
     char *out = NULL;
     if (H5Tget_class(t) != H5T_STRING) {
@@ -243,17 +285,6 @@ int cf_h5_write_attr_string(hid_t f, const char *file, const char *obj_path, con
     int rc = write_attr(f, file, obj_path, name, t, t, &str);
     H5Tclose(t);
     return rc;
-}
-
-/* the attribute, or -1 with a message when the object or the attribute is missing */
-static hid_t open_attr(hid_t f, const char *file, const char *obj_path, const char *name) {
-    if (H5Aexists_by_name(f, obj_path, name, H5P_DEFAULT) <= 0) {
-        cf_set_error("%s: missing attribute %s of %s", file, name, obj_path);
-        return -1;
-    }
-    hid_t a = H5Aopen_by_name(f, obj_path, name, H5P_DEFAULT, H5P_DEFAULT);
-    if (a < 0) cf_set_error("%s: cannot open attribute %s of %s", file, name, obj_path);
-    return a;
 }
 
 int cf_h5_read_attr_i64(hid_t f, const char *file, const char *obj_path, const char *name, int64_t *v) {
