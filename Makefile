@@ -1,4 +1,4 @@
-# cformer: make | make test | make bench | make clean | make deps
+# cformer: make | make test | make bench | make fuzz | make clean | make deps
 # Switches: PORTABLE=1 (no -march=native: the portable C kernels), SAN=1 (ASan + UBSan),
 #           BUILD=dir (build directory, default build), MPI=1 (data-parallel training over MPI:
 #           mpicc and -DCF_MPI into build-mpi by default; `make deps MPI=1` installs Open MPI).
@@ -15,6 +15,7 @@ BUILD    ?= build
 CC       ?= cc
 PKGS     := libhdf5-dev libcjson-dev pkg-config
 BENCHPKG := libopenblas-dev
+FUZZPKG  := clang libclang-rt-dev libomp-dev
 
 HDF5_CFLAGS := $(shell pkg-config --cflags hdf5 2>/dev/null)
 HDF5_LIBS   := $(shell pkg-config --libs hdf5 2>/dev/null || echo -lhdf5)
@@ -44,7 +45,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/libcformer.a
 
-.PHONY: all test bench clean deps quickstart
+.PHONY: all test bench fuzz fuzz-deps clean deps quickstart
 all: $(LIB) $(BUILD)/cformer
 
 $(BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h)
@@ -94,12 +95,46 @@ quickstart: deps
 	@$(MAKE) --no-print-directory -j2 all
 	@sh tools/quickstart.sh $(BUILD)
 
+# shell: install the Debian packages of $(1) that are missing (apt-get; through sudo unless root)
+define install_missing
+missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+ if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+   SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+   $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+ else echo "$(2): all present ($(1))"; fi
+endef
+
 deps:
-	@missing=""; for p in $(PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	 if [ -n "$$missing" ]; then echo "installing:$$missing"; \
-	   SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
-	   $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	 else echo "deps: all present ($(PKGS))"; fi
+	@$(call install_missing,$(PKGS),deps)
+
+# libFuzzer targets (tests/fuzz/README.md): clang with ASan and UBSan into build-fuzz/; the library is
+# instrumented for coverage (fuzzer-no-link), each target links libFuzzer's main. `make fuzz` runs
+# every target FUZZ_SECONDS and prints "BENCH fuzz target=... runs=... crashes=..."; it fails when an
+# input fails in cformer's code (failures inside libhdf5 are counted apart).
+FUZZ_BUILD   := build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude $(HDF5_CFLAGS) -O1 -g \
+                -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-pass-failed
+FUZZ_OBJ     := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+.SECONDARY: $(FUZZ_OBJ)
+
+$(FUZZ_BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h) | fuzz-deps
+	@mkdir -p $(dir $@)
+	@echo "CC (fuzz) $<"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	@echo "LD $@"
+	@clang $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) -o $@ $(LDLIBS)
+
+fuzz: $(FUZZ_BIN)
+	@sh tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_BIN)
+
+# clang with its libFuzzer and OpenMP runtimes, installed when missing (optional packages, as BENCHPKG)
+fuzz-deps:
+	@echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; return (int)n * 0; }' | \
+	 clang -fsanitize=fuzzer -fopenmp -x c - -o /dev/null 2>/dev/null || { $(call install_missing,$(FUZZPKG),fuzz-deps); }
 
 clean:
 	rm -rf $(BUILD) build-*
