@@ -169,9 +169,10 @@ static void hostile_inputs(void) {
     expect_bad("sample --tokens -1", (const char *[]){"sample", "x.h5", "--tokens", "-1", NULL}, "--tokens");
 }
 
-/* A crafted file behind valid checksums (resealed with cf_ckpt_seal): the datatype of the "format"
+/* Crafted files behind valid checksums: resealed with cf_ckpt_seal, the datatype of the "format"
  * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
- * the end of. Found by tests/fuzz/fuzz_checkpoint.c. */
+ * the end of (found by tests/fuzz/fuzz_checkpoint.c); and a header whose own checksum matches but whose
+ * chunk size is 0. */
 /* Into path: the checkpoint with the byte `at` of the first match of pat[len] after the integrity
  * header set to v (a '.' of pat matches any byte), resealed with cf_ckpt_seal; 0 when nothing matches. */
 static int crafted_file(const char *ckpt, const char *path, const char *pat, size_t len, size_t at, char v) {
@@ -199,6 +200,17 @@ static void crafted(const char *ckpt) {
     CHECK(found, "the \"format\" attribute's datatype is not where this test looks for it");
     if (found)
         expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
+    /* an integrity header with a valid checksum and a chunk size of 0 */
+    size_t n;
+    char *img = read_file(ckpt, &n);
+    uint8_t *h = (uint8_t *)img;
+    memset(h + 48, 0, 4);
+    memset(h + 36, 0, 4);
+    uint32_t crc = cf_crc32c(0, h, CF_CKPT_USERBLOCK);
+    for (int i = 0; i < 4; i++) h[36 + i] = (uint8_t)(crc >> 8 * i);
+    write_bytes(path, img, n);
+    expect_bad("info crafted header", (const char *[]){"info", path, NULL}, "integrity header (bytes 0..4095) is inconsistent");
+    free(img);
 }
 
 static void faults(const char *ckpt) {

@@ -105,8 +105,13 @@ int cf_ckpt_verify(const char *path, int *sealed) {
                           (unsigned long long)(CF_CKPT_USERBLOCK + n));
         goto out;
     }
-    CF_ASSERT(cs >= MIN_CHUNK && nc <= MAX_CHUNKS && (uint64_t)cs * nc >= n, "checkpoint header: checked fields");
-    buf = cf_xmalloc(cs);
+    /* the checksum matches, yet a crafted header may still describe chunks that do not cut the image */
+    if (cs < MIN_CHUNK || nc > MAX_CHUNKS || nc != (n + cs - 1) / cs) {
+        rc = cf_set_error("%s: the integrity header (bytes 0..%d) is inconsistent (%u chunks of %u bytes for %llu bytes)",
+                          path, CF_CKPT_USERBLOCK - 1, nc, cs, (unsigned long long)n);
+        goto out;
+    }
+    buf = cf_xmalloc(n < cs ? (size_t)n : cs);   /* a crafted chunk size may be far larger than the file */
     uint32_t whole = 0;
     for (uint32_t i = 0; i < nc && !rc; i++) {
         uint64_t off = (uint64_t)i * cs, len = n - off < cs ? n - off : cs;
