@@ -171,8 +171,8 @@ static void hostile_inputs(void) {
 
 /* Crafted files behind valid checksums: resealed with cf_ckpt_seal, the datatype of the "format"
  * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
- * the end of (found by tests/fuzz/fuzz_checkpoint.c); and a header whose own checksum matches but whose
- * chunk size is 0. */
+ * the end of, and /config's layout says compact with no bytes (both found by tests/fuzz/); and a header
+ * whose own checksum matches but whose chunk size is 0. */
 /* Into path: the checkpoint with the byte `at` of the first match of pat[len] after the integrity
  * header set to v (a '.' of pat matches any byte), resealed with cf_ckpt_seal; 0 when nothing matches. */
 static int crafted_file(const char *ckpt, const char *path, const char *pat, size_t len, size_t at, char v) {
@@ -200,6 +200,11 @@ static void crafted(const char *ckpt) {
     CHECK(found, "the \"format\" attribute's datatype is not where this test looks for it");
     if (found)
         expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
+    /* the first contiguous layout message of 16 bytes (that of /config, the first dataset written) made
+     * version 2, which libhdf5 1.10 reads as a compact layout of 0 bytes and would copy from NULL */
+    found = crafted_file(ckpt, path, "\x08\x00\x18\x00\x00\x00\x00\x00\x03\x01........\x10\0\0\0\0\0\0\0", 26, 8, 2);
+    CHECK(found, "the layout message of /config is not where this test looks for it");
+    if (found) expect_bad("info crafted layout", (const char *[]){"info", path, NULL}, "/config is damaged");
     /* an integrity header with a valid checksum and a chunk size of 0 */
     size_t n;
     char *img = read_file(ckpt, &n);

@@ -68,9 +68,42 @@ static size_t stored_size(hid_t f, hid_t t) {
     return 4 + addr + 4;
 }
 
+/* Whether an object of type t and dataspace s (both closed here) that stores `have` bytes holds fewer
+ * than its values take; the message then names it (`what`). libhdf5 1.10 copies the values out of
+ * such an object past the end of what it read (a damaged or crafted datatype size or layout). */
+static int stores_too_little(hid_t f, hid_t t, hid_t s, hsize_t have, const char *file, const char *what) {
+    hssize_t n = H5Sget_simple_extent_npoints(s);
+    size_t need = t < 0 || n < 0 ? 0 : stored_size(f, t);
+    H5Sclose(s);
+    H5Tclose(t);
+    if (need && (hsize_t)n <= have / need) return 0;
+    cf_set_error("%s: %s is damaged (%llu bytes for %lld values of %zu)", file, what, (unsigned long long)have,
+                 (long long)n, need);
+    return 1;
+}
+
+/* the dataset, or -1 with a message when it cannot be opened, or when it is compact (its values in
+ * its object header) and stores fewer bytes than they take */
+static hid_t open_dataset(hid_t f, const char *file, const char *name) {
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+    if (d < 0) {
+        cf_set_error("%s: cannot open dataset /%s", file, name);
+        return -1;
+    }
+    hid_t p = H5Dget_create_plist(d);
+    int compact = p >= 0 && H5Pget_layout(p) == H5D_COMPACT;
+    if (p >= 0) H5Pclose(p);
+    char what[600];
+    snprintf(what, sizeof what, "/%s", name);
+    if (compact && stores_too_little(f, H5Dget_type(d), H5Dget_space(d), H5Dget_storage_size(d), file, what)) {
+        H5Dclose(d);
+        return -1;
+    }
+    return d;
+}
+
 /* the attribute, or -1 with a message when the object or the attribute is missing, or when it stores
- * fewer bytes than its type and shape need: libhdf5 1.10 reads such an attribute past the end of its
- * data (a damaged or crafted datatype size) */
+ * fewer bytes than its values take */
 static hid_t open_attr(hid_t f, const char *file, const char *obj_path, const char *name) {
     if (H5Aexists_by_name(f, obj_path, name, H5P_DEFAULT) <= 0) {
         cf_set_error("%s: missing attribute %s of %s", file, name, obj_path);
@@ -81,15 +114,9 @@ static hid_t open_attr(hid_t f, const char *file, const char *obj_path, const ch
         cf_set_error("%s: cannot open attribute %s of %s", file, name, obj_path);
         return -1;
     }
-    hid_t t = H5Aget_type(a), s = H5Aget_space(a);
-    hssize_t n = H5Sget_simple_extent_npoints(s);
-    size_t need = t < 0 || n < 0 ? 0 : stored_size(f, t);
-    hsize_t have = H5Aget_storage_size(a);
-    H5Sclose(s);
-    H5Tclose(t);
-    if (!need || (hsize_t)n > have / need) {
-        cf_set_error("%s: attribute %s of %s is damaged (%llu bytes for %lld values of %zu)", file, name, obj_path,
-                     (unsigned long long)have, (long long)n, need);
+    char what[600];
+    snprintf(what, sizeof what, "attribute %s of %s", name, obj_path);
+    if (stores_too_little(f, H5Aget_type(a), H5Aget_space(a), H5Aget_storage_size(a), file, what)) {
         H5Aclose(a);
         return -1;
     }
@@ -101,8 +128,8 @@ static hid_t open_attr(hid_t f, const char *file, const char *obj_path, const ch
 static int read_any(hid_t f, const char *file, const char *name, hid_t memtype, void *dst, int64_t numel,
                     int ndim, const int *shape, H5T_class_t want, int want_f32) {
     if (!cf_h5_exists(f, name)) return cf_set_error("%s: missing dataset /%s", file, name);
-    hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
-    if (d < 0) return cf_set_error("%s: cannot open dataset /%s", file, name);
+    hid_t d = open_dataset(f, file, name);
+    if (d < 0) return -1;
     hid_t s = H5Dget_space(d), t = H5Dget_type(d);
     int rc = 0, nd = H5Sget_simple_extent_ndims(s);
     hsize_t dims[8] = {0};
@@ -191,8 +218,8 @@ char *cf_h5_read_string(hid_t f, const char *file, const char *name) {
     /* a dataset, or else an attribute of the root group (the golden files keep "config" there) */
     int is_attr = !cf_h5_exists(f, name);
     if (is_attr && H5Aexists(f, name) <= 0) { cf_set_error("%s: missing /%s", file, name); return NULL; }
-    hid_t o = is_attr ? open_attr(f, file, "/", name) : H5Dopen2(f, name, H5P_DEFAULT);
-    if (is_attr && o < 0) return NULL;
+    hid_t o = is_attr ? open_attr(f, file, "/", name) : open_dataset(f, file, name);
+    if (o < 0) return NULL;
     hid_t t = is_attr ? H5Aget_type(o) : H5Dget_type(o);
     char *out = NULL;
     if (H5Tget_class(t) != H5T_STRING) {
