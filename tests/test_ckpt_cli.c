@@ -173,41 +173,41 @@ static void hostile_inputs(void) {
  * attribute says 2 bytes where its variable-length string takes 16, which libhdf5 1.10 would read past
  * the end of, and /config's layout says compact with no bytes (both found by tests/fuzz/); and a header
  * whose own checksum matches but whose chunk size is 0. */
+/* Into path: the checkpoint with the byte `at` of the first match of pat[len] after the integrity
+ * header set to v (a '.' of pat matches any byte), resealed with cf_ckpt_seal; 0 when nothing matches. */
+static int crafted_file(const char *ckpt, const char *path, const char *pat, size_t len, size_t at, char v) {
+    size_t n, k = 0;
+    char *img = read_file(ckpt, &n), *hit = NULL;
+    for (size_t i = CF_CKPT_USERBLOCK; !hit && i + len <= n; i++) {
+        for (k = 0; k < len && (pat[k] == '.' || pat[k] == img[i + k]); k++) {}
+        if (k == len) hit = img + i;
+    }
+    if (hit) {
+        hit[at] = v;
+        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
+        write_bytes(path, img, n);
+    }
+    free(img);
+    return hit != NULL;
+}
+
 static void crafted(const char *ckpt) {
-    size_t n;
-    char *img = read_file(ckpt, &n), path[300];
+    char path[300];
     snprintf(path, sizeof path, "%s/crafted.h5", root);
     /* the attribute message's name, then its datatype: version 1, class 9 (variable-length), a string,
-     * size 16 */
-    static const char want[] = "format\0\0\x19\x01\x01\x00\x10\x00\x00\x00";
-    char *at = NULL;
-    for (size_t i = CF_CKPT_USERBLOCK; !at && i + sizeof want - 1 <= n; i++)
-        if (!memcmp(img + i, want, sizeof want - 1)) at = img + i;
-    CHECK(at, "the \"format\" attribute's datatype is not where this test looks for it");
-    if (at) {
-        at[12] = 2;
-        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
-        write_bytes(path, img, n);
+     * size 16, which becomes 2 */
+    int found = crafted_file(ckpt, path, "format\0\0\x19\x01\x01\x00\x10\x00\x00\x00", 16, 12, 2);
+    CHECK(found, "the \"format\" attribute's datatype is not where this test looks for it");
+    if (found)
         expect_bad("info crafted attribute", (const char *[]){"info", path, NULL}, "attribute format of / is damaged");
-    }
     /* the first contiguous layout message of 16 bytes (that of /config, the first dataset written) made
      * version 2, which libhdf5 1.10 reads as a compact layout of 0 bytes and would copy from NULL */
-    free(img);
-    img = read_file(ckpt, &n);
-    static const char layout[] = "\x08\x00\x18\x00\x00\x00\x00\x00\x03\x01";
-    at = NULL;
-    for (size_t i = CF_CKPT_USERBLOCK; !at && i + 26 <= n; i++)
-        if (!memcmp(img + i, layout, sizeof layout - 1) && !memcmp(img + i + 18, "\x10\0\0\0\0\0\0\0", 8)) at = img + i;
-    CHECK(at, "the layout message of /config is not where this test looks for it");
-    if (at) {
-        at[8] = 2;
-        cf_ckpt_seal((uint8_t *)img, (uint8_t *)img + CF_CKPT_USERBLOCK, n - CF_CKPT_USERBLOCK);
-        write_bytes(path, img, n);
-        expect_bad("info crafted layout", (const char *[]){"info", path, NULL}, "/config is damaged");
-    }
+    found = crafted_file(ckpt, path, "\x08\x00\x18\x00\x00\x00\x00\x00\x03\x01........\x10\0\0\0\0\0\0\0", 26, 8, 2);
+    CHECK(found, "the layout message of /config is not where this test looks for it");
+    if (found) expect_bad("info crafted layout", (const char *[]){"info", path, NULL}, "/config is damaged");
     /* an integrity header with a valid checksum and a chunk size of 0 */
-    free(img);
-    img = read_file(ckpt, &n);
+    size_t n;
+    char *img = read_file(ckpt, &n);
     uint8_t *h = (uint8_t *)img;
     memset(h + 48, 0, 4);
     memset(h + 36, 0, 4);
