@@ -32,6 +32,13 @@ static int bytes_open(cf_dataset *d) {
     return 0;
 }
 
+/* the batch buffers, allocated once before the first step (the step allocates nothing) */
+static void bytes_alloc(cf_dataset *d) {
+    size_t n = (size_t)d->rows * d->c->train.seq_len;
+    if (!d->x) d->x = cf_xmalloc(sizeof(int32_t) * n);
+    if (!d->y) d->y = cf_xmalloc(sizeof(int32_t) * n);
+}
+
 static int bytes_start(cf_dataset *d, uint64_t seed) {
     const cf_train_config *t = &d->c->train;
     d->seed = seed;
@@ -39,17 +46,13 @@ static int bytes_start(cf_dataset *d, uint64_t seed) {
                         t->sampling == CF_SAMPLE_ORDERED, seed))
         return -1;
     cf_sampler_shard(&d->sampler, d->rank, d->size);
+    bytes_alloc(d);
     return 0;
 }
 
-static void bytes_alloc(cf_dataset *d) {
-    size_t n = (size_t)d->rows * d->c->train.seq_len;
-    if (!d->x) d->x = cf_xmalloc(sizeof(int32_t) * n);
-    if (!d->y) d->y = cf_xmalloc(sizeof(int32_t) * n);
-}
 
 static void bytes_batch(cf_dataset *d, uint64_t index, cf_batch *b) {
-    bytes_alloc(d);
+    CF_ASSERT(d->x && d->y, "bytes_batch before bytes_start");
     cf_sampler_batch(&d->sampler, index, d->x, d->y);
     int T = d->c->train.seq_len;
     *b = (cf_batch){.B = d->rows, .T = T, .x = d->x, .y = d->y, .tokens = (int64_t)d->rows * d->size * T};

@@ -175,11 +175,11 @@ int cf_h5_read_i64(hid_t f, const char *file, const char *name, int64_t *dst, in
     return read_any(f, file, name, H5T_NATIVE_INT64, dst, n, 0, NULL, H5T_INTEGER, 0);
 }
 
-static int write_any(hid_t f, const char *file, const char *name, hid_t filetype, hid_t memtype,
-                     const void *src, int ndim, const hsize_t *dims) {
+/* a dataset of dataspace s (closed here) named name, with intermediate groups, from src */
+static int write_space(hid_t f, const char *file, const char *name, hid_t filetype, hid_t memtype,
+                       const void *src, hid_t s) {
     hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
     H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t s = H5Screate_simple(ndim, dims, NULL);
     hid_t d = H5Dcreate2(f, name, filetype, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     int rc = 0;
     if (d < 0 || H5Dwrite(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, src) < 0)
@@ -188,6 +188,11 @@ static int write_any(hid_t f, const char *file, const char *name, hid_t filetype
     H5Sclose(s);
     H5Pclose(lcpl);
     return rc;
+}
+
+static int write_any(hid_t f, const char *file, const char *name, hid_t filetype, hid_t memtype,
+                     const void *src, int ndim, const hsize_t *dims) {
+    return write_space(f, file, name, filetype, memtype, src, H5Screate_simple(ndim, dims, NULL));
 }
 
 int cf_h5_write_f32(hid_t f, const char *file, const char *name, const float *src, int ndim, const int64_t *shape) {
@@ -266,17 +271,7 @@ static hid_t file_type_of(hid_t native) {
 int cf_h5_write_scalar(hid_t f, const char *file, const char *name, hid_t native_type, const void *v) {
     hid_t ft = file_type_of(native_type);
     CF_ASSERT(ft >= 0, "cf_h5_write_scalar(%s): unsupported type", name);
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    H5Pset_create_intermediate_group(lcpl, 1);
-    hid_t s = H5Screate(H5S_SCALAR);
-    hid_t d = H5Dcreate2(f, name, ft, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    int rc = 0;
-    if (d < 0 || H5Dwrite(d, native_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0)
-        rc = cf_set_error("%s: cannot write /%s (disk full?)", file, name);
-    if (d >= 0) H5Dclose(d);
-    H5Sclose(s);
-    H5Pclose(lcpl);
-    return rc;
+    return write_space(f, file, name, ft, native_type, v, H5Screate(H5S_SCALAR));
 }
 
 int cf_h5_create_group(hid_t f, const char *file, const char *name) {
