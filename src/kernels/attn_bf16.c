@@ -50,13 +50,13 @@ static void pairs_portable(const float *x, int64_t ldx, int rows, int have, int 
             out[(r / 2) * ldo + k] = pair_bits(r < have ? x[r * ldx + k] : 0.0f, r + 1 < have ? x[(r + 1) * ldx + k] : 0.0f);
 }
 
-static const cf_attn_bf16_kernel portable = {"portable", gemm_portable, rows_portable, pairs_portable};
-extern const cf_attn_bf16_kernel cf_attn_bf16_avx512;
+static const cf_attn_bf16_kernel portable = {"portable", gemm_portable, rows_portable, pairs_portable, NULL, NULL};
+extern const cf_attn_bf16_kernel cf_attn_bf16_avx512, cf_attn_bf16_amx;
 
 const cf_attn_bf16_kernel *cf_attn_bf16(void) {
     const char *gemm = cf_gemm_bf16_kernel();
-    if (!strcmp(gemm, "amx")) return NULL;
 #if defined(__x86_64__)
+    if (!strcmp(gemm, "amx")) return &cf_attn_bf16_amx;
     if (cf_cpu()->avx512bf16 && strcmp(gemm, "portable") != 0) return &cf_attn_bf16_avx512;
 #endif
     return &portable;

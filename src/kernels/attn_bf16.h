@@ -29,13 +29,20 @@ typedef struct {
     /* pairs of rows (rows even), rows [have, rows) read as zero:
      * out[(r/2) ldo + k] = (x[r][k], x[r+1][k]) for k < n */
     void (*pairs)(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out, int64_t ldo);
+    /* NULL, or called by each thread before its first gemm and after its last within one
+     * parallel region (AMX: load the tile configuration, release the tiles) */
+    void (*begin)(void);
+    void (*end)(void);
 } cf_attn_bf16_kernel;
 
-/* The kernel bf16 attention runs, or NULL when attention stays fp32: the avx512bf16 kernel where
- * the machine has AVX512-BF16 and cf_gemm_bf16 runs avx512bf16, the portable one where cf_gemm_bf16
- * runs portable, and none where it runs AMX tiles: there is no AMX attention kernel, and the CPUs
- * with AMX (Sapphire Rapids and later) issue vdpbf16ps at a fraction of their fp32 FMA rate, so a
- * bf16 attention measured slower than fp32 on them (docs/bf16/README.md). */
+/* the AVX512-BF16 conversions, which the AMX kernel shares (attn_bf16_avx512.c) */
+void cf_attn_bf16_rows_avx512(const float *x, int64_t ldx, int rows, int n, uint32_t *out, int64_t ldo);
+void cf_attn_bf16_pairs_avx512(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out, int64_t ldo);
+
+/* The kernel bf16 attention runs, following cf_gemm_bf16's: amx where it runs AMX tiles (the CPUs
+ * with AMX issue vdpbf16ps at a fraction of their fp32 FMA rate, so the avx512bf16 kernel measured
+ * slower than fp32 attention there: docs/bf16/README.md), avx512bf16 where it runs avx512bf16, and
+ * the portable one where it runs portable. Never NULL. */
 const cf_attn_bf16_kernel *cf_attn_bf16(void);
 
 #endif

@@ -65,14 +65,14 @@ static CF_BF16_AVX512 void gemm(int rows, int n, const uint32_t *a, int64_t ars,
     }
 }
 
-static CF_BF16_AVX512 void rows(const float *x, int64_t ldx, int rows, int n, uint32_t *out, int64_t ldo) {
+CF_BF16_AVX512 void cf_attn_bf16_rows_avx512(const float *x, int64_t ldx, int rows, int n, uint32_t *out, int64_t ldo) {
     for (int r = 0; r < rows; r++)
         for (int k = 0; k < n; k += 32)
             _mm512_mask_storeu_epi32(out + r * ldo + k / 2, cf_bf16_lanes((n - k) / 2),
                                      cf_bf16_pairs_along(x + r * ldx + k, n - k));
 }
 
-static CF_BF16_AVX512 void pairs(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out,
+CF_BF16_AVX512 void cf_attn_bf16_pairs_avx512(const float *x, int64_t ldx, int rows, int have, int n, uint32_t *out,
                                  int64_t ldo) {
     for (int r = 0; r < rows; r += 2) {
         const float *x0 = r < have ? x + r * ldx : NULL, *x1 = r + 1 < have ? x + (r + 1) * ldx : NULL;
@@ -84,6 +84,6 @@ static CF_BF16_AVX512 void pairs(const float *x, int64_t ldx, int rows, int have
     }
 }
 
-const cf_attn_bf16_kernel cf_attn_bf16_avx512 = {"avx512bf16", gemm, rows, pairs};
+const cf_attn_bf16_kernel cf_attn_bf16_avx512 = {"avx512bf16", gemm, cf_attn_bf16_rows_avx512, cf_attn_bf16_pairs_avx512, NULL, NULL};
 
 #endif

@@ -419,6 +419,7 @@ static void backward_run(cf_ctx *ctx, geom *g) {
         attn_bufs w;
         uint32_t *pk;
         ws_layout(&w, &pk, thread_ws(base, per), g->Dh, acc_rows, g->bk != NULL);
+        if (g->bk && g->bk->begin) g->bk->begin();
         pack_all(g, 1);
         if (per_head) {
             /* dynamic: padding can make heads unequal; results do not depend on who runs what */
@@ -439,6 +440,7 @@ static void backward_run(cf_ctx *ctx, geom *g) {
                 for (int64_t i = 0; i < (int64_t)bh * g->nqb; i++) bwd_q_block(g, &w, pk, i / g->nqb, (int)(i % g->nqb));
             }
         }
+        if (g->bk && g->bk->end) g->bk->end();
     }
     cf_arena_rewind(&ctx->arena, mark);
 }
@@ -510,10 +512,12 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
         attn_bufs w;
         uint32_t *pk;
         ws_layout(&w, &pk, thread_ws(base, per), g.Dh, BQ, g.bk != NULL);
+        if (g.bk && g.bk->begin) g.bk->begin();
         pack_all(&g, 0);
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < items; i++) fwd_block(&g, &w, pk, i / g.nqb, (int)(i % g.nqb), out->data);
+        if (g.bk && g.bk->end) g.bk->end();
     }
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_ATTENTION, out, n_in, in);
