@@ -52,12 +52,14 @@ static TARGET void pack_a(uint32_t *abuf, int np16, const uint32_t *a, int64_t a
             memset(abuf + i * np16 + np, 0, sizeof(uint32_t) * (np16 - np));
         }
     } else if (ars == 1 && mr == 16) {
-        /* A read down columns (dV, dK): 16 rows at once, a gather per pair */
-        __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                         _mm512_set1_epi32(np16));
-        for (int p = 0; p < np; p++)
-            _mm512_i32scatter_epi32(abuf + p, idx, _mm512_loadu_si512(a + r0 + p * acs), 4);
-        for (int i = 0; i < 16; i++) memset(abuf + i * np16 + np, 0, sizeof(uint32_t) * (np16 - np));
+        /* A read down columns (dV, dK): 16 x 16 blocks of words, transposed in registers */
+        for (int p = 0; p < np; p += 16) {
+            __m512i r[16];
+            for (int q = 0; q < 16; q++)
+                r[q] = p + q < np ? _mm512_loadu_si512(a + r0 + (p + q) * acs) : _mm512_setzero_si512();
+            cf_bf16_transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_store_si512(abuf + i * np16 + p, r[i]);
+        }
     } else {
         for (int i = 0; i < mr; i++) {
             for (int p = 0; p < np; p++) abuf[i * np16 + p] = a[(r0 + i) * ars + p * acs];

@@ -21,36 +21,13 @@
 
 enum { MR = CF_BF16_VNNI_MR, NR = CF_BF16_VNNI_NR };
 
-/* r[i] holds row i of a 16 x 16 matrix of 32-bit elements; afterwards r[i] holds column i. Four
- * butterfly stages: stage b exchanges bit b of the row and of the column index, between rows i
- * and i + b, with two two-source permutes per pair of rows. */
-static inline CF_BF16_AVX512 void transpose16(__m512i r[16]) {
-    const __m512i j = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-#pragma GCC unroll 4
-    for (int b = 8; b >= 1; b /= 2) {
-        __mmask16 upper = _mm512_test_epi32_mask(j, _mm512_set1_epi32(b));
-        /* row i keeps its lanes without bit b and takes the others from row i + b, shifted
-         * down by b; row i + b gives the lanes without bit b, shifted up, and keeps the rest */
-        __m512i lo = _mm512_mask_add_epi32(j, upper, j, _mm512_set1_epi32(16 - b));
-        __m512i hi = _mm512_add_epi32(
-            j, _mm512_mask_blend_epi32(upper, _mm512_set1_epi32(b), _mm512_set1_epi32(16)));
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            if (!(i & b)) {
-                __m512i x = r[i], y = r[i + b];
-                r[i] = _mm512_permutex2var_epi32(x, lo, y);
-                r[i + b] = _mm512_permutex2var_epi32(x, hi, y);
-            }
-    }
-}
-
 /* rows with 32 floats of k from p on: row u at x + u * ld, the first `rows` of 16 existing and
  * kc - p of their floats; into r, transposed: r[q] holds pair p / 2 + q of each row */
 static inline CF_BF16_AVX512 void rows_to_pairs(const float *x, size_t ld, int rows, int n,
                                                  __m512i r[16]) {
     for (int u = 0; u < 16; u++)
         r[u] = u < rows ? cf_bf16_pairs_along(x + (size_t)u * ld, n) : _mm512_setzero_si512();
-    transpose16(r);
+    cf_bf16_transpose16(r);
 }
 
 static inline int imin(int x, int y) { return x < y ? x : y; }
@@ -128,7 +105,7 @@ void CF_BF16_AVX512 cf_bf16_pack_a_amx(int trans, const float *a, int lda, int m
                     const float *y = pk + 1 < kc ? x + lda : NULL;
                     v[q] = cf_bf16_pairs_across(x, y, cf_bf16_lanes(mr - 16 * h));
                 }
-                transpose16(v);
+                cf_bf16_transpose16(v);
                 for (int r = 0; r < 16; r++) _mm512_store_si512(tile + 32 * (16 * h + r), v[r]);
             }
         }
