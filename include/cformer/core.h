@@ -109,9 +109,15 @@ struct cf_ctx;
 struct cf_node;
 typedef void (*cf_backward_fn)(struct cf_ctx *ctx, struct cf_node *n);
 
+/* Floating-point operations of one node, forward and backward, from its inputs' and output's
+ * shapes and its attributes (a multiply-add counts 2). `recorded` is 0 for an op that ran without
+ * recording (no attributes): an op whose count needs them reports -1 (unknown) then. */
+typedef void (*cf_flops_fn)(const struct cf_node *n, int recorded, double *fwd, double *bwd);
+
 typedef struct cf_op_info {
     const char    *name;
     cf_backward_fn backward;       /* reads n->out->grad, ADDS into n->in[i]->grad */
+    cf_flops_fn    flops;          /* NULL: no FLOP count defined (memory-bound ops) */
 } cf_op_info;
 extern const cf_op_info cf_op_table[CF_OP_COUNT];
 int cf_op_table_check(void);   /* 0 when every op kind has a name and a backward */
@@ -155,6 +161,7 @@ typedef struct cf_ctx {
     int64_t  *free_numel;
     int       n_free, cap_free;
     cf_hook  *hook;                /* NULL: nothing observes the tape (cf_hook above) */
+    struct cf_prof *prof;          /* NULL: no profiling (cf_prof below), and no timer is read */
     int       bf16;                /* matmul, linear and the fused softmax attention round their
                                     * products' operands to bfloat16 and sum in fp32
                                     * (train.precision "bf16"); tensors stay fp32 */
@@ -206,6 +213,42 @@ void cf_backward_range(cf_ctx *ctx, int from, int to);
  * parameters it closes over and the dropout stream. */
 typedef cf_tensor *(*cf_region_fn)(cf_ctx *ctx, void *closure, cf_tensor *x);
 cf_tensor *cf_checkpoint(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x);
+
+/* ---- profiler (src/autograd/profile.c) ---------------------------------------------------------
+ * Time, calls and FLOPs per op kind and direction. Attach one to a context (ctx->prof) and call
+ * cf_prof_start when a forward pass begins: each op's forward is charged the time since the
+ * previous op ended (cf_record marks the end of an op), each node's backward its own time less what
+ * nested work (a checkpointed region's recompute and backward) was charged, and the forward ops a
+ * checkpointed region reruns in backward go to "recompute". With ctx->prof NULL the tape reads no
+ * clock: the cost is one branch per op. */
+typedef enum cf_prof_dir { CF_PROF_FORWARD, CF_PROF_BACKWARD, CF_PROF_RECOMPUTE, CF_PROF_DIRS } cf_prof_dir;
+extern const char *const cf_prof_dir_names[CF_PROF_DIRS];   /* "forward", "backward", "recompute" */
+
+typedef struct cf_prof_cell {
+    double  sec;                   /* time charged */
+    int64_t calls;
+    double  flops;                 /* FLOPs of the calls whose count is known ... */
+    double  flop_sec;              /* ... and their time, so GFLOP/s = flops / flop_sec / 1e9 */
+} cf_prof_cell;
+
+typedef struct cf_prof {
+    cf_prof_cell cell[CF_OP_COUNT][CF_PROF_DIRS];
+    cf_prof_dir  dir;              /* what a forward op is charged to now; backward ignores ops */
+    double       last;             /* when the previous forward op ended */
+    double       charged;          /* all time charged so far (for exclusive backward times) */
+    const struct cf_node *pend;    /* a recorded forward node whose FLOPs wait for its attributes */
+    cf_prof_dir  pend_dir;
+    double       pend_sec;
+} cf_prof;
+
+double cf_prof_now(void);                  /* monotonic seconds */
+void   cf_prof_clear(cf_prof *p);
+void   cf_prof_start(cf_prof *p);          /* a forward pass starts now */
+void   cf_prof_flush(cf_prof *p);          /* settle pending counts (before reading the cells) */
+/* the tape's calls: an op's forward has ended (n: its node, NULL when not recorded); a node's
+ * backward ran from t0, when p->charged was c0 */
+void   cf_prof_forward(cf_prof *p, cf_op_kind op, cf_tensor *out, int n_in, cf_tensor **in, const struct cf_node *n);
+void   cf_prof_backward(cf_prof *p, const struct cf_node *n, double t0, double c0);
 
 /* ---- counter-based RNG ------------------------------------------------------------------------
  * Dropout masks and random windows are pure functions of (key, index): independent of thread

@@ -45,7 +45,12 @@ void cf_checkpoint_backward(cf_ctx *ctx, cf_node *n) {
     size_t mark = cf_arena_mark(&ctx->arena);
     int first = ctx->n_nodes;
     ctx->rng_calls = r->rng_calls;
+    if (ctx->prof) {
+        ctx->prof->dir = CF_PROF_RECOMPUTE;
+        ctx->prof->last = cf_prof_now();
+    }
     cf_tensor *y = r->fn(ctx, r->closure, x);
+    if (ctx->prof) ctx->prof->dir = CF_PROF_BACKWARD;
     CF_ASSERT(cf_same_shape(y, n->out), "checkpoint: recomputed output %s differs from %s",
               cf_shape_str(y), cf_shape_str(n->out));
     y->grad = n->out->grad;
