@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cformer/cformer.h"
+#include "omp_wait.h"
 
 #define MAX_SETS 64
 
@@ -407,6 +408,7 @@ static int cmd_info(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    cf_cli_omp_wait_default(argv);
     if (argc < 2) { usage(stderr); return 2; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }
