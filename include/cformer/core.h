@@ -114,10 +114,19 @@ typedef void (*cf_backward_fn)(struct cf_ctx *ctx, struct cf_node *n);
  * recording (no attributes): an op whose count needs them reports -1 (unknown) then. */
 typedef void (*cf_flops_fn)(const struct cf_node *n, int recorded, double *fwd, double *bwd);
 
+/* What selective recompute (cf_checkpoint_selective) may do with an op: flags of its row. A row
+ * without CF_RC_SET counts as a backward that reads its inputs and its output, which is always safe. */
+#define CF_RC_IN   1u   /* backward reads the values of the inputs (or state computed from them) */
+#define CF_RC_OUT  2u   /* backward reads the values of the output */
+#define CF_RC_SKIP 4u   /* the op keeps no state: a replay may leave an output no one reads uncomputed */
+#define CF_RC_KEEP 8u   /* a region keeps the op's output (and saved state) for its replay, when needed */
+#define CF_RC_SET  16u  /* CF_RC_IN and CF_RC_OUT are declared */
+
 typedef struct cf_op_info {
     const char    *name;
     cf_backward_fn backward;       /* reads n->out->grad, ADDS into n->in[i]->grad */
     cf_flops_fn    flops;          /* NULL: no FLOP count defined (memory-bound ops) */
+    unsigned       recompute;      /* CF_RC_* flags */
 } cf_op_info;
 extern const cf_op_info cf_op_table[CF_OP_COUNT];
 int cf_op_table_check(void);   /* 0 when every op kind has a name and a backward */
@@ -162,6 +171,7 @@ typedef struct cf_ctx {
     int       n_free, cap_free;
     cf_hook  *hook;                /* NULL: nothing observes the tape (cf_hook above) */
     struct cf_prof *prof;          /* NULL: no profiling (cf_prof below), and no timer is read */
+    struct cf_rc   *rc;            /* selective recompute: the region being run or replayed (checkpoint.c) */
     int       bf16;                /* matmul, linear and the fused softmax attention round their
                                     * products' operands to bfloat16 and sum in fp32
                                     * (train.precision "bf16"); tensors stay fp32 */
@@ -214,6 +224,32 @@ void cf_backward_range(cf_ctx *ctx, int from, int to);
 typedef cf_tensor *(*cf_region_fn)(cf_ctx *ctx, void *closure, cf_tensor *x);
 cf_tensor *cf_checkpoint(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x);
 
+/* Selective recompute (docs/architecture.md section 5): as cf_checkpoint, but the region's forward
+ * also keeps the outputs of the ops whose rows say CF_RC_KEEP (attention with its log-sum-exp,
+ * residual adds) where the replay needs them, and the replay computes only what backward reads:
+ * kept ops hand back their kept output, and CF_RC_SKIP ops (linear) whose output nothing reads
+ * leave it uncomputed. Gradients are bitwise those of cf_checkpoint. Every read of an activation
+ * inside fn must go through an op (cf_record), which holds for the blocks of src/nn/. */
+cf_tensor *cf_checkpoint_selective(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x);
+
+/* For ops with CF_RC_KEEP or CF_RC_SKIP, asked at their start: what a replay wants of the op about
+ * to run. CF_RC_COMPUTE outside a replay. CF_RC_KEPT: *data is the kept output, *saved the kept
+ * state; the op records its node on them and computes nothing. CF_RC_SKIPPED: make the output
+ * tensor, record, compute nothing. */
+enum { CF_RC_COMPUTE, CF_RC_SKIPPED, CF_RC_KEPT };
+int  cf_rc_action(cf_ctx *ctx, float **data, void **saved);
+/* while a selective region runs forward: does it keep the state of the op about to run? (The op
+ * then allocates that state before any workspace mark and passes it to cf_rc_keep_saved.) */
+int  cf_rc_keeping(const cf_ctx *ctx);
+/* after cf_record: the state (bytes at `saved`) the op just recorded keeps for its backward */
+void cf_rc_keep_saved(cf_ctx *ctx, void *saved, size_t bytes);
+/* the tape's calls: every op, recorded or not, while a selective region runs or replays; and
+ * cf_ctx_free's */
+void cf_rc_note(cf_ctx *ctx, cf_op_kind op, cf_tensor *out, int n_in, cf_tensor **in);
+void cf_rc_free(cf_ctx *ctx);
+/* ops replayed since the context was made: counts[CF_RC_COMPUTE], [CF_RC_SKIPPED], [CF_RC_KEPT] */
+void cf_rc_counts(const cf_ctx *ctx, int64_t counts[3]);
+
 /* ---- profiler (src/autograd/profile.c) ---------------------------------------------------------
  * Time, calls and FLOPs per op kind and direction. Attach one to a context (ctx->prof) and call
  * cf_prof_start when a forward pass begins: each op's forward is charged the time since the
@@ -237,6 +273,7 @@ typedef struct cf_prof {
     double       last;             /* when the previous forward op ended */
     double       charged;          /* all time charged so far (for exclusive backward times) */
     const struct cf_node *pend;    /* a recorded forward node whose FLOPs wait for its attributes */
+    int          idle_op;          /* the op now ending computed nothing (a selective replay) */
     cf_prof_dir  pend_dir;
     double       pend_sec;
 } cf_prof;

@@ -53,7 +53,9 @@ void cf_prof_forward(cf_prof *p, cf_op_kind op, cf_tensor *out, int n_in, cf_ten
     cf_prof_cell *c = &p->cell[op][p->dir];
     c->sec += sec;
     c->calls++;
-    if (!cf_op_table[op].flops) return;
+    int idle = p->idle_op;
+    p->idle_op = 0;
+    if (!cf_op_table[op].flops || idle) return;   /* a kept or skipped op did none of its FLOPs */
     if (n) {
         p->pend = n;
         p->pend_dir = p->dir;

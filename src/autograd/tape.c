@@ -24,6 +24,7 @@ int cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes) {
 }
 
 void cf_ctx_free(cf_ctx *ctx) {
+    cf_rc_free(ctx);
     cf_arena_free(&ctx->arena);
     free(ctx->tape);
     free(ctx->free_grad);
@@ -50,6 +51,7 @@ cf_node *cf_record(cf_ctx *ctx, cf_op_kind op, cf_tensor *out, int n_in, cf_tens
     CF_ASSERT(n_in <= CF_NODE_MAX_IN, "%s: %d inputs (max %d)", cf_op_table[op].name, n_in, CF_NODE_MAX_IN);
     /* recorded or not, the node (or the checkpointed region that runs this op) takes index n_nodes */
     if (ctx->hook) ctx->hook->read(ctx->hook, ctx->n_nodes, n_in, in);
+    if (ctx->rc) cf_rc_note(ctx, op, out, n_in, in);
     if (!cf_needs_grad(ctx, n_in, in)) {
         if (ctx->prof) cf_prof_forward(ctx->prof, op, out, n_in, in, NULL);
         return NULL;

@@ -1,5 +1,9 @@
-/* The op table: name and backward of every op kind, indexed by cf_op_kind. A kind without a row
- * here is caught by cf_op_table_check() (run by the test suite). */
+/* The op table: name, backward, FLOP count and selective-recompute flags (core.h: CF_RC_*) of every
+ * op kind, indexed by cf_op_kind. A kind without a row here is caught by cf_op_table_check() (run
+ * by the test suite). The flags say what each backward reads, as its code does: add, scale and
+ * dropout read no values (dropout regenerates its mask from the key), linear reads x and W, gelu
+ * its input, the norms their input (and the statistics their forward saves), attention q, k, v,
+ * its output and its log-sum-exp. */
 #include "cformer/core.h"
 #include "backward.h"
 
@@ -43,19 +47,19 @@ static void attention_flops(const cf_node *n, int recorded, double *fwd, double 
 
 const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_MATMUL]        = {"matmul", cf_matmul_backward, matmul_flops},
-    [CF_OP_LINEAR]        = {"linear", cf_linear_backward, linear_flops},
-    [CF_OP_ADD]           = {"add", cf_add_backward},
+    [CF_OP_LINEAR]        = {"linear", cf_linear_backward, linear_flops, CF_RC_SET | CF_RC_IN | CF_RC_SKIP},
+    [CF_OP_ADD]           = {"add", cf_add_backward, NULL, CF_RC_SET | CF_RC_KEEP},
     [CF_OP_MUL]           = {"mul", cf_mul_backward},
-    [CF_OP_SCALE]         = {"scale", cf_scale_backward},
-    [CF_OP_GELU]          = {"gelu", cf_gelu_backward},
+    [CF_OP_SCALE]         = {"scale", cf_scale_backward, NULL, CF_RC_SET},
+    [CF_OP_GELU]          = {"gelu", cf_gelu_backward, NULL, CF_RC_SET | CF_RC_IN},
     [CF_OP_RELU]          = {"relu", cf_relu_backward},
     [CF_OP_ELU]           = {"elu", cf_elu_backward},
     [CF_OP_SOFTMAX]       = {"softmax", cf_softmax_backward},
     [CF_OP_CROSS_ENTROPY] = {"cross_entropy", cf_cross_entropy_backward},
-    [CF_OP_LAYERNORM]     = {"layernorm", cf_layernorm_backward},
-    [CF_OP_RMSNORM]       = {"rmsnorm", cf_rmsnorm_backward},
+    [CF_OP_LAYERNORM]     = {"layernorm", cf_layernorm_backward, NULL, CF_RC_SET | CF_RC_IN},
+    [CF_OP_RMSNORM]       = {"rmsnorm", cf_rmsnorm_backward, NULL, CF_RC_SET | CF_RC_IN},
     [CF_OP_EMBEDDING]     = {"embedding", cf_embedding_backward},
-    [CF_OP_DROPOUT]       = {"dropout", cf_dropout_backward},
+    [CF_OP_DROPOUT]       = {"dropout", cf_dropout_backward, NULL, CF_RC_SET},
     [CF_OP_RESHAPE]       = {"reshape", cf_reshape_backward},
     [CF_OP_PERMUTE]       = {"permute", cf_permute_backward},
     [CF_OP_CONCAT]        = {"concat", cf_concat_backward},
@@ -63,7 +67,8 @@ const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_MASK]          = {"mask", cf_mask_backward},
     [CF_OP_SUM]           = {"sum", cf_sum_backward},
     [CF_OP_MEAN]          = {"mean", cf_mean_backward},
-    [CF_OP_ATTENTION]     = {"attention", cf_attention_backward, attention_flops},
+    [CF_OP_ATTENTION]     = {"attention", cf_attention_backward, attention_flops,
+                             CF_RC_SET | CF_RC_IN | CF_RC_OUT | CF_RC_KEEP},
     [CF_OP_CHECKPOINT]    = {"checkpoint", cf_checkpoint_backward},
     [CF_OP_MASKED_ATTENTION] = {"masked_attention", cf_masked_attention_backward},
     [CF_OP_KERNEL_ATTENTION] = {"kernel_attention", cf_kernel_attention_backward},

@@ -95,6 +95,7 @@ double cf_bench_train_step(const cf_config *c, int steps, int profile) {
     cf_model m;
     if (cf_model_init(&m, &c->model, t->seed)) { cf_dataset_close(&data); return -1; }
     cf_model_set_checkpointing(&m, t->grad_checkpoint);
+    cf_model_set_recompute(&m, t->recompute);
     cf_optim opt;
     cf_optim_init(&opt, t->optimizer, &m.params);
     cf_ctx ctx;
@@ -137,7 +138,6 @@ double cf_bench_train_step(const cf_config *c, int steps, int profile) {
     }
     ctx.prof = NULL;
     if (prof) cf_prof_flush(prof);
-    double eval_ms = prof ? eval_forward_ms(&m, &ctx, &batch) : 0;
     qsort(ms, (size_t)steps, sizeof(double), cmp_d);
     /* the tokens of the whole job (both sides of a pair), as the trainer's tokens_per_s */
     double med = ms[steps / 2], tps = (double)batch.tokens / (med / 1e3);
@@ -155,7 +155,8 @@ double cf_bench_train_step(const cf_config *c, int steps, int profile) {
                    "buckets=%d\n", c->name, ranks, cf_num_threads(), B * ranks, T, med, tps, wait_ms / steps,
                    sync ? cf_grad_sync_buckets(sync) : 0);
         fflush(stdout);
-        if (prof) prof_print(c, prof, steps, B * ranks, T, step_s, opt_s, data_s, eval_ms);
+        /* after the figures above: evaluation's arena and RSS are not the training step's */
+        if (prof) prof_print(c, prof, steps, B * ranks, T, step_s, opt_s, data_s, eval_forward_ms(&m, &ctx, &batch));
     }
     free(prof);
     cf_grad_sync_free(sync);
