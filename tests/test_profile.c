@@ -65,20 +65,30 @@ static void check_step(int ckpt) {
           sum * 1e3, on.wall * 1e3);
     printf("ckpt=%d: parts %.3f ms of %.3f ms (%.1f%%)\n", ckpt, sum * 1e3, on.wall * 1e3, 100 * sum / on.wall);
 
-    /* per layer: qkv, attention proj, fc, mlp proj; then the output head */
+    /* per layer: qkv, attention proj, mlp proj, and fc as linear_gelu; then the output head */
     const cf_prof_cell *lf = &p.cell[CF_OP_LINEAR][CF_PROF_FORWARD], *lb = &p.cell[CF_OP_LINEAR][CF_PROF_BACKWARD];
-    const cf_prof_cell *lr = &p.cell[CF_OP_LINEAR][CF_PROF_RECOMPUTE];
-    CHECK(lf->calls == 4 * L + 1 && lb->calls == 4 * L + 1, "ckpt=%d: linear calls %lld forward, %lld backward",
-          ckpt, (long long)lf->calls, (long long)lb->calls);
-    CHECK(lr->calls == (ckpt ? 4 * L : 0), "ckpt=%d: %lld linear recomputes", ckpt, (long long)lr->calls);
+    const cf_prof_cell *lr = &p.cell[CF_OP_LINEAR][CF_PROF_RECOMPUTE], *gf = &p.cell[CF_OP_LINEAR_GELU][CF_PROF_FORWARD];
+    const cf_prof_cell *gb = &p.cell[CF_OP_LINEAR_GELU][CF_PROF_BACKWARD];
+    CHECK(lf->calls == 3 * L + 1 && lb->calls == 3 * L + 1 && gf->calls == L && gb->calls == L,
+          "ckpt=%d: linear calls %lld forward, %lld backward; linear_gelu %lld, %lld", ckpt, (long long)lf->calls,
+          (long long)lb->calls, (long long)gf->calls, (long long)gb->calls);
+    CHECK(lr->calls == (ckpt ? 3 * L : 0) && p.cell[CF_OP_LINEAR_GELU][CF_PROF_RECOMPUTE].calls == (ckpt ? L : 0),
+          "ckpt=%d: %lld linear recomputes", ckpt, (long long)lr->calls);
     CHECK(p.cell[CF_OP_CHECKPOINT][CF_PROF_BACKWARD].calls == (ckpt ? L : 0), "ckpt=%d: %lld checkpoint backwards",
           ckpt, (long long)p.cell[CF_OP_CHECKPOINT][CF_PROF_BACKWARD].calls);
     CHECK(p.cell[CF_OP_CROSS_ENTROPY][CF_PROF_FORWARD].calls == 1 && p.cell[CF_OP_EMBEDDING][CF_PROF_BACKWARD].calls == 1,
           "ckpt=%d: cross-entropy or embedding missing", ckpt);
-    double rows = (double)B * T, lin = 2 * rows * (3.0 * D * D + D * D + 2.0 * D * F), head = 2 * rows * D * V;
-    CHECK(lf->flops == L * lin + head, "ckpt=%d: linear forward %.0f FLOPs, want %.0f", ckpt, lf->flops, L * lin + head);
+    double rows = (double)B * T, lin = 2 * rows * (3.0 * D * D + D * D + (double)D * F), head = 2 * rows * D * V;
+    double fc = 2 * rows * D * F;
+    CHECK(lf->flops == L * lin + head && gf->flops == L * fc, "ckpt=%d: linear forward %.0f FLOPs, want %.0f", ckpt,
+          lf->flops, L * lin + head);
     /* the head's input needs a gradient and so does the tied embedding: two products */
-    CHECK(lb->flops == 2 * (L * lin + head), "ckpt=%d: linear backward %.0f FLOPs", ckpt, lb->flops);
+    CHECK(lb->flops == 2 * (L * lin + head) && gb->flops == 2 * L * fc, "ckpt=%d: linear backward %.0f FLOPs", ckpt,
+          lb->flops);
+    /* a selective replay skips the two output projections of each layer: no FLOPs counted for them */
+    double skipped = 2 * rows * (D * D + (double)F * D);
+    CHECK(lr->flops == (ckpt ? L * (lin - skipped) : 0), "ckpt=%d: linear recompute %.0f FLOPs, want %.0f", ckpt,
+          lr->flops, L * (lin - skipped));
     /* causal: T (T + 1) / 2 scored pairs, 4 D FLOPs each; an unrecorded (checkpointed) forward has
      * no causal flag, so its count is unknown and its time is not in the rate */
     const cf_prof_cell *af = &p.cell[CF_OP_ATTENTION][CF_PROF_FORWARD];

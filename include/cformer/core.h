@@ -102,6 +102,7 @@ typedef enum cf_op_kind {
     CF_OP_FAVOR,           /* Performer FAVOR+ random features (src/attention/performer.c) */
     CF_OP_XL_ATTENTION,    /* Transformer-XL relative-position attention (src/attention/xl.c) */
     CF_OP_INFINI_ATTENTION, /* Infini-attention compressive memory (src/attention/infini.c) */
+    CF_OP_LINEAR_GELU,     /* gelu(x W^T + b), the GELU in the GEMM's epilogue (src/ops/linear_gelu.c) */
     CF_OP_COUNT
 } cf_op_kind;
 

@@ -75,6 +75,7 @@ const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_FAVOR]         = {"favor", cf_favor_backward},
     [CF_OP_XL_ATTENTION]  = {"xl_attention", cf_xl_attention_backward},
     [CF_OP_INFINI_ATTENTION] = {"infini_attention", cf_infini_attention_backward},
+    [CF_OP_LINEAR_GELU]   = {"linear_gelu", cf_linear_gelu_backward, linear_flops, CF_RC_SET | CF_RC_IN},
 };
 
 int cf_op_table_check(void) {
