@@ -5,6 +5,8 @@
  *   - Lion against a reference in double over several steps at changing lr: weight decay on a
  *     2-D tensor (large enough for the OpenMP loop) and not on a 1-D one, zero gradients (sign(0)
  *     = 0: an element whose momentum and gradient stay zero moves by its decay alone).
+ *   - gradient clipping: the norm against a sum in long double, the same bits at 1 and 2 threads,
+ *     the scaled gradients exactly coef g.
  * Parameters: "w" [72, 1000] and "b" [37] (the slab pads b to 48 floats). */
 #include <string.h>
 #include "test.h"
@@ -182,8 +184,37 @@ static void test_lion(void) {
     fixture_free(&f);
 }
 
+/* ---- gradient clipping ------------------------------------------------------------------------------ */
+static void test_clip(void) {
+    cf_params p;
+    make_params(&p);
+    fill_grads(&p, 1);
+    long double ref = 0;
+    for (int64_t j = 0; j < p.numel; j++) ref += (long double)p.grads[j] * p.grads[j];
+    float want = (float)sqrtl(ref);
+    size_t bytes = sizeof(float) * (size_t)p.numel;
+    float *g0 = malloc(bytes), norms[2];
+    memcpy(g0, p.grads, bytes);
+    int threads = cf_num_threads();
+    for (int k = 0; k < 2; k++) {
+        cf_set_num_threads(k + 1);
+        memcpy(p.grads, g0, bytes);
+        norms[k] = cf_clip_grad_norm(&p, 0);
+    }
+    cf_set_num_threads(threads);
+    CHECK(norms[0] == norms[1], "clip: norm %.9g at 1 thread, %.9g at 2", norms[0], norms[1]);
+    CHECK(fabsf(norms[0] - want) <= 1e-6f * want, "clip: norm %.9g, long double reference %.9g", norms[0], want);
+    float got = cf_clip_grad_norm(&p, 1.0f), coef = 1.0f / (got + 1e-6f);
+    int scaled = 1;
+    for (int64_t j = 0; j < p.numel; j++) scaled &= p.grads[j] == g0[j] * coef;
+    CHECK(got == norms[0] && scaled, "clip: to norm 1 the gradients are not g x %.9g", coef);
+    free(g0);
+    cf_params_free(&p);
+}
+
 int main(void) {
     test_state_layout();
+    test_clip();
     test_adamw_bitwise();
     test_lion();
     TEST_MAIN_END();

@@ -102,6 +102,7 @@ typedef enum cf_op_kind {
     CF_OP_FAVOR,           /* Performer FAVOR+ random features (src/attention/performer.c) */
     CF_OP_XL_ATTENTION,    /* Transformer-XL relative-position attention (src/attention/xl.c) */
     CF_OP_INFINI_ATTENTION, /* Infini-attention compressive memory (src/attention/infini.c) */
+    CF_OP_LINEAR_GELU,     /* gelu(x W^T + b), the GELU in the GEMM's epilogue (src/ops/linear_gelu.c) */
     CF_OP_COUNT
 } cf_op_kind;
 
@@ -109,9 +110,24 @@ struct cf_ctx;
 struct cf_node;
 typedef void (*cf_backward_fn)(struct cf_ctx *ctx, struct cf_node *n);
 
+/* Floating-point operations of one node, forward and backward, from its inputs' and output's
+ * shapes and its attributes (a multiply-add counts 2). `recorded` is 0 for an op that ran without
+ * recording (no attributes): an op whose count needs them reports -1 (unknown) then. */
+typedef void (*cf_flops_fn)(const struct cf_node *n, int recorded, double *fwd, double *bwd);
+
+/* What selective recompute (cf_checkpoint_selective) may do with an op: flags of its row. A row
+ * without CF_RC_SET counts as a backward that reads its inputs and its output, which is always safe. */
+#define CF_RC_IN   1u   /* backward reads the values of the inputs (or state computed from them) */
+#define CF_RC_OUT  2u   /* backward reads the values of the output */
+#define CF_RC_SKIP 4u   /* the op keeps no state: a replay may leave an output no one reads uncomputed */
+#define CF_RC_KEEP 8u   /* a region keeps the op's output (and saved state) for its replay, when needed */
+#define CF_RC_SET  16u  /* CF_RC_IN and CF_RC_OUT are declared */
+
 typedef struct cf_op_info {
     const char    *name;
     cf_backward_fn backward;       /* reads n->out->grad, ADDS into n->in[i]->grad */
+    cf_flops_fn    flops;          /* NULL: no FLOP count defined (memory-bound ops) */
+    unsigned       recompute;      /* CF_RC_* flags */
 } cf_op_info;
 extern const cf_op_info cf_op_table[CF_OP_COUNT];
 int cf_op_table_check(void);   /* 0 when every op kind has a name and a backward */
@@ -155,6 +171,8 @@ typedef struct cf_ctx {
     int64_t  *free_numel;
     int       n_free, cap_free;
     cf_hook  *hook;                /* NULL: nothing observes the tape (cf_hook above) */
+    struct cf_prof *prof;          /* NULL: no profiling (cf_prof below), and no timer is read */
+    struct cf_rc   *rc;            /* selective recompute: the region being run or replayed (checkpoint.c) */
     int       bf16;                /* matmul, linear and the fused softmax attention round their
                                     * products' operands to bfloat16 and sum in fp32
                                     * (train.precision "bf16"); tensors stay fp32 */
@@ -206,6 +224,69 @@ void cf_backward_range(cf_ctx *ctx, int from, int to);
  * parameters it closes over and the dropout stream. */
 typedef cf_tensor *(*cf_region_fn)(cf_ctx *ctx, void *closure, cf_tensor *x);
 cf_tensor *cf_checkpoint(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x);
+
+/* Selective recompute (docs/architecture.md section 5): as cf_checkpoint, but the region's forward
+ * also keeps the outputs of the ops whose rows say CF_RC_KEEP (attention with its log-sum-exp,
+ * residual adds) where the replay needs them, and the replay computes only what backward reads:
+ * kept ops hand back their kept output, and CF_RC_SKIP ops (linear) whose output nothing reads
+ * leave it uncomputed. Gradients are bitwise those of cf_checkpoint. Every read of an activation
+ * inside fn must go through an op (cf_record), which holds for the blocks of src/nn/. */
+cf_tensor *cf_checkpoint_selective(cf_ctx *ctx, cf_region_fn fn, void *closure, cf_tensor *x);
+
+/* For ops with CF_RC_KEEP or CF_RC_SKIP, asked at their start: what a replay wants of the op about
+ * to run. CF_RC_COMPUTE outside a replay. CF_RC_KEPT: *data is the kept output, *saved the kept
+ * state; the op records its node on them and computes nothing. CF_RC_SKIPPED: make the output
+ * tensor, record, compute nothing. */
+enum { CF_RC_COMPUTE, CF_RC_SKIPPED, CF_RC_KEPT };
+int  cf_rc_action(cf_ctx *ctx, float **data, void **saved);
+/* while a selective region runs forward: does it keep the state of the op about to run? (The op
+ * then allocates that state before any workspace mark and passes it to cf_rc_keep_saved.) */
+int  cf_rc_keeping(const cf_ctx *ctx);
+/* after cf_record: the state (bytes at `saved`) the op just recorded keeps for its backward */
+void cf_rc_keep_saved(cf_ctx *ctx, void *saved, size_t bytes);
+/* the tape's calls: every op, recorded or not, while a selective region runs or replays; and
+ * cf_ctx_free's */
+void cf_rc_note(cf_ctx *ctx, cf_op_kind op, cf_tensor *out, int n_in, cf_tensor **in);
+void cf_rc_free(cf_ctx *ctx);
+/* ops replayed since the context was made: counts[CF_RC_COMPUTE], [CF_RC_SKIPPED], [CF_RC_KEPT] */
+void cf_rc_counts(const cf_ctx *ctx, int64_t counts[3]);
+
+/* ---- profiler (src/autograd/profile.c) ---------------------------------------------------------
+ * Time, calls and FLOPs per op kind and direction. Attach one to a context (ctx->prof) and call
+ * cf_prof_start when a forward pass begins: each op's forward is charged the time since the
+ * previous op ended (cf_record marks the end of an op), each node's backward its own time less what
+ * nested work (a checkpointed region's recompute and backward) was charged, and the forward ops a
+ * checkpointed region reruns in backward go to "recompute". With ctx->prof NULL the tape reads no
+ * clock: the cost is one branch per op. */
+typedef enum cf_prof_dir { CF_PROF_FORWARD, CF_PROF_BACKWARD, CF_PROF_RECOMPUTE, CF_PROF_DIRS } cf_prof_dir;
+extern const char *const cf_prof_dir_names[CF_PROF_DIRS];   /* "forward", "backward", "recompute" */
+
+typedef struct cf_prof_cell {
+    double  sec;                   /* time charged */
+    int64_t calls;
+    double  flops;                 /* FLOPs of the calls whose count is known ... */
+    double  flop_sec;              /* ... and their time, so GFLOP/s = flops / flop_sec / 1e9 */
+} cf_prof_cell;
+
+typedef struct cf_prof {
+    cf_prof_cell cell[CF_OP_COUNT][CF_PROF_DIRS];
+    cf_prof_dir  dir;              /* what a forward op is charged to now; backward ignores ops */
+    double       last;             /* when the previous forward op ended */
+    double       charged;          /* all time charged so far (for exclusive backward times) */
+    const struct cf_node *pend;    /* a recorded forward node whose FLOPs wait for its attributes */
+    int          idle_op;          /* the op now ending computed nothing (a selective replay) */
+    cf_prof_dir  pend_dir;
+    double       pend_sec;
+} cf_prof;
+
+double cf_prof_now(void);                  /* monotonic seconds */
+void   cf_prof_clear(cf_prof *p);
+void   cf_prof_start(cf_prof *p);          /* a forward pass starts now */
+void   cf_prof_flush(cf_prof *p);          /* settle pending counts (before reading the cells) */
+/* the tape's calls: an op's forward has ended (n: its node, NULL when not recorded); a node's
+ * backward ran from t0, when p->charged was c0 */
+void   cf_prof_forward(cf_prof *p, cf_op_kind op, cf_tensor *out, int n_in, cf_tensor **in, const struct cf_node *n);
+void   cf_prof_backward(cf_prof *p, const struct cf_node *n, double t0, double c0);
 
 /* ---- counter-based RNG ------------------------------------------------------------------------
  * Dropout masks and random windows are pure functions of (key, index): independent of thread

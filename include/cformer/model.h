@@ -33,6 +33,7 @@ typedef struct cf_model {
     cf_block       *blocks;
     int             n_blocks;
     int             grad_checkpoint;  /* 0: none; k: regions of k blocks recomputed in backward */
+    int             full_recompute;   /* 1: a region keeps only its input (train.recompute "full") */
     cf_region      *regions;
     int             n_regions;
     /* model.arch "encoder_decoder": the model's layers (encdec.h); its parameters are in params and
@@ -89,6 +90,8 @@ cf_tensor *cf_model_batch_loss(cf_model *m, cf_ctx *ctx, const cf_batch *b);
  * model fresh from a checkpoint saved after training batch `step` under `seed` is told so here. */
 void cf_model_set_step(cf_model *m, uint64_t seed, uint64_t step);
 void cf_model_set_checkpointing(cf_model *m, int k);
+/* train.recompute: what a checkpointed region of the decoder keeps (core.h: cf_checkpoint_selective) */
+void cf_model_set_recompute(cf_model *m, cf_recompute_kind kind);
 /* Forget the recurrent state (*m->state): the next call starts every stream afresh. A no-op for
  * models without xl or infini layers. */
 void cf_model_reset_memory(cf_model *m);

@@ -14,6 +14,8 @@
 cf_tensor *cf_matmul(cf_ctx *ctx, cf_tensor *a, cf_tensor *b, int trans_a, int trans_b);
 /* y = x W^T + b. x [..., in], W [out, in] (PyTorch layout), b [out] or NULL */
 cf_tensor *cf_linear(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b);
+/* src/ops/linear_gelu.c: gelu(cf_linear(x, w, b)) in one op, the GELU in the GEMM's epilogue: the same bits */
+cf_tensor *cf_linear_gelu(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b);
 
 /* ---- src/ops/elementwise.c ------------------------------------------------------------------ */
 /* a + b and a * b. b has a's shape or a trailing part of it (then it is broadcast over the

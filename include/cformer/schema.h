@@ -22,6 +22,7 @@ typedef enum { CF_UPDATE_LINEAR, CF_UPDATE_DELTA, CF_UPDATE_NONE } cf_update_kin
 typedef enum { CF_PRECISION_FP32, CF_PRECISION_BF16, CF_PRECISION_COUNT } cf_precision;
 typedef enum { CF_SCHED_COSINE, CF_SCHED_LINEAR, CF_SCHED_CONSTANT } cf_sched_kind;
 typedef enum { CF_SAMPLE_RANDOM, CF_SAMPLE_ORDERED } cf_sample_kind;
+typedef enum { CF_RECOMPUTE_SELECTIVE, CF_RECOMPUTE_FULL, CF_RECOMPUTE_COUNT } cf_recompute_kind;
 /* train.optimizer; each kind is a row of the optimizer table (optim.h, src/optim/optim.c) */
 typedef enum { CF_OPTIM_ADAMW, CF_OPTIM_LION, CF_OPTIM_KIND_COUNT } cf_optim_kind;
 
@@ -86,6 +87,7 @@ typedef struct cf_train_config {
     int     grad_accum;         /* 1 */
     uint64_t seed;              /* 1 */
     int     grad_checkpoint;    /* "none" = 0, "blocks" = 1, integer k = region of k blocks */
+    cf_recompute_kind recompute; /* "selective": regions keep attention outputs and residuals; "full" */
     int     log_every;          /* 10 */
     int     eval_every;         /* 500; 0 = only at the end */
     int     eval_tokens;        /* 0 = the whole validation split during training */
@@ -127,7 +129,7 @@ const cf_attn_config *cf_config_layer_attn(const cf_model_config *m, int layer);
 extern const char *const cf_arch_names[], *const cf_norm_names[], *const cf_norm_pos_names[],
     *const cf_act_names[], *const cf_pos_names[], *const cf_attn_kind_names[], *const cf_sched_names[],
     *const cf_sample_names[], *const cf_combine_names[], *const cf_favor_kernel_names[],
-    *const cf_update_names[], *const cf_optim_names[], *const cf_precision_names[];
+    *const cf_update_names[], *const cf_optim_names[], *const cf_precision_names[], *const cf_recompute_names[];
 const char *cf_attn_kind_name(cf_attn_kind k);
 const char *cf_optim_name(cf_optim_kind k);
 

@@ -64,7 +64,9 @@ int cf_train(const cf_config *c, const cf_train_opts *o);
 
 /* ---- src/train/bench.c ---- */
 /* Time the training step (forward, backward, train.optimizer's step) on random bytes after
- * warm-up; prints BENCH train_step ... and returns the median tokens/s. */
-double cf_bench_train_step(const cf_config *c, int steps);
+ * warm-up; prints BENCH train_step ... and returns the median tokens/s. profile: also print the
+ * profile of the timed steps (core.h: cf_prof) as a table and BENCH profile lines: per op kind and
+ * direction, the optimizer, the rest of the step, the batch and an evaluation forward. */
+double cf_bench_train_step(const cf_config *c, int steps, int profile);
 
 #endif

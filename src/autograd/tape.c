@@ -24,6 +24,7 @@ int cf_ctx_init(cf_ctx *ctx, size_t arena_bytes, int max_nodes) {
 }
 
 void cf_ctx_free(cf_ctx *ctx) {
+    cf_rc_free(ctx);
     cf_arena_free(&ctx->arena);
     free(ctx->tape);
     free(ctx->free_grad);
@@ -50,7 +51,11 @@ cf_node *cf_record(cf_ctx *ctx, cf_op_kind op, cf_tensor *out, int n_in, cf_tens
     CF_ASSERT(n_in <= CF_NODE_MAX_IN, "%s: %d inputs (max %d)", cf_op_table[op].name, n_in, CF_NODE_MAX_IN);
     /* recorded or not, the node (or the checkpointed region that runs this op) takes index n_nodes */
     if (ctx->hook) ctx->hook->read(ctx->hook, ctx->n_nodes, n_in, in);
-    if (!cf_needs_grad(ctx, n_in, in)) return NULL;
+    if (ctx->rc) cf_rc_note(ctx, op, out, n_in, in);
+    if (!cf_needs_grad(ctx, n_in, in)) {
+        if (ctx->prof) cf_prof_forward(ctx->prof, op, out, n_in, in, NULL);
+        return NULL;
+    }
     CF_ASSERT(ctx->n_nodes < ctx->cap_nodes, "tape full at %d nodes", ctx->cap_nodes);
     cf_node *n = &ctx->tape[ctx->n_nodes++];
     memset(n, 0, sizeof *n);
@@ -59,6 +64,7 @@ cf_node *cf_record(cf_ctx *ctx, cf_op_kind op, cf_tensor *out, int n_in, cf_tens
     for (int i = 0; i < n_in; i++) n->in[i] = in[i];
     n->out = out;
     out->requires_grad = 1;
+    if (ctx->prof) cf_prof_forward(ctx->prof, op, out, n_in, in, n);
     return n;
 }
 
@@ -67,7 +73,15 @@ void cf_backward_range(cf_ctx *ctx, int from, int to) {
         cf_node *n = &ctx->tape[i];
         if (!n->out->grad) continue;          /* nothing downstream used this output */
         if (ctx->hook) ctx->hook->node(ctx->hook, n, i, 0);
-        cf_op_table[n->op].backward(ctx, n);
+        if (ctx->prof) {
+            cf_prof *p = ctx->prof;
+            double t0 = cf_prof_now(), c0 = p->charged;
+            p->dir = CF_PROF_BACKWARD;
+            cf_op_table[n->op].backward(ctx, n);
+            cf_prof_backward(p, n, t0, c0);
+        } else {
+            cf_op_table[n->op].backward(ctx, n);
+        }
         cf_grad_release(ctx, n->out);         /* every consumer of out ran before its producer */
         if (ctx->hook) ctx->hook->node(ctx->hook, n, i, 1);
     }

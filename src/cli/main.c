@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "cformer/cformer.h"
+#include "omp_wait.h"
 
 #define MAX_SETS 64
 
@@ -19,7 +20,8 @@ static void usage(FILE *f) {
         "  info  [--verify] CKPT.h5                                        config, step, parameter counts\n"
         "  translate CKPT.h5 [--input TEXT] [--beam K] [--max-len N]   encoder-decoder: one line per input line\n"
         "        (stdin without --input); input and output use the escapes \\t \\n \\\\ of pair files\n"
-        "  bench CONFIG.json [--steps N] [--set key=value]... [--threads N]   training-step speed and memory\n"
+        "  bench CONFIG.json [--steps N] [--profile] [--set key=value]... [--threads N]   training-step speed and memory;\n"
+        "        --profile: time, share, calls and GFLOP/s per op and direction, optimizer, data, eval\n"
         "  --help, --version\n"
         "Under mpirun (make MPI=1) train and bench run data-parallel, train.batch_size being the global\n"
         "batch (README: Training on several processes).\n"
@@ -69,7 +71,7 @@ static int precision_arg(const char *opt, const char *v, int *out) {
 
 static int cmd_train_or_bench(int argc, char **argv, int bench) {
     const char *config = NULL, *sets[MAX_SETS];
-    int n_sets = 0, threads = 0, steps = 10;
+    int n_sets = 0, threads = 0, steps = 10, profile = 0;
     cf_train_opts o = {0};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -81,6 +83,7 @@ static int cmd_train_or_bench(int argc, char **argv, int bench) {
         else if (!bench && !strcmp(a, "--until")) { if (int_arg(a, v, 1, INT_MAX, &o.until)) return 2; i++; }
         else if (!bench && !strcmp(a, "--quiet")) o.quiet = 1;
         else if (bench && !strcmp(a, "--steps")) { if (int_arg(a, v, 1, 1000000, &steps)) return 2; i++; }
+        else if (bench && !strcmp(a, "--profile")) profile = 1;
         else if (a[0] == '-' || config) { fprintf(stderr, "cformer: %s: unexpected argument \"%s\"\n", bench ? "bench" : "train", a); return 2; }
         else config = a;
     }
@@ -91,7 +94,7 @@ static int cmd_train_or_bench(int argc, char **argv, int bench) {
     if (bad) return fail(cf_error_msg());
     if (threads) c.train.threads = threads;
     if (c.train.threads) cf_set_num_threads(c.train.threads);
-    if (bench) return cf_bench_train_step(&c, steps) < 0 ? fail(cf_error_msg()) : 0;
+    if (bench) return cf_bench_train_step(&c, steps, profile) < 0 ? fail(cf_error_msg()) : 0;
     int sig = 0;
     o.stop_signal = &sig;
     int rc = cf_train(&c, &o);
@@ -405,6 +408,7 @@ static int cmd_info(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    cf_cli_omp_wait_default(argv);
     if (argc < 2) { usage(stderr); return 2; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) { usage(stdout); return 0; }

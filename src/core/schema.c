@@ -15,6 +15,8 @@ const char *const cf_attn_kind_names[] = {"full", "window", "sparse_strided", "s
                                          "linear", "performer", "xl", "infini", NULL};
 const char *const cf_sched_names[] = {"cosine", "linear", "constant", NULL};
 const char *const cf_sample_names[] = {"random", "ordered", NULL};
+const char *const cf_recompute_names[] = {"selective", "full", NULL};
+_Static_assert(sizeof cf_recompute_names / sizeof *cf_recompute_names == CF_RECOMPUTE_COUNT + 1, "recompute_names");
 const char *const cf_combine_names[] = {"alternate", "heads", "merged", NULL};
 const char *const cf_favor_kernel_names[] = {"softmax", "relu", NULL};
 const char *const cf_update_names[] = {"linear", "delta", "none", NULL};
@@ -94,6 +96,7 @@ void cf_config_defaults(cf_config *c) {
     t->grad_accum = 1;
     t->seed = 1;
     t->grad_checkpoint = 0;
+    t->recompute = CF_RECOMPUTE_SELECTIVE;
     t->log_every = 10;
     t->eval_every = 500;
     t->eval_tokens = 0;

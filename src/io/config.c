@@ -27,7 +27,8 @@ _Static_assert(sizeof(cf_arch) == sizeof(int) && sizeof(cf_norm_kind) == sizeof(
                sizeof(cf_pos_kind) == sizeof(int) && sizeof(cf_attn_kind) == sizeof(int) &&
                sizeof(cf_sched_kind) == sizeof(int) && sizeof(cf_sample_kind) == sizeof(int) &&
                sizeof(cf_combine_kind) == sizeof(int) && sizeof(cf_favor_kernel) == sizeof(int) &&
-               sizeof(cf_update_kind) == sizeof(int) && sizeof(cf_precision) == sizeof(int) && sizeof(cf_optim_kind) == sizeof(int),
+               sizeof(cf_update_kind) == sizeof(int) && sizeof(cf_precision) == sizeof(int) && sizeof(cf_optim_kind) == sizeof(int) &&
+               sizeof(cf_recompute_kind) == sizeof(int),
                "config enums must be int-sized");
 
 /* ---- key tables ---------------------------------------------------------------------------------- */
@@ -112,6 +113,7 @@ static const key_def train_keys[] = {
     KEY(cf_train_config, grad_accum, K_INT, NULL),
     KEY(cf_train_config, seed, K_SEED, NULL),
     KEY(cf_train_config, grad_checkpoint, K_CKPT, NULL),
+    KEY(cf_train_config, recompute, K_ENUM, cf_recompute_names),
     KEY(cf_train_config, log_every, K_INT, NULL),
     KEY(cf_train_config, eval_every, K_INT, NULL),
     KEY(cf_train_config, eval_tokens, K_INT, NULL),

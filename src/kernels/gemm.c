@@ -220,6 +220,7 @@ typedef struct {
     const float *a, *b;
     float *c;
     float *bpack;                  /* the calling thread's B super-block buffer */
+    const cf_gemm_epilogue *epi;   /* NULL, or run on each task's block after its last k block */
     /* per pack unit of the current super-block: UNPACKED, PACKING (claimed) or READY */
     atomic_int unit[MAX_UNITS];
 } gemm_job;
@@ -323,6 +324,7 @@ static void run_task(gemm_job *g, const sblock *s, int t, float *abuf) {
             }
         }
     }
+    if (g->epi && s->kb + s->kbn == g->k) g->epi->fn(g->epi->arg, i0, s->jb + j0, rows, cols);
 }
 
 static void reset_units(gemm_job *g) {
@@ -454,6 +456,11 @@ static void gemv(const gemv_job *v) {
 
 void cf_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
              const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    cf_gemm_epi(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL);
+}
+
+void cf_gemm_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                 const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_epilogue *epi) {
     CF_ASSERT(m >= 0 && n >= 0 && k >= 0, "cf_gemm: negative size m=%d n=%d k=%d", m, n, k);
     CF_ASSERT(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n,
               "cf_gemm: leading dimension too small (lda=%d ldb=%d ldc=%d for m=%d n=%d k=%d)",
@@ -465,6 +472,7 @@ void cf_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
             if (beta == 0.0f) memset(cr, 0, (size_t)n * sizeof(float));
             else if (beta != 1.0f) for (int j = 0; j < n; j++) cr[j] *= beta;
         }
+        if (epi) epi->fn(epi->arg, 0, 0, m, n);
         return;
     }
     if (n == 1) {          /* C[:, 0] = op(A) op(B)[:, 0] */
@@ -472,6 +480,7 @@ void cf_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
                       .incx = trans_b ? 1 : ldb, .ys = ldc, .mat = a, .x = b, .y = c,
                       .alpha = alpha, .beta = beta};
         gemv(&v);
+        if (epi) epi->fn(epi->arg, 0, 0, m, n);
         return;
     }
     if (m == 1) {          /* C[0, :] = op(A)[0, :] op(B): op(B)'s columns against one row */
@@ -479,12 +488,13 @@ void cf_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
                       .incx = trans_a ? lda : 1, .ys = 1, .mat = b, .x = a, .y = c,
                       .alpha = alpha, .beta = beta};
         gemv(&v);
+        if (epi) epi->fn(epi->arg, 0, 0, m, n);
         return;
     }
     /* static initialisation leaves every unit UNPACKED (0) */
     gemm_job g = {.ta = trans_a, .tb = trans_b, .m = m, .n = n, .k = k, .lda = lda, .ldb = ldb,
                   .ldc = ldc, .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c,
-                  .bpack = pack_buffer() + A_FLOATS};
+                  .bpack = pack_buffer() + A_FLOATS, .epi = epi};
     int nt = threads_for((double)m * n * k);
     if (nt == 1) {
         gemm_team(&g, 1);

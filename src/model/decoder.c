@@ -79,6 +79,10 @@ static int decoder_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     return 0;
 }
 
+void cf_model_set_recompute(cf_model *m, cf_recompute_kind kind) {
+    m->full_recompute = kind == CF_RECOMPUTE_FULL;
+}
+
 void cf_model_set_checkpointing(cf_model *m, int k) {
     free(m->regions);
     m->regions = NULL;
@@ -135,7 +139,9 @@ cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, 
     if (m->has_infini) {
         h = cf_model_rec_blocks(m, ctx, h);
     } else if (m->grad_checkpoint > 0) {
-        for (int r = 0; r < m->n_regions; r++) h = cf_checkpoint(ctx, run_region, &m->regions[r], h);
+        cf_tensor *(*region)(cf_ctx *, cf_region_fn, void *, cf_tensor *) =
+            m->full_recompute ? cf_checkpoint : cf_checkpoint_selective;
+        for (int r = 0; r < m->n_regions; r++) h = region(ctx, run_region, &m->regions[r], h);
     } else {
         for (int i = 0; i < m->n_blocks; i++) h = cf_block_apply(ctx, &m->blocks[i], h);
     }

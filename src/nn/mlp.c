@@ -12,7 +12,7 @@ void cf_mlp_decl(cf_mlp_layer *m, cf_params *p, const char *prefix, int d, int d
 }
 
 cf_tensor *cf_mlp_apply(cf_ctx *ctx, const cf_mlp_layer *m, cf_tensor *x) {
-    cf_tensor *h = cf_linear_apply(ctx, &m->fc, x);
-    h = m->act == CF_ACT_GELU ? cf_gelu(ctx, h) : cf_relu(ctx, h);
+    cf_tensor *h = m->act == CF_ACT_GELU ? cf_linear_gelu(ctx, x, m->fc.w, m->fc.b)
+                                         : cf_relu(ctx, cf_linear_apply(ctx, &m->fc, x));
     return cf_linear_apply(ctx, &m->proj, h);
 }

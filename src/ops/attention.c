@@ -479,6 +479,19 @@ static geom geom_of(int n_in, cf_tensor **in, int n_heads, int causal, float sca
     return g;
 }
 
+/* what backward needs besides the inputs and the output */
+static void record_attrs(cf_node *n, const geom *g, int n_heads, const void *key_keep, void *lse) {
+    n->saved = lse;
+    n->ptr = key_keep;
+    n->iarg[0] = n_heads;
+    n->iarg[1] = g->causal;
+    n->iarg[2] = g->drop.on;
+    n->iarg[3] = (int64_t)g->drop.key;
+    n->iarg[4] = g->bk != NULL;
+    n->farg[0] = g->scale;
+    n->farg[1] = g->drop.p;
+}
+
 static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, const cf_attn_opts *o) {
     static const cf_attn_opts defaults = {0};
     if (!o) o = &defaults;
@@ -487,12 +500,22 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     g.keep = o->key_keep;
     g.drop = attn_dropout_draw(ctx, o->dropout);
     g.bk = ctx->bf16 && g.Dh % 2 == 0 ? cf_attn_bf16() : NULL;
-    cf_tensor *out = cf_tensor_3d(ctx, g.B, g.Tq, (int)g.so);
-    int record = cf_needs_grad(ctx, n_in, in);
     size_t lse_bytes = (size_t)g.B * g.H * g.Tq * sizeof(float);
-    float *lse = record ? cf_scratch(ctx, lse_bytes) : NULL;
+    float *kept;
+    void *kept_lse;
+    cf_tensor *out;
+    if (cf_rc_action(ctx, &kept, &kept_lse) == CF_RC_KEPT) {
+        /* a selective replay: the region's forward kept the output and its log-sum-exp */
+        out = cf_tensor_view(ctx, kept, 3, (int[]){g.B, g.Tq, (int)g.so});
+        cf_node *n = cf_record(ctx, CF_OP_ATTENTION, out, n_in, in);
+        if (n) record_attrs(n, &g, n_heads, o->key_keep, kept_lse);
+        return out;
+    }
+    out = cf_tensor_3d(ctx, g.B, g.Tq, (int)g.so);
+    int record = cf_needs_grad(ctx, n_in, in), keep = record || cf_rc_keeping(ctx);
+    float *lse = keep ? cf_scratch(ctx, lse_bytes) : NULL;
     size_t mark = cf_arena_mark(&ctx->arena);
-    g.lse = record ? lse : cf_scratch(ctx, lse_bytes);
+    g.lse = keep ? lse : cf_scratch(ctx, lse_bytes);
     int nt = team(&g);
     size_t per = ws_floats(g.Dh, BQ, g.bk != NULL), bh = (size_t)g.B * g.H;
     size_t qn = bh * g.nqb * BQ * g.Dh, kn = bh * g.nkb * BK * g.Dh;
@@ -521,17 +544,8 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     }
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_ATTENTION, out, n_in, in);
-    if (n) {
-        n->saved = lse;
-        n->ptr = o->key_keep;
-        n->iarg[0] = n_heads;
-        n->iarg[1] = g.causal;
-        n->iarg[2] = g.drop.on;
-        n->iarg[3] = (int64_t)g.drop.key;
-        n->iarg[4] = g.bk != NULL;
-        n->farg[0] = g.scale;
-        n->farg[1] = g.drop.p;
-    }
+    if (n) record_attrs(n, &g, n_heads, o->key_keep, lse);
+    else if (keep) cf_rc_keep_saved(ctx, lse, lse_bytes);
     return out;
 }
 

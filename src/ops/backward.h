@@ -33,5 +33,6 @@ void cf_kernel_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/linear.
 void cf_favor_backward(cf_ctx *ctx, cf_node *n);         /* attention/performer.c */
 void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n);  /* attention/xl.c */
 void cf_infini_attention_backward(cf_ctx *ctx, cf_node *n); /* attention/infini.c */
+void cf_linear_gelu_backward(cf_ctx *ctx, cf_node *n);   /* ops/linear_gelu.c */
 
 #endif

@@ -19,7 +19,74 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-double cf_bench_train_step(const cf_config *c, int steps) {
+/* one row of the profile: a table line and a BENCH line */
+static void prof_row(const cf_config *c, const char *part, const char *dir, double ms, double step_ms, double calls,
+                     double gflops) {
+    char cl[32] = "", gf[32] = "";
+    if (calls >= 0) snprintf(cl, sizeof cl, "%.0f", calls);
+    if (gflops >= 0) snprintf(gf, sizeof gf, "%.1f", gflops);
+    printf("  %-18s %-10s %9.2f %6.1f%% %8s %9s\n", part, dir, ms, 100 * ms / step_ms, cl, gf);
+    printf("BENCH profile config=%s threads=%d part=%s dir=%s ms=%.3f share=%.4f calls=%s gflops=%s\n", c->name,
+           cf_num_threads(), part, dir[0] ? dir : "-", ms, ms / step_ms, cl[0] ? cl : "-", gf[0] ? gf : "-");
+}
+
+typedef struct prof_line { int op, dir; double sec; } prof_line;
+
+static int cmp_line(const void *a, const void *b) {
+    double x = ((const prof_line *)a)->sec, y = ((const prof_line *)b)->sec;
+    return (x < y) - (x > y);
+}
+
+/* The profile of `steps` timed steps, per step: every op kind and direction that ran, the
+ * optimizer (clipping and the step), the rest of the step, then the synthetic batch and an
+ * evaluation forward of the same batch, which are not part of the step. */
+static void prof_print(const cf_config *c, const cf_prof *p, int steps, int B, int T, double step_s, double opt_s,
+                       double data_s, double eval_ms) {
+    double step_ms = step_s * 1e3 / steps, ops_s = 0;
+    prof_line lines[CF_OP_COUNT * CF_PROF_DIRS];
+    int nl = 0;
+    for (int op = 0; op < CF_OP_COUNT; op++)
+        for (int d = 0; d < CF_PROF_DIRS; d++)
+            if (p->cell[op][d].calls) {
+                lines[nl++] = (prof_line){op, d, p->cell[op][d].sec};
+                ops_s += p->cell[op][d].sec;
+            }
+    qsort(lines, (size_t)nl, sizeof *lines, cmp_line);
+    printf("profile config=%s threads=%d B=%d T=%d steps=%d step_ms=%.2f (mean; shares are of it)\n", c->name,
+           cf_num_threads(), B, T, steps, step_ms);
+    printf("  %-18s %-10s %9s %7s %8s %9s\n", "part", "dir", "ms/step", "share", "calls", "GFLOP/s");
+    for (int i = 0; i < nl; i++) {
+        const cf_prof_cell *e = &p->cell[lines[i].op][lines[i].dir];
+        double gf = e->flop_sec > 0 ? e->flops / e->flop_sec / 1e9 : -1;
+        prof_row(c, cf_op_table[lines[i].op].name, cf_prof_dir_names[lines[i].dir], e->sec * 1e3 / steps, step_ms,
+                 (double)e->calls / steps, gf);
+    }
+    prof_row(c, "optimizer", "", opt_s * 1e3 / steps, step_ms, -1, -1);
+    prof_row(c, "other", "", (step_s - ops_s - opt_s) * 1e3 / steps, step_ms, -1, -1);
+    prof_row(c, "data", "", data_s * 1e3 / steps, step_ms, -1, -1);
+    prof_row(c, "eval", "", eval_ms, step_ms, -1, -1);
+    fflush(stdout);
+}
+
+/* The median time of a forward pass of the batch without gradients, as evaluation runs it. */
+static double eval_forward_ms(cf_model *m, cf_ctx *ctx, const cf_batch *batch) {
+    double ms[3];
+    int grad = ctx->grad_enabled, training = ctx->training;
+    ctx->grad_enabled = 0;
+    ctx->training = 0;
+    for (int r = 0; r < 3; r++) {
+        double t0 = now_s();
+        cf_ctx_begin(ctx, 0);
+        cf_model_batch_loss(m, ctx, batch);
+        ms[r] = (now_s() - t0) * 1e3;
+    }
+    ctx->grad_enabled = grad;
+    ctx->training = training;
+    qsort(ms, 3, sizeof(double), cmp_d);
+    return ms[1];
+}
+
+double cf_bench_train_step(const cf_config *c, int steps, int profile) {
     const cf_train_config *t = &c->train;
     int ranks = cf_dist_size();
     cf_dataset data;
@@ -28,6 +95,7 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     cf_model m;
     if (cf_model_init(&m, &c->model, t->seed)) { cf_dataset_close(&data); return -1; }
     cf_model_set_checkpointing(&m, t->grad_checkpoint);
+    cf_model_set_recompute(&m, t->recompute);
     cf_optim opt;
     cf_optim_init(&opt, t->optimizer, &m.params);
     cf_ctx ctx;
@@ -40,18 +108,36 @@ double cf_bench_train_step(const cf_config *c, int steps) {
     cf_grad_sync *sync = ranks > 1 ? cf_grad_sync_new(&m.params, cf_grad_sync_default_bytes()) : NULL;
     float seed = 1.0f / (float)ranks;                  /* the sum over ranks is the global mean's gradient */
     double *ms = cf_xmalloc(sizeof(double) * (size_t)steps), wait_ms = 0;
+    cf_prof *prof = profile ? cf_xcalloc(1, sizeof *prof) : NULL;
+    double step_s = 0, opt_s = 0, data_s = 0;
     for (int s = -2; s < steps; s++) {                 /* two warm-up steps */
+        if (prof && s >= 0) {
+            double d0 = now_s();
+            data.kind->synthetic(&data, &batch);
+            data_s += now_s() - d0;
+            ctx.prof = prof;
+        }
         double t0 = now_s();
         cf_ctx_begin(&ctx, (uint64_t)(s + 2));
         cf_params_zero_grad(&m.params);
         if (sync) cf_grad_sync_arm(sync, &ctx);
+        if (ctx.prof) cf_prof_start(prof);
         cf_tensor *loss = cf_model_batch_loss(&m, &ctx, &batch);
         cf_backward(&ctx, loss, sync ? &seed : NULL);
         double w = sync ? cf_grad_sync_finish(sync, &ctx) : 0;
+        double o0 = now_s();
         cf_clip_grad_norm(&m.params, t->grad_clip);
         cf_optim_step(&opt, &m.params, t->lr, t);
-        if (s >= 0) { ms[s] = (now_s() - t0) * 1e3; wait_ms += w * 1e3; }
+        double t1 = now_s();
+        if (s >= 0) {
+            ms[s] = (t1 - t0) * 1e3;
+            wait_ms += w * 1e3;
+            step_s += t1 - t0;
+            opt_s += t1 - o0;
+        }
     }
+    ctx.prof = NULL;
+    if (prof) cf_prof_flush(prof);
     qsort(ms, (size_t)steps, sizeof(double), cmp_d);
     /* the tokens of the whole job (both sides of a pair), as the trainer's tokens_per_s */
     double med = ms[steps / 2], tps = (double)batch.tokens / (med / 1e3);
@@ -69,7 +155,10 @@ double cf_bench_train_step(const cf_config *c, int steps) {
                    "buckets=%d\n", c->name, ranks, cf_num_threads(), B * ranks, T, med, tps, wait_ms / steps,
                    sync ? cf_grad_sync_buckets(sync) : 0);
         fflush(stdout);
+        /* after the figures above: evaluation's arena and RSS are not the training step's */
+        if (prof) prof_print(c, prof, steps, B * ranks, T, step_s, opt_s, data_s, eval_forward_ms(&m, &ctx, &batch));
     }
+    free(prof);
     cf_grad_sync_free(sync);
     free(ms);
     cf_dataset_close(&data);

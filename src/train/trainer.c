@@ -243,6 +243,7 @@ static int run_prepare(run *r, const cf_config *c, const cf_train_opts *o, int l
     if (r->data.kind->open(&r->data)) return -1;
     if (cf_model_init(&r->model, &c->model, c->train.seed)) return -1;
     cf_model_set_checkpointing(&r->model, c->train.grad_checkpoint);
+    cf_model_set_recompute(&r->model, c->train.recompute);
     cf_optim_init(&r->opt, c->train.optimizer, &r->model.params);
     if (r->resume_path[0]) {
         if (resume_load(r, c, last)) return -1;
