@@ -3,7 +3,8 @@
  *   - the output and every gradient bitwise those of cf_linear then cf_gelu, over shapes that take
  *     each path of the GEMM (a single row: gemv; k over one block, over two, and over two B
  *     super-blocks; columns over several tasks), at the thread count of the run;
- *   - cf_gemm_epi: every element of C visited exactly once, after its final value. */
+ *   - cf_gemm_epi: every element of C visited exactly once, after its final value;
+ *   - the same two in bf16 (ctx->bf16, cf_gemm_bf16_epi), with the kernel this machine picks. */
 #include "gradcheck.h"
 #include "cformer/kernels.h"
 
@@ -26,10 +27,13 @@ static void test_gradcheck(void) {
 
 typedef struct run { float *y, *gx, *gw, *gb; } run;
 
+static int bf16;   /* the precision of the runs below */
+
 static run forward_backward(int rows, int in, int out, int bias, int fused, const float *x, const float *w,
                             const float *b, const float *R) {
     cf_ctx ctx;
     CF_ASSERT(cf_ctx_init(&ctx, (size_t)1 << 28, 64) == 0, "%s", cf_error_msg());
+    ctx.bf16 = bf16;
     cf_ctx_begin(&ctx, 0);
     cf_tensor *tx = cf_tensor_leaf(&ctx, (float *)x, 2, (int[]){rows, in}, 1);
     cf_tensor *tw = cf_tensor_leaf(&ctx, (float *)w, 2, (int[]){out, in}, 1);
@@ -56,11 +60,11 @@ static void test_bitwise(int rows, int in, int out, int bias) {
     t_fill_uniform(R, (int64_t)rows * out, -1, 1, 13);
     run f = forward_backward(rows, in, out, bias, 1, x, w, b, R), u = forward_backward(rows, in, out, bias, 0, x, w, b, R);
     size_t ny = (size_t)rows * out, nx = (size_t)rows * in, nw = (size_t)out * in;
-    CHECK(!memcmp(f.y, u.y, ny * sizeof(float)), "%d x %d -> %d bias=%d: output differs from linear then gelu", rows,
-          in, out, bias);
+    CHECK(!memcmp(f.y, u.y, ny * sizeof(float)), "%d x %d -> %d bias=%d bf16=%d: output differs from linear then gelu",
+          rows, in, out, bias, bf16);
     CHECK(!memcmp(f.gx, u.gx, nx * sizeof(float)) && !memcmp(f.gw, u.gw, nw * sizeof(float)) &&
           (!bias || !memcmp(f.gb, u.gb, (size_t)out * sizeof(float))),
-          "%d x %d -> %d bias=%d: gradients differ from linear then gelu", rows, in, out, bias);
+          "%d x %d -> %d bias=%d bf16=%d: gradients differ from linear then gelu", rows, in, out, bias, bf16);
     free(f.y); free(f.gx); free(f.gw); free(f.gb);
     free(u.y); free(u.gx); free(u.gw); free(u.gb);
     free(x); free(w); free(b); free(R);
@@ -84,24 +88,26 @@ static void test_epilogue(int m, int n, int k) {
     float *c = malloc(sizeof(float) * (size_t)m * n), *want = malloc(sizeof(float) * (size_t)m * n);
     t_fill_uniform(a, (int64_t)m * k, -1, 1, 20);
     t_fill_uniform(b, (int64_t)k * n, -1, 1, 21);
-    cf_gemm(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, want, n);
+    (bf16 ? cf_gemm_bf16 : cf_gemm)(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, want, n);
     visit v = {calloc((size_t)m * n, sizeof(int)), c, want, n, 0};
     cf_gemm_epilogue epi = {count_block, &v};
-    cf_gemm_epi(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n, &epi);
+    (bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n, &epi);
     int once = 1;
     for (size_t e = 0; e < (size_t)m * n; e++) once &= v.count[e] == 1;
     CHECK(once && !v.early && !memcmp(c, want, sizeof(float) * (size_t)m * n),
-          "cf_gemm_epi %d x %d x %d: every element once (%d), after its final value (%d), C as cf_gemm", m, n, k,
-          once, !v.early);
+          "%s %d x %d x %d: every element once (%d), after its final value (%d), C as without it",
+          bf16 ? "cf_gemm_bf16_epi" : "cf_gemm_epi", m, n, k, once, !v.early);
     free(v.count); free(a); free(b); free(c); free(want);
 }
 
 int main(void) {
     test_gradcheck();
     int shapes[][3] = {{1, 64, 96}, {37, 256, 1024}, {64, 512, 200}, {9, 4000, 130}, {300, 40, 2000}};
-    for (int s = 0; s < 5; s++)
-        for (int bias = 0; bias <= 1; bias++) test_bitwise(shapes[s][0], shapes[s][1], shapes[s][2], bias);
-    for (int s = 0; s < 5; s++) test_epilogue(shapes[s][0], shapes[s][2], shapes[s][1]);
-    test_epilogue(50, 1, 70);
+    for (bf16 = 0; bf16 <= 1; bf16++) {
+        for (int s = 0; s < 5; s++)
+            for (int bias = 0; bias <= 1; bias++) test_bitwise(shapes[s][0], shapes[s][1], shapes[s][2], bias);
+        for (int s = 0; s < 5; s++) test_epilogue(shapes[s][0], shapes[s][2], shapes[s][1]);
+        test_epilogue(50, 1, 70);
+    }
     TEST_MAIN_END();
 }

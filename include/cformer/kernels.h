@@ -49,6 +49,9 @@ const char *cf_gemm_isa(void);
  * bound of cf_gemm_bf16_ref, and only portable and avx512bf16 agree bitwise. */
 void cf_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
                   const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* cf_gemm_bf16 with an epilogue, on the terms of cf_gemm_epi */
+void cf_gemm_bf16_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                      const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_epilogue *epi);
 /* The reference the tests trust: op(A) and op(B) rounded as cf_gemm_bf16 rounds them, then
  * cf_gemm_ref (products summed in double). */
 void cf_gemm_bf16_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
@@ -58,8 +61,8 @@ void cf_gemm_bf16_ref(int trans_a, int trans_b, int m, int n, int k, float alpha
  * ties to even, overflow to infinity, NaN stays NaN, and subnormal x gives a zero of its sign (the
  * bf16 instructions read subnormals as zero; rounding a normal x never makes one). */
 float cf_bf16_round(float x);
-/* the kernel the fused softmax attention runs with bf16 operands: "avx512bf16", "portable", or
- * "fp32" where it stays fp32 (beside cf_gemm_bf16's AMX tiles; src/kernels/attn_bf16.h says why) */
+/* the kernel the fused softmax attention runs with bf16 operands, the one cf_gemm_bf16 runs:
+ * "amx", "avx512bf16" or "portable" */
 const char *cf_attn_bf16_kernel_name(void);
 /* the kernel cf_gemm_bf16 runs: "amx", "avx512bf16" or "portable" */
 const char *cf_gemm_bf16_kernel(void);

@@ -166,6 +166,7 @@ typedef struct {
     const float *a, *b;
     float *c;
     uint16_t *bpack;                /* the calling thread's B span */
+    const cf_gemm_epilogue *epi;    /* NULL, or run on each task's block once it is final */
 } job;
 
 /* first k of block q (k itself for q == n_kc) */
@@ -230,6 +231,8 @@ static void run_task(const job *g, const span *s, int t, uint16_t *abuf) {
                               imin(kr->nr, jend - jr));
             }
     }
+    /* the task's block is final once the span that ends k has been summed into it */
+    if (g->epi && s->q1 == g->n_kc) g->epi->fn(g->epi->arg, i0, s->j0 + jt, rows, jend - jt);
 }
 
 /* One thread's part of the call; with a team of one, no OpenMP construct at all (even a
@@ -266,13 +269,18 @@ static void work(const job *g, int team) {
 
 void cf_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
                   const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    cf_gemm_bf16_epi(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL);
+}
+
+void cf_gemm_bf16_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+                      const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_epilogue *epi) {
     CF_ASSERT(m >= 0 && n >= 0 && k >= 0 && lda >= (trans_a ? m : k) &&
               ldb >= (trans_b ? k : n) && ldc >= n,
               "cf_gemm_bf16: negative size or leading dimension too small (m=%d n=%d k=%d, lda=%d "
               "ldb=%d ldc=%d, trans_a=%d trans_b=%d)", m, n, k, lda, ldb, ldc, trans_a, trans_b);
     /* nothing to multiply (C = beta C, A and B unread; or an empty C): cf_gemm's own path */
     if (m == 0 || n == 0 || k == 0 || alpha == 0.0f) {
-        cf_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        cf_gemm_epi(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi);
         return;
     }
     const cf_bf16_kernel *kr = kernel();
@@ -280,7 +288,7 @@ void cf_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
               "cf_gemm_bf16: kernel %s does not fit the driver's buffers", kr->name);
     job g = {.kr = kr, .ta = trans_a, .tb = trans_b, .m = m, .n = n, .k = k, .lda = lda,
              .ldb = ldb, .ldc = ldc, .n_kc = (k + kr->kc - 1) / kr->kc, .alpha = alpha,
-             .beta = beta, .a = a, .b = b, .c = c, .bpack = buffer() + A_ELEMS};
+             .beta = beta, .a = a, .b = b, .c = c, .bpack = buffer() + A_ELEMS, .epi = epi};
     /* a team when the work pays for the fork and OpenMP may open another level here */
     int team = (double)m * n * k < PAR_MIN_WORK ||
                omp_get_active_level() >= omp_get_max_active_levels() ? 1 : omp_get_max_threads();

@@ -42,14 +42,9 @@ cf_tensor *cf_linear_gelu(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b)
         for (int64_t r = 0; r < rows; r++) memcpy(h->data + r * out, b->data, (size_t)out * sizeof(float));
     }
     gelu_job job = {h->data, y->data, out};
-    if (ctx->bf16) {   /* the bf16 GEMM has no epilogue: GELU in a second pass */
-        cf_gemm_bf16(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in, b ? 1.0f : 0.0f, h->data, out);
-        #pragma omp parallel for schedule(static) if (h->numel > 32768)
-        for (int64_t r = 0; r < rows; r++) gelu_block(&job, (int)r, 0, 1, out);
-    } else {
-        cf_gemm_epilogue epi = {gelu_block, &job};
-        cf_gemm_epi(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in, b ? 1.0f : 0.0f, h->data, out, &epi);
-    }
+    cf_gemm_epilogue epi = {gelu_block, &job};
+    (ctx->bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in,
+                                                 b ? 1.0f : 0.0f, h->data, out, &epi);
     cf_node *n = cf_record(ctx, CF_OP_LINEAR_GELU, y, b ? 3 : 2, (cf_tensor *[]){x, w, b});
     if (n) n->ptr = h;
     return y;
