@@ -343,14 +343,15 @@ static void test_padding(const char *what, const char *const *sets, int n_sets) 
 }
 
 /* ---- gradient checkpointing ------------------------------------------------------------------------- */
-typedef struct grads { float loss; float *g; int64_t n; size_t peak; } grads;
+typedef struct grads { float loss; float *g; int64_t n; size_t peak; int64_t counts[3]; } grads;
 
-static grads ckpt_run(const char *const *sets, int n_sets, int k) {
+static grads ckpt_run(const char *const *sets, int n_sets, int k, int full) {
     cf_config c;
     config(&c, sets, n_sets);
     cf_model m;
     CF_ASSERT(cf_model_init(&m, &c.model, 3) == 0, "%s", cf_error_msg());
     cf_model_set_checkpointing(&m, k);
+    cf_model_set_recompute(&m, full ? CF_RECOMPUTE_FULL : CF_RECOMPUTE_SELECTIVE);
     cf_pairs p;
     cf_s2s_batch b;
     fixed_batch(&p, &b, c.train.seq_len);
@@ -362,8 +363,9 @@ static grads ckpt_run(const char *const *sets, int n_sets, int k) {
     cf_params_zero_grad(&m.params);
     cf_tensor *loss = cf_encdec_loss(&m, &ctx, &b, 0.1f, NULL);
     cf_backward(&ctx, loss, NULL);
-    grads r = {loss->data[0], malloc(sizeof(float) * m.params.numel), m.params.numel, ctx.arena.peak};
+    grads r = {loss->data[0], malloc(sizeof(float) * m.params.numel), m.params.numel, ctx.arena.peak, {0}};
     memcpy(r.g, m.params.grads, sizeof(float) * m.params.numel);
+    cf_rc_counts(&ctx, r.counts);
     cf_ctx_free(&ctx);
     cf_s2s_batch_free(&b);
     cf_pairs_free(&p);
@@ -371,17 +373,27 @@ static grads ckpt_run(const char *const *sets, int n_sets, int k) {
     return r;
 }
 
+/* full and selective recompute (the latter keeps attention outputs and residual sums and skips
+ * output projections: some of each must happen) give the gradients of no checkpointing */
 static void test_checkpointing(const char *what, const char *const *sets, int n_sets) {
-    grads base = ckpt_run(sets, n_sets, 0);
-    for (int k = 1; k <= 3; k++) {
-        grads r = ckpt_run(sets, n_sets, k);
-        CHECK(r.loss == base.loss, "%s k=%d: loss %.9g vs %.9g", what, k, r.loss, base.loss);
-        CHECK(!memcmp(r.g, base.g, sizeof(float) * base.n), "%s k=%d: gradients differ", what, k);
-        if (k == 1) CHECK(r.peak < base.peak, "%s: arena peak %zu with checkpointing, %zu without", what, r.peak, base.peak);
-        printf("checkpointing %s k=%d: bitwise equal gradients, arena peak %.2f MB vs %.2f MB\n", what, k,
-               r.peak / 1048576.0, base.peak / 1048576.0);
-        free(r.g);
-    }
+    grads base = ckpt_run(sets, n_sets, 0, 0);
+    for (int full = 0; full <= 1; full++)
+        for (int k = 1; k <= 3; k++) {
+            const char *mode = full ? "full" : "selective";
+            grads r = ckpt_run(sets, n_sets, k, full);
+            CHECK(r.loss == base.loss, "%s %s k=%d: loss %.9g vs %.9g", what, mode, k, r.loss, base.loss);
+            CHECK(!memcmp(r.g, base.g, sizeof(float) * base.n), "%s %s k=%d: gradients differ", what, mode, k);
+            if (k == 1) CHECK(r.peak < base.peak, "%s %s: arena peak %zu with checkpointing, %zu without", what, mode,
+                              r.peak, base.peak);
+            CHECK(full ? r.counts[CF_RC_KEPT] + r.counts[CF_RC_SKIPPED] == 0
+                       : r.counts[CF_RC_KEPT] > 0 && r.counts[CF_RC_SKIPPED] > 0,
+                  "%s %s k=%d: the replay kept %lld ops and skipped %lld", what, mode, k,
+                  (long long)r.counts[CF_RC_KEPT], (long long)r.counts[CF_RC_SKIPPED]);
+            printf("checkpointing %s %s k=%d: bitwise equal gradients, arena peak %.2f MB vs %.2f MB, kept %lld, "
+                   "skipped %lld\n", what, mode, k, r.peak / 1048576.0, base.peak / 1048576.0,
+                   (long long)r.counts[CF_RC_KEPT], (long long)r.counts[CF_RC_SKIPPED]);
+            free(r.g);
+        }
     free(base.g);
 }
 

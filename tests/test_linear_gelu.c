@@ -3,8 +3,9 @@
  *   - the output and every gradient bitwise those of cf_linear then cf_gelu, over shapes that take
  *     each path of the GEMM (a single row: gemv; k over one block, over two, and over two B
  *     super-blocks; columns over several tasks), at the thread count of the run;
- *   - cf_gemm_epi: every element of C visited exactly once, after its final value;
- *   - the same two in bf16 (ctx->bf16, cf_gemm_bf16_epi), with the kernel this machine picks. */
+ *   - cf_gemm_epi: each hook visits every element of C exactly once, before: first, after: on its
+ *     final value; C as cf_gemm on what before wrote;
+ *   - the same in bf16 (ctx->bf16, cf_gemm_bf16_epi), with the kernel this machine picks. */
 #include "gradcheck.h"
 #include "cformer/kernels.h"
 
@@ -70,34 +71,49 @@ static void test_bitwise(int rows, int in, int out, int bias) {
     free(x); free(w); free(b); free(R);
 }
 
-/* the epilogue of cf_gemm_epi: counts the visits of each element and checks C is final then */
-typedef struct visit { int *count; const float *c, *want; int ldc, early; } visit;
+/* the hooks of cf_gemm_epi: before fills C with a pattern (counting its visits), after counts its
+ * visits and checks that C is final then; C must be cf_gemm's on the pattern with beta 1 */
+typedef struct visit { int *before, *after; float *c; const float *want, *fill; int ldc, early; } visit;
+
+static void fill_block(void *arg, int i0, int j0, int rows, int cols) {
+    visit *v = arg;
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) {
+            size_t e = (size_t)(i0 + r) * v->ldc + j0 + j;
+            __atomic_fetch_add(&v->before[e], 1, __ATOMIC_RELAXED);
+            v->c[e] = v->fill[e];
+        }
+}
 
 static void count_block(void *arg, int i0, int j0, int rows, int cols) {
     visit *v = arg;
     for (int r = 0; r < rows; r++)
         for (int j = 0; j < cols; j++) {
             size_t e = (size_t)(i0 + r) * v->ldc + j0 + j;
-            __atomic_fetch_add(&v->count[e], 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&v->after[e], 1, __ATOMIC_RELAXED);
             if (v->c[e] != v->want[e]) __atomic_store_n(&v->early, 1, __ATOMIC_RELAXED);
         }
 }
 
-static void test_epilogue(int m, int n, int k) {
+static void test_hooks(int m, int n, int k) {
+    size_t mn = (size_t)m * n;
     float *a = malloc(sizeof(float) * (size_t)m * k), *b = malloc(sizeof(float) * (size_t)k * n);
-    float *c = malloc(sizeof(float) * (size_t)m * n), *want = malloc(sizeof(float) * (size_t)m * n);
+    float *c = malloc(sizeof(float) * mn), *want = malloc(sizeof(float) * mn), *fill = malloc(sizeof(float) * mn);
     t_fill_uniform(a, (int64_t)m * k, -1, 1, 20);
     t_fill_uniform(b, (int64_t)k * n, -1, 1, 21);
-    (bf16 ? cf_gemm_bf16 : cf_gemm)(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, want, n);
-    visit v = {calloc((size_t)m * n, sizeof(int)), c, want, n, 0};
-    cf_gemm_epilogue epi = {count_block, &v};
-    (bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, c, n, &epi);
+    t_fill_uniform(fill, (int64_t)mn, -1, 1, 22);
+    memcpy(want, fill, sizeof(float) * mn);
+    (bf16 ? cf_gemm_bf16 : cf_gemm)(0, 0, m, n, k, 1.0f, a, k, b, n, 1.0f, want, n);
+    visit v = {calloc(mn, sizeof(int)), calloc(mn, sizeof(int)), c, want, fill, n, 0};
+    for (size_t e = 0; e < mn; e++) c[e] = NAN;   /* what before does not write shows */
+    cf_gemm_hooks hooks = {fill_block, count_block, &v};
+    (bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 0, m, n, k, 1.0f, a, k, b, n, 1.0f, c, n, &hooks);
     int once = 1;
-    for (size_t e = 0; e < (size_t)m * n; e++) once &= v.count[e] == 1;
-    CHECK(once && !v.early && !memcmp(c, want, sizeof(float) * (size_t)m * n),
-          "%s %d x %d x %d: every element once (%d), after its final value (%d), C as without it",
+    for (size_t e = 0; e < mn; e++) once &= v.before[e] == 1 && v.after[e] == 1;
+    CHECK(once && !v.early && !memcmp(c, want, sizeof(float) * mn),
+          "%s %d x %d x %d: each hook once on every element (%d), after on final values (%d), C as without hooks",
           bf16 ? "cf_gemm_bf16_epi" : "cf_gemm_epi", m, n, k, once, !v.early);
-    free(v.count); free(a); free(b); free(c); free(want);
+    free(v.before); free(v.after); free(a); free(b); free(c); free(want); free(fill);
 }
 
 int main(void) {
@@ -106,8 +122,9 @@ int main(void) {
     for (bf16 = 0; bf16 <= 1; bf16++) {
         for (int s = 0; s < 5; s++)
             for (int bias = 0; bias <= 1; bias++) test_bitwise(shapes[s][0], shapes[s][1], shapes[s][2], bias);
-        for (int s = 0; s < 5; s++) test_epilogue(shapes[s][0], shapes[s][2], shapes[s][1]);
-        test_epilogue(50, 1, 70);
+        for (int s = 0; s < 5; s++) test_hooks(shapes[s][0], shapes[s][2], shapes[s][1]);
+        test_hooks(50, 1, 70);
+        test_hooks(3, 9, 0);
     }
     TEST_MAIN_END();
 }

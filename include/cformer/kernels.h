@@ -18,16 +18,19 @@
  * alpha == 0 or k == 0 follow BLAS: C = beta C without reading A or B. */
 void cf_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
              const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
-/* cf_gemm with an epilogue: fn(arg, i0, j0, rows, cols) runs on every block of C once its final
- * value is written, on the thread that wrote it and while the block is still in its cache; the
- * blocks cover C exactly once and never overlap. C's values are those of cf_gemm. (A fused op's
- * elementwise work that would otherwise be another pass over C, such as linear + GELU.) */
-typedef struct cf_gemm_epilogue {
-    void (*fn)(void *arg, int i0, int j0, int rows, int cols);
+/* cf_gemm with hooks on blocks of C, each run by the thread that owns the block, while the block
+ * is in its cache; the blocks of each hook cover C exactly once and never overlap. before(arg, i0,
+ * j0, rows, cols), if set, writes a block of C before anything reads it (then beta scales what it
+ * wrote: a bias, with beta 1); after, if set, runs on a block once its final value is written.
+ * C's values are those of cf_gemm on a C that before had filled. They spare a fused op the passes
+ * over C that filling it and an elementwise function of it would take (linear's bias, GELU). */
+typedef struct cf_gemm_hooks {
+    void (*before)(void *arg, int i0, int j0, int rows, int cols);
+    void (*after)(void *arg, int i0, int j0, int rows, int cols);
     void *arg;
-} cf_gemm_epilogue;
+} cf_gemm_hooks;
 void cf_gemm_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                 const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_epilogue *epi);
+                 const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_hooks *hooks);
 /* Same contract, a plain triple loop (double accumulation): the reference for tests. */
 void cf_gemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
@@ -49,9 +52,9 @@ const char *cf_gemm_isa(void);
  * bound of cf_gemm_bf16_ref, and only portable and avx512bf16 agree bitwise. */
 void cf_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
                   const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
-/* cf_gemm_bf16 with an epilogue, on the terms of cf_gemm_epi */
+/* cf_gemm_bf16 with hooks, on the terms of cf_gemm_epi */
 void cf_gemm_bf16_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                      const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_epilogue *epi);
+                      const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_hooks *hooks);
 /* The reference the tests trust: op(A) and op(B) rounded as cf_gemm_bf16 rounds them, then
  * cf_gemm_ref (products summed in double). */
 void cf_gemm_bf16_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,

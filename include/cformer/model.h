@@ -90,7 +90,8 @@ cf_tensor *cf_model_batch_loss(cf_model *m, cf_ctx *ctx, const cf_batch *b);
  * model fresh from a checkpoint saved after training batch `step` under `seed` is told so here. */
 void cf_model_set_step(cf_model *m, uint64_t seed, uint64_t step);
 void cf_model_set_checkpointing(cf_model *m, int k);
-/* train.recompute: what a checkpointed region of the decoder keeps (core.h: cf_checkpoint_selective) */
+/* train.recompute: what a checkpointed region keeps (core.h: cf_checkpoint_selective); the regions
+ * of a model with xl or infini layers recompute in full whatever it says */
 void cf_model_set_recompute(cf_model *m, cf_recompute_kind kind);
 /* Forget the recurrent state (*m->state): the next call starts every stream afresh. A no-op for
  * models without xl or infini layers. */

@@ -220,7 +220,8 @@ typedef struct {
     const float *a, *b;
     float *c;
     float *bpack;                  /* the calling thread's B super-block buffer */
-    const cf_gemm_epilogue *epi;   /* NULL, or run on each task's block after its last k block */
+    const cf_gemm_hooks *hooks;    /* NULL, or run on each task's block: before its first k block of
+                                    * the first B super-block, after its last of the last */
     /* per pack unit of the current super-block: UNPACKED, PACKING (claimed) or READY */
     atomic_int unit[MAX_UNITS];
 } gemm_job;
@@ -305,6 +306,7 @@ static void need_unit(gemm_job *g, const sblock *s, int u) {
 static void run_task(gemm_job *g, const sblock *s, int t, float *abuf) {
     int i0 = (t / s->n_ct) * s->rc, j0 = (t % s->n_ct) * s->cc;
     int rows = imin(s->rc, g->m - i0), cols = imin(s->cc, s->nb - j0);
+    if (g->hooks && g->hooks->before && s->kb == 0) g->hooks->before(g->hooks->arg, i0, s->jb + j0, rows, cols);
     for (int q = 0; q < s->n_kc; q++) {
         int p0 = kstart(s, q), kc = kstart(s, q + 1) - p0, pc = s->kb + p0;
         float beta_k = pc == 0 ? g->beta : 1.0f;   /* beta once, then accumulate */
@@ -324,7 +326,7 @@ static void run_task(gemm_job *g, const sblock *s, int t, float *abuf) {
             }
         }
     }
-    if (g->epi && s->kb + s->kbn == g->k) g->epi->fn(g->epi->arg, i0, s->jb + j0, rows, cols);
+    if (g->hooks && g->hooks->after && s->kb + s->kbn == g->k) g->hooks->after(g->hooks->arg, i0, s->jb + j0, rows, cols);
 }
 
 static void reset_units(gemm_job *g) {
@@ -460,19 +462,22 @@ void cf_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
 }
 
 void cf_gemm_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                 const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_epilogue *epi) {
+                 const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_hooks *hooks) {
     CF_ASSERT(m >= 0 && n >= 0 && k >= 0, "cf_gemm: negative size m=%d n=%d k=%d", m, n, k);
     CF_ASSERT(lda >= (trans_a ? m : k) && ldb >= (trans_b ? k : n) && ldc >= n,
               "cf_gemm: leading dimension too small (lda=%d ldb=%d ldc=%d for m=%d n=%d k=%d)",
               lda, ldb, ldc, m, n, k);
     if (m == 0 || n == 0) return;
+    /* the paths below that do not go through tasks fill all of C first */
+    int whole = k == 0 || alpha == 0.0f || n == 1 || m == 1;
+    if (whole && hooks && hooks->before) hooks->before(hooks->arg, 0, 0, m, n);
     if (k == 0 || alpha == 0.0f) {     /* as BLAS: C = beta C, A and B unread */
         for (int i = 0; i < m; i++) {
             float *cr = c + (size_t)i * ldc;
             if (beta == 0.0f) memset(cr, 0, (size_t)n * sizeof(float));
             else if (beta != 1.0f) for (int j = 0; j < n; j++) cr[j] *= beta;
         }
-        if (epi) epi->fn(epi->arg, 0, 0, m, n);
+        if (hooks && hooks->after) hooks->after(hooks->arg, 0, 0, m, n);
         return;
     }
     if (n == 1) {          /* C[:, 0] = op(A) op(B)[:, 0] */
@@ -480,7 +485,7 @@ void cf_gemm_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, con
                       .incx = trans_b ? 1 : ldb, .ys = ldc, .mat = a, .x = b, .y = c,
                       .alpha = alpha, .beta = beta};
         gemv(&v);
-        if (epi) epi->fn(epi->arg, 0, 0, m, n);
+        if (hooks && hooks->after) hooks->after(hooks->arg, 0, 0, m, n);
         return;
     }
     if (m == 1) {          /* C[0, :] = op(A)[0, :] op(B): op(B)'s columns against one row */
@@ -488,13 +493,13 @@ void cf_gemm_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, con
                       .incx = trans_a ? lda : 1, .ys = 1, .mat = b, .x = a, .y = c,
                       .alpha = alpha, .beta = beta};
         gemv(&v);
-        if (epi) epi->fn(epi->arg, 0, 0, m, n);
+        if (hooks && hooks->after) hooks->after(hooks->arg, 0, 0, m, n);
         return;
     }
     /* static initialisation leaves every unit UNPACKED (0) */
     gemm_job g = {.ta = trans_a, .tb = trans_b, .m = m, .n = n, .k = k, .lda = lda, .ldb = ldb,
                   .ldc = ldc, .alpha = alpha, .beta = beta, .a = a, .b = b, .c = c,
-                  .bpack = pack_buffer() + A_FLOATS, .epi = epi};
+                  .bpack = pack_buffer() + A_FLOATS, .hooks = hooks};
     int nt = threads_for((double)m * n * k);
     if (nt == 1) {
         gemm_team(&g, 1);

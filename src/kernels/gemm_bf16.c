@@ -166,7 +166,7 @@ typedef struct {
     const float *a, *b;
     float *c;
     uint16_t *bpack;                /* the calling thread's B span */
-    const cf_gemm_epilogue *epi;    /* NULL, or run on each task's block once it is final */
+    const cf_gemm_hooks *hooks;      /* NULL, or run on each task's block (cf_gemm_epi) */
 } job;
 
 /* first k of block q (k itself for q == n_kc) */
@@ -216,6 +216,8 @@ static void run_task(const job *g, const span *s, int t, uint16_t *abuf) {
     const cf_bf16_kernel *kr = g->kr;
     int i0 = t / s->col_tasks * s->rows, jt = t % s->col_tasks * s->cols;
     int rows = imin(s->rows, g->m - i0), jend = imin(jt + s->cols, s->nb);
+    /* the span that starts k meets the task's block first */
+    if (g->hooks && g->hooks->before && s->q0 == 0) g->hooks->before(g->hooks->arg, i0, s->j0 + jt, rows, jend - jt);
     for (int q = s->q0; q < s->q1; q++) {
         int kb = kbegin(g, q), kl = kbegin(g, q + 1) - kb, kcp = round_up(kl, kr->kstep);
         const float *a = g->ta ? g->a + (size_t)kb * g->lda + i0 : g->a + (size_t)i0 * g->lda + kb;
@@ -232,7 +234,7 @@ static void run_task(const job *g, const span *s, int t, uint16_t *abuf) {
             }
     }
     /* the task's block is final once the span that ends k has been summed into it */
-    if (g->epi && s->q1 == g->n_kc) g->epi->fn(g->epi->arg, i0, s->j0 + jt, rows, jend - jt);
+    if (g->hooks && g->hooks->after && s->q1 == g->n_kc) g->hooks->after(g->hooks->arg, i0, s->j0 + jt, rows, jend - jt);
 }
 
 /* One thread's part of the call; with a team of one, no OpenMP construct at all (even a
@@ -273,14 +275,14 @@ void cf_gemm_bf16(int trans_a, int trans_b, int m, int n, int k, float alpha,
 }
 
 void cf_gemm_bf16_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
-                      const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_epilogue *epi) {
+                      const float *b, int ldb, float beta, float *c, int ldc, const cf_gemm_hooks *hooks) {
     CF_ASSERT(m >= 0 && n >= 0 && k >= 0 && lda >= (trans_a ? m : k) &&
               ldb >= (trans_b ? k : n) && ldc >= n,
               "cf_gemm_bf16: negative size or leading dimension too small (m=%d n=%d k=%d, lda=%d "
               "ldb=%d ldc=%d, trans_a=%d trans_b=%d)", m, n, k, lda, ldb, ldc, trans_a, trans_b);
     /* nothing to multiply (C = beta C, A and B unread; or an empty C): cf_gemm's own path */
     if (m == 0 || n == 0 || k == 0 || alpha == 0.0f) {
-        cf_gemm_epi(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, epi);
+        cf_gemm_epi(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, hooks);
         return;
     }
     const cf_bf16_kernel *kr = kernel();
@@ -288,7 +290,7 @@ void cf_gemm_bf16_epi(int trans_a, int trans_b, int m, int n, int k, float alpha
               "cf_gemm_bf16: kernel %s does not fit the driver's buffers", kr->name);
     job g = {.kr = kr, .ta = trans_a, .tb = trans_b, .m = m, .n = n, .k = k, .lda = lda,
              .ldb = ldb, .ldc = ldc, .n_kc = (k + kr->kc - 1) / kr->kc, .alpha = alpha,
-             .beta = beta, .a = a, .b = b, .c = c, .bpack = buffer() + A_ELEMS, .epi = epi};
+             .beta = beta, .a = a, .b = b, .c = c, .bpack = buffer() + A_ELEMS, .hooks = hooks};
     /* a team when the work pays for the fork and OpenMP may open another level here */
     int team = (double)m * n * k < PAR_MIN_WORK ||
                omp_get_active_level() >= omp_get_max_active_levels() ? 1 : omp_get_max_threads();

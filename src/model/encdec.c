@@ -229,7 +229,7 @@ cf_tensor *cf_encdec_encode(cf_model *m, cf_ctx *ctx, const int32_t *src, const 
         for (int i = 0; i < ed->n_enc; i += k) {
             enc_region *r = cf_scratch(ctx, sizeof *r);
             *r = (enc_region){ed->enc + i, region_len(i, k, ed->n_enc), src_keep};
-            h = cf_checkpoint(ctx, run_enc_region, r, h);
+            h = (m->full_recompute ? cf_checkpoint : cf_checkpoint_selective)(ctx, run_enc_region, r, h);
         }
     } else {
         for (int i = 0; i < ed->n_enc; i++) h = enc_block(ctx, &ed->enc[i], h, src_keep);
@@ -252,7 +252,7 @@ cf_tensor *cf_encdec_decode(cf_model *m, cf_ctx *ctx, cf_tensor *mem, const uint
         for (int i = 0; i < ed->n_dec; i += k) {
             dec_region *r = cf_scratch(ctx, sizeof *r);
             *r = (dec_region){ed->dec + i, region_len(i, k, ed->n_dec), mem, src_keep};
-            h = cf_checkpoint(ctx, run_dec_region, r, h);
+            h = (m->full_recompute ? cf_checkpoint : cf_checkpoint_selective)(ctx, run_dec_region, r, h);
         }
     } else {
         for (int i = 0; i < ed->n_dec; i++) h = dec_block(ctx, &ed->dec[i], h, mem, src_keep);

@@ -1,6 +1,7 @@
-/* Linear + GELU fused: y = gelu(x W^T + b), the first half of a GELU feed-forward layer. The GELU
- * runs in the GEMM's epilogue (kernels.h: cf_gemm_epi) on each block of the product as soon as
- * it is final, while it is in cache, instead of in a second pass over the [rows, out] product.
+/* Linear + GELU fused: y = gelu(x W^T + b), the first half of a GELU feed-forward layer. Through
+ * the GEMM's hooks (kernels.h: cf_gemm_epi) each block of the product starts from the bias and
+ * gets its GELU as soon as it is final, while it is in cache, instead of in two more passes over
+ * the [rows, out] product (and their two parallel regions).
  * The product h (bias included) is kept for backward, as the gelu op keeps its input; both halves
  * compute exactly what cf_linear then cf_gelu compute, so the results are the same bits. */
 #include <limits.h>
@@ -10,7 +11,12 @@
 #include "backward.h"
 #include "gelu.h"
 
-typedef struct gelu_job { const float *h; float *y; int ld; } gelu_job;
+typedef struct gelu_job { float *h; float *y; const float *bias; int ld; } gelu_job;
+
+static void bias_block(void *arg, int i0, int j0, int rows, int cols) {
+    const gelu_job *g = arg;
+    for (int r = 0; r < rows; r++) memcpy(g->h + (size_t)(i0 + r) * g->ld + j0, g->bias + j0, (size_t)cols * sizeof(float));
+}
 
 static void gelu_block(void *arg, int i0, int j0, int rows, int cols) {
     const gelu_job *g = arg;
@@ -36,15 +42,11 @@ cf_tensor *cf_linear_gelu(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b)
     shape[x->ndim - 1] = out;
     cf_tensor *h = cf_tensor_new(ctx, x->ndim, shape);   /* x W^T + b, kept for backward */
     cf_tensor *y = cf_tensor_new(ctx, x->ndim, shape);
-    if (b) {
-        /* as cf_linear: every row starts from the bias and the GEMM adds x W^T onto it */
-        #pragma omp parallel for schedule(static) if (h->numel > 32768)
-        for (int64_t r = 0; r < rows; r++) memcpy(h->data + r * out, b->data, (size_t)out * sizeof(float));
-    }
-    gelu_job job = {h->data, y->data, out};
-    cf_gemm_epilogue epi = {gelu_block, &job};
+    /* as cf_linear: every row starts from the bias and the GEMM adds x W^T onto it */
+    gelu_job job = {h->data, y->data, b ? b->data : NULL, out};
+    cf_gemm_hooks hooks = {b ? bias_block : NULL, gelu_block, &job};
     (ctx->bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in,
-                                                 b ? 1.0f : 0.0f, h->data, out, &epi);
+                                                 b ? 1.0f : 0.0f, h->data, out, &hooks);
     cf_node *n = cf_record(ctx, CF_OP_LINEAR_GELU, y, b ? 3 : 2, (cf_tensor *[]){x, w, b});
     if (n) n->ptr = h;
     return y;

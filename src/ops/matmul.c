@@ -142,6 +142,13 @@ void cf_matmul_backward(cf_ctx *ctx, cf_node *n) {
 /* ---- linear -----------------------------------------------------------------------------------
  * y = x W^T + b. x [..., in] seen as [rows, in]; W [out, in]; b [out] or NULL; y [..., out]. */
 
+typedef struct bias_job { float *y; const float *bias; int ld; } bias_job;
+
+static void bias_block(void *arg, int i0, int j0, int rows, int cols) {
+    const bias_job *j = arg;
+    for (int r = 0; r < rows; r++) memcpy(j->y + (size_t)(i0 + r) * j->ld + j0, j->bias + j0, (size_t)cols * sizeof(float));
+}
+
 cf_tensor *cf_linear(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b) {
     int in = cf_cols(x);
     CF_ASSERT(w->ndim == 2 && w->shape[1] == in, "linear: x %s and W %s (want [out, %d])",
@@ -161,12 +168,12 @@ cf_tensor *cf_linear(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b) {
         cf_record(ctx, CF_OP_LINEAR, y, b ? 3 : 2, (cf_tensor *[]){x, w, b});
         return y;
     }
-    if (b) {
-        /* start every row from the bias and let the GEMM add x W^T onto it */
-        #pragma omp parallel for schedule(static) if (y->numel > 32768)
-        for (int64_t r = 0; r < rows; r++) memcpy(y->data + r * out, b->data, (size_t)out * sizeof(float));
-    }
-    gemm_of(ctx)(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in, b ? 1.0f : 0.0f, y->data, out);
+    /* every row starts from the bias and the GEMM adds x W^T onto it, block by block as the GEMM's
+     * tasks reach them: no pass and no parallel region of its own */
+    bias_job job = {y->data, b ? b->data : NULL, out};
+    cf_gemm_hooks hooks = {bias_block, NULL, &job};
+    (ctx->bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in,
+                                                 b ? 1.0f : 0.0f, y->data, out, b ? &hooks : NULL);
     cf_record(ctx, CF_OP_LINEAR, y, b ? 3 : 2, (cf_tensor *[]){x, w, b});
     return y;
 }

@@ -5,7 +5,8 @@
 # peak RSS is that case's alone.
 # Usage: tools/bench/grad_checkpoint.sh [BUILD_DIR] [LAYERS...]
 # Environment: BATCH (train.batch_size, 1), THREADS (--threads; default: OMP_NUM_THREADS or all),
-# STEPS (timed steps, 3).
+# STEPS (timed steps, 3), RECOMPUTE (train.recompute of the "blocks" runs: "full", as these lines
+# have always measured; tools/bench/recompute.sh compares "selective" with it).
 set -eu
 bin=${1:-build}/cformer
 shift || true
@@ -16,6 +17,7 @@ for L in $layers; do
     "$bin" bench configs/kdoc-small.json --steps "${STEPS:-3}" ${THREADS:+--threads "$THREADS"} \
       --set model.n_layers=$L --set model.max_seq_len=1024 --set train.seq_len=1024 \
       --set train.batch_size=$batch --set eval.ctx=1024 --set "train.grad_checkpoint=\"$mode\"" \
+      --set "train.recompute=\"${RECOMPUTE:-full}\"" \
       | sed -n "s/^BENCH train_step config=[^ ]* /BENCH grad_checkpoint layers=$L mode=$mode /p"
   done
 done
