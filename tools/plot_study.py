@@ -4,7 +4,8 @@
   tools/plot_study.py OUT_DIR
 
 Reads OUT_DIR/results.tsv (written by tools/study.sh) and OUT_DIR/runs/*/log.jsonl, and writes
-  OUT_DIR/loss_steps.png    training loss (bits per byte) against steps, one line per variant
+  OUT_DIR/loss_steps.png    training loss (bits per byte) against steps, one line per variant, with the
+                            validation points the runs logged
   OUT_DIR/loss_time.png     the same against wall time (the run's elapsed_s)
   OUT_DIR/bpb_context.png   validation bits per byte against the evaluation context
 Needs matplotlib (Debian: python3-matplotlib; run with /usr/bin/python3).
@@ -48,8 +49,9 @@ def read_results(path):
 
 
 def read_log(path):
-    """Training (step, elapsed_s, bpb), one per step: a step logged again after a resume keeps its last line."""
-    steps = {}
+    """Training and validation (step, elapsed_s, bpb), one per step: a step logged again after a resume
+    keeps its last line."""
+    steps, valid = {}, {}
     try:
         with open(path) as f:
             for n, line in enumerate(f, 1):
@@ -62,14 +64,23 @@ def read_log(path):
                     fail(f"{path}:{n}: not JSON")
                 if "loss" in r and "bpb" in r:
                     steps[r["step"]] = (r.get("elapsed_s", 0.0), r["bpb"])
+                elif r.get("split") == "valid" and "eval_bpb" in r:
+                    valid[r["step"]] = (r.get("elapsed_s", 0.0), r["eval_bpb"])
     except OSError as e:
         fail(f"{path}: {e.strerror}")
-    return [(s, t, b) for s, (t, b) in sorted(steps.items())]
+    return ([(s, t, b) for s, (t, b) in sorted(steps.items())],
+            [(s, t, b) for s, (t, b) in sorted(valid.items())])
 
 
-def style(i):
-    # ten variants: ten colours, and a second line style once they repeat
-    return {"color": plt.cm.tab10(i % 10), "linestyle": "-" if i < 10 else "--"}
+MARKERS = "os^vDPX*h<"
+
+
+def style(i, marker=False):
+    # ten colours, then a second line style; markers tell apart the points that coincide
+    s = {"color": plt.cm.tab10(i % 10), "linestyle": "-" if i < 10 else "--"}
+    if marker:
+        s["marker"] = MARKERS[i % len(MARKERS)]
+    return s
 
 
 def main():
@@ -91,11 +102,15 @@ def main():
             log = os.path.join(out, "runs", name, "log.jsonl")
             if not os.path.exists(log):
                 continue
-            pts = read_log(log)
+            pts, val = read_log(log)
             if pts:
                 ax.plot([p[0] if x == 0 else p[1] for p in pts], [p[2] for p in pts], label=name, lw=1, **style(i))
+            if val:
+                st = style(i, marker=True)
+                st["linestyle"] = ":"
+                ax.plot([p[0] if x == 0 else p[1] for p in val], [p[2] for p in val], ms=4, **st)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("training loss (bits per byte)")
+        ax.set_ylabel("bits per byte: training loss (lines), validation (dotted, markers)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax.set_title("training loss against " + ("steps" if x == 0 else "wall time"))
@@ -116,7 +131,7 @@ def main():
         ctxs.update(c for c, _ in pts)
         kind = res[name].get("valid", {}).get("attention", "")
         label = name + {"xl": " (memory C/2)", "infini": " (streamed, calls of C)"}.get(kind, "")
-        ax.plot([c for c, _ in pts], [b for _, b in pts], marker="o", ms=4, label=label, **style(i))
+        ax.plot([c for c, _ in pts], [b for _, b in pts], ms=5, label=label, **style(i, marker=True))
     ax.set_xscale("log", base=2)
     if ctxs:
         ax.set_xticks(sorted(ctxs))

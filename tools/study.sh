@@ -208,20 +208,20 @@ eval_one() {
     prog=$(ckpt_progress "$ckpt")
     [ -n "$prog" ] || fail "$name: cannot read $ckpt (cformer info)"
     set -- $prog
-    step=$2
     if [ "$2" != "$4" ]; then note "$name: not trained to the end yet ($prog), no evaluation"; return 0; fi
+    # the measurements' key: the step and the checkpoint's checksum (a run trained again differs)
+    step="$2 ckpt=$(cksum < "$ckpt" | cut -d' ' -f1)"
     mkdir -p "$dir"
-    note "$name: evaluating the checkpoint of step $step"
+    note "$name: evaluating the checkpoint of step ${step%% *}"
     local E=(env OMP_NUM_THREADS="$THREADS" "$CF" eval "$ckpt")
-    grep -q " step=$step\$" "$dir/params.txt" 2>/dev/null ||
-        "$CF" info "$ckpt" | awk '$1 == "step" { s = $2 } $1 == "tokens" { t = $3 } $1 == "total" { p = $2 }
-            END { printf "params=%s tokens=%s step=%s\n", p, t, s }' > "$dir/params.txt"
+    "$CF" info "$ckpt" | awk '$1 == "step" { s = $2 } $1 == "tokens" { t = $3 } $1 == "total" { p = $2 }
+        END { printf "params=%s tokens=%s step=%s\n", p, t, s }' > "$dir/params.txt"
     # the protocol of the run's config (eval.ctx, eval.stride; xl its training memory; xl and infini streamed)
     local split
     for split in valid test; do
         local data
         data=$(sed -n "s/^ *\"$split\": \"\(.*\)\",\{0,1\}\$/\1/p" "$run/config.json" | head -1)
-        [ -n "$data" ] || { echo "na no data.$split in the config" > "$dir/$split.bench"; continue; }
+        [ -n "$data" ] || { printf '# none\nna no data.%s in the config\n' "$split" > "$dir/$split.bench"; continue; }
         measure "$dir/$split.bench" "step=$step ${BYTES_OPT[*]} $data" "$log" -- "${E[@]}" --data "$data" "${BYTES_OPT[@]}"
     done
     # against the context, on the validation split: windows of C bytes every C/2 (each scored byte
