@@ -85,7 +85,16 @@ ok "sitting 3: no measurement repeated" '[ "$(cat "$S"/logs/*.eval.log "$S"/logs
 ok "sitting 3: the report lists the three sittings" '[ "$(grep -c "^- [0-9-]* [0-9:]* UTC: .*--steps 3" "$S/report.md")" = 3 ]'
 ok "--publish: report and results copied" 'cmp -s "$S/report.md" "$T/pub/report.md" && cmp -s "$S/results.tsv" "$T/pub/results.tsv"'
 
-# 5. bad usage: one line naming the thing, exit status 2
+# 5. a run that fails is reported and the study goes on with the others
+mkdir -p "$T/mixed"
+cp configs/study/full.json "$T/mixed/good.json"
+printf '{"model": {"d_modle": 32}}\n' > "$T/mixed/broken.json"
+study --only train,eval,report --steps 2 "${SMALL[@]}" "${TINY[@]}" "$T/mixed" "$T/m2"; rc=$?
+ok "a failing run: status 1, named (rc $rc)" '[ $rc -eq 1 ] && grep -q "^study: training failed for: broken " "$T/out.txt"'
+ok "a failing run: its error in the output" 'grep -q "broken: training failed with status 2: cformer: .*model.d_modle: unknown key" "$T/out.txt"'
+ok "a failing run: the others evaluated and reported" 'grep -qP "^good\tvalid\tbpb=" "$T/m2/results.tsv" && grep -q "^| good |" "$T/m2/report.md"'
+
+# 6. bad usage: one line naming the thing, exit status 2
 bad() {
     bash tools/study.sh "$@" > "$T/bad.txt" 2>&1; rc=$?
     ok "refused ($*): $(head -1 "$T/bad.txt")" '[ $rc -eq 2 ] && [ "$(wc -l < "$T/bad.txt")" = 1 ]'

@@ -6,12 +6,14 @@
 #
 # Every phase can be interrupted and rerun: training continues with --resume from the run's last
 # checkpoint and finished runs are skipped; each measurement is kept in OUT_DIR/results/ with the
-# command and checkpoint step that produced it, and is redone only when either changes. So the same
-# command, run again (on this machine or another that has OUT_DIR), finishes the study.
+# command and the checkpoint (step and checksum) that produced it, and is redone only when either
+# changes. So the same command, run again (on this machine or another that has OUT_DIR), finishes
+# the study.
 set -u
 usage() {
     cat <<'EOF'
 usage: tools/study.sh [options] CONFIG_DIR OUT_DIR
+Run it where the configs' data paths lead (the repository root for configs/study).
   --threads N       threads for training and evaluation (default: every core, nproc)
   --bench-threads N threads of the speed table (default 2)
   --steps N         train.steps of every run (default: each config's own)
@@ -107,8 +109,8 @@ name_of() { local b=${1##*/}; echo "${b%.json}"; }
 } >> "$OUT/invocations.txt"
 
 # ---- parameter counts ------------------------------------------------------------------------------
-# One step at 8 bytes into a throwaway run, its checkpoint read back by `cformer info`: the counts
-# of the models the configs build, before hours are spent training them.
+# One step at 8 bytes into a throwaway run, which announces its parameter count: the counts of the
+# models the configs build, before hours are spent training them.
 params_all() {
     local c name dir p base="" bp="" worst=0 rc=0 lines=()
     dir=$OUT/params
@@ -146,7 +148,9 @@ params_all() {
 
 # ---- training ------------------------------------------------------------------------------------
 # A run is finished when `cformer train --resume` says there is nothing to train; one without a
-# checkpoint was stopped before its first save and starts over.
+# checkpoint was stopped before its first save and starts over. A run that fails (a loss that is
+# not finite, say) is reported and the study goes on with the others; an interrupted one (SIGINT,
+# SIGTERM: it saved a checkpoint) stops the study.
 train_one() {
     local cfg=$1 name run log rc
     name=$(name_of "$cfg") run=$OUT/runs/$name log=$OUT/logs/$name.train.log
@@ -168,16 +172,20 @@ train_one() {
         note "$name: nothing to train ($(ckpt_progress "$run/ckpt/latest.h5"))"
         return 0
     fi
-    [ $rc -eq 0 ] || fail "$name: training stopped with status $rc: $(tail -1 "$OUT/logs/$name.train.err") (log: $log; run the same command again to continue)"
+    [ $rc -eq 0 ] && return 0
+    case $rc in
+        130|143) fail "$name: training interrupted (status $rc) after a checkpoint; run the same command again to continue" ;;
+    esac
+    echo "study: $name: training failed with status $rc: $(tail -1 "$OUT/logs/$name.train.err") (log: $log)" >&2
+    return 1
 }
 
-# the step of a run's last checkpoint, or nothing; "step S of N"
-ckpt_step() { "$CF" info "$1" 2>/dev/null | awk '$1 == "step" { print $2; exit }'; }
+# "step S of N" of a checkpoint, or nothing
 ckpt_progress() { "$CF" info "$1" 2>/dev/null | awk '$1 == "step" { print "step " $2 " of " $4; exit }'; }
 
 # ---- measurements --------------------------------------------------------------------------------
-# measure FILE KEY -- COMMAND...: runs COMMAND unless FILE already holds the result of the same
-# KEY (the command and the checkpoint step); keeps the BENCH line, or "na REASON" when cformer
+# measure FILE KEY LOG -- COMMAND...: runs COMMAND unless FILE already holds the result of the
+# same KEY (the command and the checkpoint); appends its output to LOG; keeps the BENCH line, or "na REASON" when cformer
 # refuses the request as bad input (exit status 2: a context beyond what the model allows).
 measure() {
     local file=$1 key=$2 log=$3 out rc
@@ -259,7 +267,8 @@ bench_one() {
 
 n=${#CONFIGS[@]}
 if phase params; then params_all; fi
-if phase train; then for c in "${CONFIGS[@]}"; do train_one "$c"; done; fi
+FAILED=""
+if phase train; then for c in "${CONFIGS[@]}"; do train_one "$c" || FAILED="$FAILED $(name_of "$c")"; done; fi
 if phase eval; then for c in "${CONFIGS[@]}"; do eval_one "$c"; done; fi
 if phase bench; then for c in "${CONFIGS[@]}"; do bench_one "$c"; done; fi
 
@@ -321,3 +330,4 @@ if [ -n "$PUBLISH" ]; then
     done
     note "copied the report, the pictures and results.tsv to $PUBLISH"
 fi
+[ -z "$FAILED" ] || fail "training failed for:$FAILED (their logs are in $OUT/logs; the report leaves them out)"
