@@ -184,21 +184,24 @@ train_one() {
 ckpt_progress() { "$CF" info "$1" 2>/dev/null | awk '$1 == "step" { print "step " $2 " of " $4; exit }'; }
 
 # ---- measurements --------------------------------------------------------------------------------
-# measure FILE KEY LOG -- COMMAND...: runs COMMAND unless FILE already holds the result of the
-# same KEY (the command and the checkpoint); appends its output to LOG; keeps the BENCH line, or "na REASON" when cformer
+# measure FILE KEY LOG WHAT -- COMMAND...: runs COMMAND unless FILE already holds the result of
+# the same KEY (the command and the checkpoint); appends its output to LOG; keeps its line
+# "BENCH WHAT ...", or "na REASON" when cformer
 # refuses the request as bad input (exit status 2: a context beyond what the model allows).
 measure() {
-    local file=$1 key=$2 log=$3 out rc
-    shift 4
+    local file=$1 key=$2 log=$3 what=$4 out rc
+    shift 5
     if [ -f "$file" ] && [ "$(head -1 "$file")" = "# $key" ]; then return 0; fi
     echo "== $(date -u '+%F %T') $*" >> "$log"
     out=$("$@" 2> "$file.err"); rc=$?
     printf '%s\n' "$out" >> "$log"
     cat "$file.err" >> "$log"
     local line
-    line=$(printf '%s\n' "$out" | grep '^BENCH ' | tail -1)
+    line=$(printf '%s\n' "$out" | grep "^BENCH $what " | tail -1)
     if [ $rc -eq 0 ] && [ -n "$line" ]; then
         printf '# %s\n%s\n' "$key" "$line" > "$file"
+    elif [ $rc -eq 0 ]; then
+        fail "$(basename "$(dirname "$file")"): \"$*\" printed no \"BENCH $what\" line (log: $log)"
     elif [ $rc -eq 2 ]; then
         printf '# %s\nna %s\n' "$key" "$(tail -1 "$file.err" | sed 's/^cformer: //')" > "$file"
     else
@@ -230,7 +233,7 @@ eval_one() {
         local data
         data=$(sed -n "s/^ *\"$split\": \"\(.*\)\",\{0,1\}\$/\1/p" "$run/config.json" | head -1)
         [ -n "$data" ] || { printf '# none\nna no data.%s in the config\n' "$split" > "$dir/$split.bench"; continue; }
-        measure "$dir/$split.bench" "step=$step ${BYTES_OPT[*]} $data" "$log" -- "${E[@]}" --data "$data" "${BYTES_OPT[@]}"
+        measure "$dir/$split.bench" "step=$step ${BYTES_OPT[*]} $data" "$log" eval -- "${E[@]}" --data "$data" "${BYTES_OPT[@]}"
     done
     # against the context, on the validation split: windows of C bytes every C/2 (each scored byte
     # sees C/2 to C bytes); xl: segments of C/2 with a memory of C/2 (the same span); infini:
@@ -246,7 +249,7 @@ eval_one() {
             infini) opt=(--ctx "$C") ;;
             *) opt=(--ctx "$C" --stride $((C / 2 > 0 ? C / 2 : 1))) ;;
         esac
-        measure "$dir/ctx-$C.bench" "step=$step ${opt[*]} ${BYTES_OPT[*]} $valid" "$log" -- \
+        measure "$dir/ctx-$C.bench" "step=$step ${opt[*]} ${BYTES_OPT[*]} $valid" "$log" eval -- \
             "${E[@]}" --data "$valid" "${opt[@]}" "${BYTES_OPT[@]}"
     done
 }
@@ -261,7 +264,7 @@ bench_one() {
         local args=(bench "$cfg" --threads "$BENCH_THREADS" --steps "$BENCH_STEPS" "${SETS[@]}"
                     --set "train.seq_len=$T" --set "model.max_seq_len=$T" --set "train.batch_size=$B"
                     --set "eval.ctx=$T" --set "eval.stride=$((T / 2 > 0 ? T / 2 : 1))")
-        measure "$dir/bench-$T.bench" "$(cksum < "$cfg") ${args[*]}" "$log" -- "$CF" "${args[@]}"
+        measure "$dir/bench-$T.bench" "$(cksum < "$cfg") ${args[*]}" "$log" train_step -- "$CF" "${args[@]}"
     done
 }
 
