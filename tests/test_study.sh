@@ -94,7 +94,25 @@ ok "a failing run: status 1, named (rc $rc)" '[ $rc -eq 1 ] && grep -q "^study: 
 ok "a failing run: its error in the output" 'grep -q "broken: training failed with status 2: cformer: .*model.d_modle: unknown key" "$T/out.txt"'
 ok "a failing run: the others evaluated and reported" 'grep -qP "^good\tvalid\tbpb=" "$T/m2/results.tsv" && grep -q "^| good |" "$T/m2/report.md"'
 
-# 6. bad usage: one line naming the thing, exit status 2
+# 6. SIGTERM to the study (kill, a batch system's time limit): training stops after its step with a
+# checkpoint, the study stops with it, nothing runs on; the same command continues from there
+mkdir -p "$T/one"
+cp configs/study/xl.json "$T/one/"
+bash tools/study.sh --only train "${SMALL[@]}" "${TINY[@]}" --steps 100000 --set train.checkpoint_every=0 \
+    "$T/one" "$T/sig" > "$T/sig.txt" 2>&1 &
+pid=$!
+for i in $(seq 200); do [ -s "$T/sig/runs/xl/log.jsonl" ] && break; sleep 0.1; done
+kill -TERM $pid
+wait $pid; rc=$?
+ok "SIGTERM: the study stops with status 1 (rc $rc)" '[ $rc -eq 1 ] && grep -q "xl: training interrupted (status 143) after a checkpoint" "$T/sig.txt"'
+ok "SIGTERM: cformer stopped after a step, with a checkpoint" 'grep -q "SIGTERM: stopped after step" "$T/sig/logs/xl.train.err" && [ -f "$T/sig/runs/xl/ckpt/latest.h5" ]'
+at=$("$CF" info "$T/sig/runs/xl/ckpt/latest.h5" | awk '$1 == "step" { print $2 }')
+n1=$(wc -l < "$T/sig/runs/xl/log.jsonl"); sleep 0.5; n2=$(wc -l < "$T/sig/runs/xl/log.jsonl")
+ok "SIGTERM: no cformer left running (the log stays at $n1 lines)" '[ "$n1" = "$n2" ]'
+study --only train "${SMALL[@]}" "${TINY[@]}" --steps 100000 --until $((at + 2)) --set train.checkpoint_every=0 "$T/one" "$T/sig"
+ok "SIGTERM: the same command continues from step $at" 'grep -q "resuming from .* at step $at " "$T/sig/logs/xl.train.log" && [ "$("$CF" info "$T/sig/runs/xl/ckpt/latest.h5" | awk "\$1 == \"step\" { print \$2 }")" = $((at + 2)) ]'
+
+# 7. bad usage: one line naming the thing, exit status 2
 bad() {
     bash tools/study.sh "$@" > "$T/bad.txt" 2>&1; rc=$?
     ok "refused ($*): $(head -1 "$T/bad.txt")" '[ $rc -eq 2 ] && [ "$(wc -l < "$T/bad.txt")" = 1 ]'

@@ -108,6 +108,31 @@ name_of() { local b=${1##*/}; echo "${b%.json}"; }
     echo
 } >> "$OUT/invocations.txt"
 
+# ---- signals ---------------------------------------------------------------------------------------
+# cformer runs in its own session, in the background, and the study passes it one SIGTERM when the
+# study itself gets SIGTERM, SIGINT (Ctrl-C) or SIGHUP: training then stops after its step with a
+# checkpoint and the study stops with it. One signal only, because cformer takes a second as "stop
+# at once" (losing the steps since the last checkpoint), and never none, so that no cformer goes on
+# alone after the study is killed.
+CHILD="" STOPPED=""
+trap 'STOPPED=1; [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null' TERM INT HUP
+SESSION=()
+command -v setsid >/dev/null 2>&1 && SESSION=(setsid)
+# child OUT ERR COMMAND...: runs COMMAND with stdout appended to OUT and stderr into ERR; its status
+child() {
+    local out=$1 err=$2 rc
+    shift 2
+    [ -z "$STOPPED" ] || fail "stopped by a signal; run the same command again to continue"
+    "${SESSION[@]}" "$@" >> "$out" 2> "$err" &
+    CHILD=$!
+    while :; do   # a trapped signal ends wait early: wait again until the child is gone
+        wait "$CHILD"; rc=$?
+        kill -0 "$CHILD" 2>/dev/null || break
+    done
+    CHILD=""
+    return $rc
+}
+
 # ---- parameter counts ------------------------------------------------------------------------------
 # One step at 8 bytes into a throwaway run, which announces its parameter count: the counts of the
 # models the configs build, before hours are spent training them.
@@ -166,13 +191,14 @@ train_one() {
         note "$name: training into $run"
     fi
     echo "== $(date -u '+%F %T') $CF train ${args[*]}" >> "$log"
-    "$CF" train "${args[@]}" >> "$log" 2> "$OUT/logs/$name.train.err"; rc=$?
+    child "$log" "$OUT/logs/$name.train.err" "$CF" train "${args[@]}"; rc=$?
     cat "$OUT/logs/$name.train.err" >> "$log"
     if [ $rc -ne 0 ] && grep -q "nothing to train" "$OUT/logs/$name.train.err"; then
         note "$name: nothing to train ($(ckpt_progress "$run/ckpt/latest.h5"))"
         return 0
     fi
-    [ $rc -eq 0 ] && return 0
+    [ $rc -eq 0 ] && [ -z "$STOPPED" ] && return 0
+    [ -n "$STOPPED" ] && rc=143
     case $rc in
         130|143) fail "$name: training interrupted (status $rc) after a checkpoint; run the same command again to continue" ;;
     esac
@@ -193,7 +219,11 @@ measure() {
     shift 5
     if [ -f "$file" ] && [ "$(head -1 "$file")" = "# $key" ]; then return 0; fi
     echo "== $(date -u '+%F %T') $*" >> "$log"
-    out=$("$@" 2> "$file.err"); rc=$?
+    rm -f "$file.out"
+    child "$file.out" "$file.err" "$@"; rc=$?
+    [ -n "$STOPPED" ] && fail "stopped by a signal during \"$*\"; run the same command again to continue"
+    out=$(cat "$file.out")
+    rm -f "$file.out"
     printf '%s\n' "$out" >> "$log"
     cat "$file.err" >> "$log"
     local line
