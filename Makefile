@@ -1,4 +1,4 @@
-# cformer: make | make test | make bench | make fuzz | make clean | make deps
+# cformer: make | make test | make bench | make fuzz | make clean | make deps | make plot-deps
 # Switches: PORTABLE=1 (no -march=native: the portable C kernels), SAN=1 (ASan + UBSan),
 #           BUILD=dir (build directory, default build), MPI=1 (data-parallel training over MPI:
 #           mpicc and -DCF_MPI into build-mpi by default; `make deps MPI=1` installs Open MPI).
@@ -16,6 +16,7 @@ CC       ?= cc
 PKGS     := libhdf5-dev libcjson-dev pkg-config
 BENCHPKG := libopenblas-dev
 FUZZPKG  := clang libclang-rt-dev libomp-dev
+PLOTPKG  := python3-matplotlib
 
 HDF5_CFLAGS := $(shell pkg-config --cflags hdf5 2>/dev/null)
 HDF5_LIBS   := $(shell pkg-config --libs hdf5 2>/dev/null || echo -lhdf5)
@@ -45,7 +46,7 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 LIB      := $(BUILD)/libcformer.a
 
-.PHONY: all test bench fuzz fuzz-deps clean deps quickstart
+.PHONY: all test bench fuzz fuzz-deps plot-deps clean deps quickstart
 all: $(LIB) $(BUILD)/cformer
 
 $(BUILD)/%.o: %.c $(wildcard include/cformer/*.h) $(wildcard src/*/*.h)
@@ -76,7 +77,7 @@ $(BUILD)/tests/%: tests/%.c tests/test.h tests/gradcheck.h tests/attn_fixture.h 
 
 # Every test binary runs at 1 thread and at 2; the last line is "N passed, M failed".
 test: all $(TEST_BIN) data/tiny/train.bin
-	@sh tests/run.sh $(BUILD) $(TEST_BIN) tests/test_layers.sh
+	@CFORMER=$(BUILD)/cformer sh tests/run.sh $(BUILD) $(TEST_BIN) tests/test_layers.sh tests/test_study.sh
 
 # a small offline corpus for end-to-end tests (tools/make_tiny_data.sh)
 data/tiny/train.bin:
@@ -113,6 +114,11 @@ endef
 
 deps:
 	@$(call install_missing,$(PKGS),deps)
+
+# matplotlib for the pictures of tools/plot_runs.py and tools/study.sh (optional: without it the study
+# writes its report without pictures)
+plot-deps:
+	@$(call install_missing,$(PLOTPKG),plot-deps)
 
 # libFuzzer targets (tests/fuzz/README.md): clang with ASan and UBSan into build-fuzz/; the library is
 # instrumented for coverage (fuzzer-no-link), each target links libFuzzer's main. `make fuzz` runs
