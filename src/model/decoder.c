@@ -90,6 +90,7 @@ void cf_model_set_checkpointing(cf_model *m, int k) {
     m->grad_checkpoint = k;
     if (k <= 0) return;
     m->n_regions = (m->n_blocks + k - 1) / k;
+    if (!m->n_regions) return;   /* the encoder-decoder keeps its blocks elsewhere (encdec.c) */
     m->regions = cf_xcalloc((size_t)m->n_regions, sizeof *m->regions);
     for (int r = 0; r < m->n_regions; r++) {
         m->regions[r].blocks = m->blocks + r * k;
