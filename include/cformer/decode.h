@@ -7,11 +7,35 @@
 #include "encdec.h"
 #include "model.h"
 
-/* ---- src/decode/sample.c ---- */
-/* Append n_new bytes to out (which starts with the prompt of n_prompt bytes, capacity
- * n_prompt + n_new), sampling with temperature (0 = greedy) and top-k (0 = all) from a seeded RNG. */
-int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, float temperature, int top_k,
-              uint64_t seed);
+/* ---- src/decode/sample.c: sampling bytes from a decoder-only model ------------------------------- */
+typedef struct cf_sample_opts {
+    float       temperature;   /* 0: greedy (ties: the lower byte) */
+    int         top_k;         /* keep the k most likely bytes; 0: all */
+    float       top_p;         /* keep the fewest most likely bytes whose probability reaches p; 1: all */
+    uint64_t    seed;
+    /* A recurrent model's call length (its streamed evaluation's, normally eval.ctx); for other
+     * models the context (0: model.max_seq_len with absolute positions, else the whole text). */
+    int         span;
+    /* When a bounded context (absolute positions: cf_gen_room) is full, the oldest `slide` bytes
+     * are dropped and the rest re-encoded from position 0; 0: half the context. 1 re-encodes for
+     * every byte, as the uncached sampler does (the same bytes). */
+    int         slide;
+    const char *stop;          /* stop once these bytes are produced (not counted, not emitted); NULL: none */
+    int         uncached;      /* re-run the full forward on the window for every byte (the reference) */
+    /* each new byte as soon as it is known not to start the stop string; NULL: none */
+    void      (*emit)(void *arg, const uint8_t *bytes, int n);
+    void       *emit_arg;
+    /* out: how many times the context was re-encoded after filling up; bytes of the caches */
+    int64_t     reencodes;
+    size_t      cache_bytes;
+} cf_sample_opts;
+/* temperature 1, everything else off */
+cf_sample_opts cf_sample_defaults(void);
+/* Append up to n_new bytes to out (which starts with the prompt of n_prompt bytes, capacity
+ * n_prompt + n_new) through the model's cached incremental decoding (model.h: cf_gen). An empty
+ * prompt starts from a newline, counted among the new bytes. Returns the number of new bytes
+ * (fewer than n_new after a stop string, which is not among them), or -1 with cf_error_msg(). */
+int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, cf_sample_opts *o);
 
 /* ---- src/decode/translate.c: decoding with cached keys and values -------------------------------- */
 /* The incremental decoder: the encoder runs once, each decoder layer's cross-attention keys and

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "cformer/cformer.h"
 
 #define MAX_SETS 64
@@ -15,7 +16,9 @@ static void usage(FILE *f) {
         "usage: cformer <command> [options]\n"
         "  train CONFIG.json [--out DIR] [--resume CKPT.h5|RUN_DIR] [--until STEP] [--set key.path=value]... [--threads N]\n"
         "  eval  CKPT.h5 --data FILE [--precision fp32|bf16] [--ctx N] [--stride S] [--bytes N] [--mem-len N]   bits per byte of FILE\n"
-        "  sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S] [--precision fp32|bf16]\n"
+        "  sample CKPT.h5 [--prompt TEXT | --prompt-file F] [--tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
+        "        [--seed S] [--n SAMPLES] [--stop STRING] [--span N] [--slide N] [--uncached] [--precision fp32|bf16]\n"
+        "        bytes to stdout as they come; a BENCH sample line (bytes/s, memory) on stderr\n"
         "  info  [--verify] CKPT.h5                                        config, step, parameter counts\n"
         "  translate CKPT.h5 [--input TEXT] [--beam K] [--max-len N]   encoder-decoder: one line per input line\n"
         "        (stdin without --input); input and output use the escapes \\t \\n \\\\ of pair files\n"
@@ -303,58 +306,166 @@ static int cmd_eval(int argc, char **argv) {
     return rc;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* what the sampler hands out as it goes: the bytes to stdout, at once, and when they came */
+typedef struct sample_out {
+    int64_t total;              /* bytes emitted by this sample */
+    int64_t n_new;              /* bytes asked for */
+    double  t0, t_first_kb, t_last_kb_start;   /* seconds: start, 1024th byte, byte n_new - 1024 */
+} sample_out;
+
+static void sample_emit(void *arg, const uint8_t *bytes, int n) {
+    sample_out *so = arg;
+    fwrite(bytes, 1, (size_t)n, stdout);
+    fflush(stdout);
+    int64_t before = so->total;
+    so->total += n;
+    double t = now_s();
+    if (before < 1024 && so->total >= 1024) so->t_first_kb = t;
+    if (before < so->n_new - 1024 && so->total >= so->n_new - 1024) so->t_last_kb_start = t;
+}
+
+/* the model's attention types, "full" or "xl,full" */
+static void attn_types(const cf_model_config *c, char *buf, size_t n) {
+    buf[0] = 0;
+    for (int i = 0; i < c->n_attn; i++)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? "," : "", cf_attn_kind_names[c->attn[i].type]);
+}
+
 static int cmd_sample(int argc, char **argv) {
-    const char *ckpt = NULL, *prompt = "";
-    int tokens = 256, top_k = 0, seed = 1, precision = -1;
-    float temperature = 1.0f;
+    const char *ckpt = NULL, *prompt = NULL, *prompt_file = NULL, *stop = NULL;
+    int tokens = 256, top_k = 0, seed = 1, precision = -1, n_samples = 1, span = 0, slide = 0, uncached = 0;
+    float temperature = 1.0f, top_p = 1.0f;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--prompt") && v) { prompt = v; i++; }
+        else if (!strcmp(a, "--prompt-file") && v) { prompt_file = v; i++; }
+        else if (!strcmp(a, "--stop") && v) { stop = v; i++; }
         else if (!strcmp(a, "--tokens")) { if (int_arg(a, v, 1, 1 << 24, &tokens)) return 2; i++; }
         else if (!strcmp(a, "--top-k")) { if (int_arg(a, v, 0, 1 << 20, &top_k)) return 2; i++; }
         else if (!strcmp(a, "--seed")) { if (int_arg(a, v, 0, INT_MAX, &seed)) return 2; i++; }
+        else if (!strcmp(a, "--n")) { if (int_arg(a, v, 1, 1 << 20, &n_samples)) return 2; i++; }
+        else if (!strcmp(a, "--span")) { if (int_arg(a, v, 1, 1 << 20, &span)) return 2; i++; }
+        else if (!strcmp(a, "--slide")) { if (int_arg(a, v, 1, 1 << 20, &slide)) return 2; i++; }
         else if (!strcmp(a, "--temperature")) { if (float_arg(a, v, &temperature)) return 2; i++; }
+        else if (!strcmp(a, "--top-p")) {
+            if (float_arg(a, v, &top_p)) return 2;
+            if (top_p <= 0 || top_p > 1) { fprintf(stderr, "cformer: --top-p: expected a number in (0, 1], got \"%s\"\n", v); return 2; }
+            i++;
+        }
         else if (!strcmp(a, "--precision")) { if (precision_arg(a, v, &precision)) return 2; i++; }
+        else if (!strcmp(a, "--uncached")) uncached = 1;
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: sample: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;
     }
     if (!ckpt) return fail("sample: missing CKPT.h5");
+    if (prompt && prompt_file) return fail("sample: --prompt and --prompt-file exclude each other");
+    if (stop && !*stop) return fail("--stop: empty");
+    char *file_text = NULL;
+    size_t n_file = 0;
+    if (prompt_file) {
+        FILE *f = fopen(prompt_file, "rb");
+        if (!f) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "--prompt-file: cannot open %s: %s", prompt_file, strerror(errno));
+            return fail(msg);
+        }
+        file_text = cf_xmalloc(1000001);
+        n_file = fread(file_text, 1, 1000001, f);
+        fclose(f);
+        if (n_file > 1000000) { free(file_text); return fail("--prompt-file: longer than 1000000 bytes"); }
+    }
     cf_config c;
     cf_model m;
-    if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    if (load_ckpt(ckpt, &c, &m, NULL)) { free(file_text); return 2; }
     if (strcmp(m.family->generator, "sample")) {
         char msg[128];
         snprintf(msg, sizeof msg, "sample: an %s model generates with cformer %s",
                  m.family->title, m.family->generator);
         cf_model_free(&m);
+        free(file_text);
         return fail(msg);
     }
-    int n_prompt = (int)strlen(prompt);
-    if (n_prompt > 1000000) { cf_model_free(&m); return fail("--prompt: longer than 1000000 bytes"); }
-    for (int i = 0; i < n_prompt; i++)
-        if ((uint8_t)prompt[i] >= c.model.vocab_size) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "--prompt: byte %d at offset %d is not a token of the model's vocab_size %d",
-                     (uint8_t)prompt[i], i, c.model.vocab_size);
-            cf_model_free(&m);
-            return fail(msg);
-        }
+    const char *text = prompt_file ? file_text : prompt ? prompt : "";
+    int n_prompt = prompt_file ? (int)n_file : (int)strlen(text), rc = 0;
+    char msg[256] = "";
+    int absolute = !m.has_xl && c.model.position != CF_POS_NONE;
+    if (n_prompt > 1000000) snprintf(msg, sizeof msg, "--prompt: longer than 1000000 bytes");
+    for (int i = 0; !msg[0] && i < n_prompt; i++)
+        if ((uint8_t)text[i] >= c.model.vocab_size)
+            snprintf(msg, sizeof msg, "%s: byte %d at offset %d is not a token of the model's vocab_size %d",
+                     prompt_file ? "--prompt-file" : "--prompt", (uint8_t)text[i], i, c.model.vocab_size);
+    if (!msg[0] && span && absolute && !cf_model_is_recurrent(&m) && span > c.model.max_seq_len)
+        snprintf(msg, sizeof msg, "--span: %d exceeds the model's max_seq_len %d", span, c.model.max_seq_len);
+    if (!msg[0] && span && cf_model_is_recurrent(&m) && absolute && span > c.model.max_seq_len)
+        snprintf(msg, sizeof msg, "--span: %d exceeds the model's max_seq_len %d", span, c.model.max_seq_len);
+    if (msg[0]) { cf_model_free(&m); free(file_text); return fail(msg); }
+    /* a recurrent model generates in calls of its streamed evaluation's length */
+    if (!span && cf_model_is_recurrent(&m)) span = c.eval.ctx;
+    if (slide && span && slide > span) slide = span;
     int W = c.model.max_seq_len;
     cf_ctx ctx;
-    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, 1, W), 1 << 20)) { cf_model_free(&m); return fail(cf_error_msg()); }
-    if (precision >= 0) c.train.precision = precision;   /* default: the precision the model trained in */
-    ctx.bf16 = c.train.precision == CF_PRECISION_BF16;
-    uint8_t *out = cf_xmalloc((size_t)n_prompt + (size_t)tokens);
-    memcpy(out, prompt, (size_t)n_prompt);
-    int rc = 0;
-    if (cf_sample(&m, &ctx, out, n_prompt, tokens, temperature, top_k, (uint64_t)seed)) rc = fail(cf_error_msg());
-    else {
-        /* an empty prompt starts from a newline that cf_sample counts among the new bytes */
-        fwrite(out, 1, (size_t)n_prompt + (size_t)tokens, stdout);
+    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, 1, W), 1 << 20)) {
+        cf_model_free(&m);
+        free(file_text);
+        return fail(cf_error_msg());
+    }
+    /* cached decoding computes in fp32; bf16 products exist in the full forward only */
+    if (precision == CF_PRECISION_BF16) {
+        ctx.bf16 = 1;
+        if (!uncached) fprintf(stderr, "cformer: sample: --precision bf16 runs the uncached full forward for every byte\n");
+        uncached = 1;
+    }
+    uint8_t *out = cf_xmalloc((size_t)n_prompt + (size_t)tokens + 1);
+    char types[128];
+    attn_types(&c.model, types, sizeof types);
+    int64_t total = 0;
+    double t0 = now_s(), first_kb = 0, last_kb = 0, cache_mb = 0;
+    for (int s = 0; s < n_samples && !rc; s++) {
+        memcpy(out, text, (size_t)n_prompt);
+        fwrite(out, 1, (size_t)n_prompt, stdout);
+        sample_out so = {.n_new = tokens, .t0 = now_s()};
+        cf_sample_opts o = cf_sample_defaults();
+        o.temperature = temperature;
+        o.top_k = top_k;
+        o.top_p = top_p;
+        o.seed = (uint64_t)seed + (uint64_t)s;
+        o.span = span;
+        o.slide = slide;
+        o.stop = stop;
+        o.uncached = uncached;
+        o.emit = sample_emit;
+        o.emit_arg = &so;
+        int made = cf_sample(&m, &ctx, out, n_prompt, tokens, &o);
+        if (made < 0) { rc = fail(cf_error_msg()); break; }
         fputc('\n', stdout);
+        fflush(stdout);
+        double t1 = now_s();
+        total += made;
+        cache_mb = o.cache_bytes / 1048576.0;
+        if (tokens >= 2048 && made == tokens) {
+            first_kb += so.t_first_kb - so.t0;
+            last_kb += t1 - so.t_last_kb_start;
+        }
+    }
+    if (!rc) {
+        double dt = now_s() - t0;
+        fprintf(stderr, "BENCH sample variant=%s ctx=%d bytes=%lld samples=%d bytes_per_s=%.1f cached=%d threads=%d "
+                "cache_mb=%.2f peak_rss_mb=%.1f", types,
+                span ? span : absolute ? W : n_prompt + tokens, (long long)total, n_samples,
+                total / (dt > 0 ? dt : 1e-9), !uncached, cf_num_threads(), cache_mb,
+                cf_peak_rss_mb());
+        if (first_kb > 0) fprintf(stderr, " first_1k_s=%.4f last_1k_s=%.4f", first_kb / n_samples, last_kb / n_samples);
+        fputc('\n', stderr);
     }
     free(out);
+    free(file_text);
     cf_ctx_free(&ctx);
     cf_model_free(&m);
     return rc;
