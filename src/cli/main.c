@@ -16,6 +16,8 @@ static void usage(FILE *f) {
         "usage: cformer <command> [options]\n"
         "  train CONFIG.json [--out DIR] [--resume CKPT.h5|RUN_DIR] [--until STEP] [--set key.path=value]... [--threads N]\n"
         "  eval  CKPT.h5 --data FILE [--precision fp32|bf16] [--ctx N] [--stride S] [--bytes N] [--mem-len N]   bits per byte of FILE\n"
+        "        [--columns N] (xl/infini streams) [--cached] (one stream through incremental decoding)\n"
+        "        [--reset-memory] (cached, every call afresh)\n"
         "  sample CKPT.h5 [--prompt TEXT | --prompt-file F] [--tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
         "        [--seed S] [--n SAMPLES] [--stop STRING] [--span N] [--slide N] [--uncached] [--precision fp32|bf16]\n"
         "        bytes to stdout as they come; a BENCH sample line (bytes/s, memory) on stderr\n"
@@ -113,11 +115,12 @@ static int load_ckpt(const char *path, cf_config *c, cf_model *m, cf_train_state
 /* eval on a pair file: bits per target token and greedy exact match; limit > 0 stops after that many
  * target tokens */
 /* what cformer eval was asked */
-typedef struct eval_opts { const char *data; int ctx_len, stride, limit, mem_len; } eval_opts;
+typedef struct eval_opts { const char *data; int ctx_len, stride, limit, mem_len, cached, reset_memory, columns; } eval_opts;
 
 static int eval_pairs(cf_config *c, cf_model *m, const eval_opts *o) {
-    if (o->ctx_len || o->stride || o->mem_len >= 0)
-        return fail("eval: --ctx, --stride and --mem-len are for decoder models; an encoder-decoder scores pairs");
+    if (o->ctx_len || o->stride || o->mem_len >= 0 || o->cached || o->reset_memory || o->columns)
+        return fail("eval: --ctx, --stride, --mem-len, --cached, --reset-memory and --columns are for decoder models; "
+                    "an encoder-decoder scores pairs");
     const char *data = o->data;
     int limit = o->limit;
     int batch = c->train.batch_size, T = c->train.seq_len;
@@ -240,13 +243,17 @@ static int eval_bytes(cf_config *c, cf_model *m, const eval_opts *o) {
         snprintf(msg, sizeof msg, "--ctx: %d exceeds the model's max_seq_len %d", ctx_len, c->model.max_seq_len);
     else if (stride > ctx_len)
         snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);
+    else if (o->columns && !cf_model_is_recurrent(m))
+        snprintf(msg, sizeof msg, "--columns: streams are for models with xl or infini layers");
+    else if (o->columns && o->cached)
+        snprintf(msg, sizeof msg, "--columns: the cached path reads one stream");
     if (msg[0]) return fail(msg);
     cf_bytes b;
     if (cf_bytes_open(&b, data) || cf_bytes_check_vocab(&b, c->model.vocab_size)) {
         cf_bytes_close(&b);
         return fail(cf_error_msg());
     }
-    int batch = c->train.batch_size;
+    int batch = o->columns ? o->columns : c->train.batch_size;
     cf_ctx ctx;
     int rc = 0;
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c->model, batch, ctx_len), 1 << 20)) { rc = fail(cf_error_msg()); goto out; }
@@ -254,7 +261,14 @@ static int eval_bytes(cf_config *c, cf_model *m, const eval_opts *o) {
     ctx.bf16 = c->train.precision == CF_PRECISION_BF16;
     cf_eval_result r;
     size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
-    if (cf_eval_bpb(m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
+    if (o->cached) {
+        /* one stream through incremental decoding: calls (or, with absolute positions, contexts) of ctx bytes */
+        if (cf_eval_cached(m, &ctx, b.data, n, ctx_len, o->reset_memory, &r)) rc = fail(cf_error_msg());
+        else if (!isfinite(r.bpb)) rc = fail("eval: bits per byte is not finite (the model's weights are broken)");
+        else printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d path=cached reset_memory=%d tokens_per_s=%.0f peak_rss_mb=%.0f\n",
+                    r.bpb, (long long)r.bytes, ctx_len, o->reset_memory, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9),
+                    cf_peak_rss_mb());
+    } else if (cf_eval_bpb(m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
     else if (!isfinite(r.bpb)) rc = fail("eval: bits per byte is not finite (the model's weights are broken)");
     else if (cf_model_is_recurrent(m)) {
         /* streamed in order with the recurrent state: no stride; the memory is the context */
@@ -281,7 +295,7 @@ static int (*const eval_of[CF_ARCH_COUNT])(cf_config *c, cf_model *m, const eval
 
 static int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
-    int ctx_len = 0, stride = 0, limit = 0, mem_len = -1, precision = -1;
+    int ctx_len = 0, stride = 0, limit = 0, mem_len = -1, precision = -1, cached = 0, reset_memory = 0, columns = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -291,6 +305,9 @@ static int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--bytes")) { if (int_arg(a, v, 2, INT_MAX, &limit)) return 2; i++; }
         else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, 1, 1 << 20, &ctx_len)) return 2; i++; }
         else if (!strcmp(a, "--stride")) { if (int_arg(a, v, 1, 1 << 20, &stride)) return 2; i++; }
+        else if (!strcmp(a, "--columns")) { if (int_arg(a, v, 1, 1 << 16, &columns)) return 2; i++; }
+        else if (!strcmp(a, "--cached")) cached = 1;
+        else if (!strcmp(a, "--reset-memory")) cached = reset_memory = 1;
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: eval: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;
     }
@@ -300,7 +317,7 @@ static int cmd_eval(int argc, char **argv) {
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
     if (precision >= 0) c.train.precision = precision;   /* default: the precision the model trained in */
-    eval_opts o = {data, ctx_len, stride, limit, mem_len};
+    eval_opts o = {data, ctx_len, stride, limit, mem_len, cached, reset_memory, columns};
     int rc = eval_of[c.model.arch](&c, &m, &o);
     cf_model_free(&m);
     return rc;
