@@ -16,9 +16,10 @@ typedef struct cf_sample_opts {
     /* A recurrent model's call length (its streamed evaluation's, normally eval.ctx); for other
      * models the context (0: model.max_seq_len with absolute positions, else the whole text). */
     int         span;
-    /* When a bounded context (absolute positions: cf_gen_room) is full, the oldest `slide` bytes
-     * are dropped and the rest re-encoded from position 0; 0: half the context. 1 re-encodes for
-     * every byte, as the uncached sampler does (the same bytes). */
+    /* When a bounded context (absolute positions: cf_gen_room) of span bytes is full, the oldest
+     * `slide` of them are dropped and the rest re-encoded from position 0 with the new byte;
+     * 0: half the context. 1 re-encodes for every byte, as the uncached sampler does (the same
+     * bytes). */
     int         slide;
     const char *stop;          /* stop once these bytes are produced (not counted, not emitted); NULL: none */
     int         uncached;      /* re-run the full forward on the window for every byte (the reference) */

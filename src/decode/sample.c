@@ -132,14 +132,15 @@ int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, c
             z = cf_gen_feed(&g, &id, 1);
             continue;
         }
-        /* the context is full: drop its oldest `slide` bytes, re-encode the rest from position 0 */
+        /* the context is full: drop its oldest `slide` bytes, re-encode the rest and the new byte
+         * from position 0 */
         if (!o->reencodes)
             fprintf(stderr, "cformer: sample: the context is full (%d bytes, %s positions): each time it fills, "
                     "the oldest %d bytes are dropped and the rest re-encoded\n", span,
                     cf_pos_names[m->cfg.position], slide);
         o->reencodes++;
         cf_gen_reset(&g);
-        z = feed_all(&g, out, n - (span - slide), n, ids);
+        z = feed_all(&g, out, n - (span - slide + 1), n, ids);
     }
     if (stopped) made -= (int)strlen(o->stop);
     else if (o->emit && emitted < made)      /* held back as a possible start of the stop string */
