@@ -33,8 +33,8 @@ static const tcase CASES[] = {
     /* The softmax kernel's key stabiliser is the largest projection of the whole sequence, which
      * the eps term does not cancel: with large weights the full forward is itself not causal, so
      * a deeper layer's earlier rows move when bytes are appended and only the first layer can
-     * match it exactly (docs/attention.md section 6.7); with weights of a trained model's scale
-     * the difference is float rounding. */
+     * match it exactly (docs/attention.md section 6.8); with weights of init_std 0.02 the
+     * difference is float rounding. */
     {"performer softmax 1 layer", {"model.attention={\"type\":\"performer\",\"features\":12}", "model.n_layers=1"}, 48},
     {"performer softmax", {"model.attention={\"type\":\"performer\",\"features\":12}", "model.init_std=0.02"}, 48},
     {"performer relu", {"model.attention={\"type\":\"performer\",\"features\":16,\"kernel\":\"relu\"}"}, 48},
