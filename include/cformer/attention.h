@@ -213,6 +213,13 @@ typedef struct cf_attn_cache {
     int     has_mem;          /* recurrent variants: a memory exists (not the first call) */
 } cf_attn_cache;
 
+/* out [Dh] = softmax_j(scale q . k_j) v_j over the n cache rows listed of head h (a zero output
+ * when n is 0), with scores as workspace (n floats): the one-query attention of every cached
+ * softmax step, and of callers that fill a cache's keys and values themselves (the
+ * encoder-decoder's cross-attention over its encoder output) */
+void cf_attn_cache_attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,
+                          float *scores, float *out);
+
 /* floats of workspace one thread of a step needs for a cache of `rows` key rows and heads of d_head */
 static inline size_t cf_attn_cache_ws_floats(int rows, int d_head) { return 2 * (size_t)rows + 2 * (size_t)d_head + 64; }
 

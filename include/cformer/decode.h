@@ -40,18 +40,22 @@ int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, c
 
 /* ---- src/decode/translate.c: decoding with cached keys and values -------------------------------- */
 /* The incremental decoder: the encoder runs once, each decoder layer's cross-attention keys and
- * values are projected once, and each step feeds one token per row, appending its self-attention
- * keys and values to per-layer caches. No gradient; memory from ctx's arena (reset by
- * cf_dec_cache_init, which keeps everything it allocates until the next cf_ctx_begin). */
+ * values are projected once, and each step feeds one token per row. The caches are the attention
+ * variants' (attention.h: cf_attn_cache, docs/architecture.md section 20): each row of each
+ * layer's self-attention is a stream that the variant's step appends to, and the encoder output's
+ * keys and values sit in caches of S rows that cf_attn_cache_attend reads. No gradient; memory
+ * from ctx's arena (reset by cf_dec_cache_init, which keeps everything it allocates until the
+ * next cf_ctx_begin). */
 typedef struct cf_dec_cache {
-    cf_model *m;
-    cf_ctx   *ctx;
-    int       rows, S, max_T, t;  /* decoder rows, source tokens, step capacity, tokens fed so far */
-    float   **self_k, **self_v;   /* per layer [rows, max_T, D] */
-    float   **cross_k, **cross_v; /* per layer [rows, S, D] */
-    uint8_t  *keep;               /* [rows, S] */
-    float    *logits;             /* [rows, V]: the last step's */
-    size_t    mark;               /* arena position after the cache: each step rewinds to it */
+    cf_model      *m;
+    cf_ctx        *ctx;
+    int            rows, S, max_T, t;  /* decoder rows, source tokens, step capacity, tokens fed so far */
+    cf_attn_cache *self;               /* [L * rows]: layer l, row r at l * rows + r */
+    cf_attn_cache *cross;              /* [L * rows]: the projected encoder output of row r's source */
+    int32_t       *visible;            /* [rows, S]: the unpadded source positions of each row */
+    int           *n_visible;          /* [rows] */
+    float         *logits;             /* [rows, V]: the last step's */
+    size_t         mark;               /* arena position after the cache: each step rewinds to it */
 } cf_dec_cache;
 
 /* Encode n_src sources (src [n_src, S], keep [n_src, S]) and set up rows = n_src * per_src decoder

@@ -28,7 +28,7 @@ static inline float dot(const float *q, const float *k, int d) {
     return s;
 }
 
-void cf_cache_attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,
+void cf_attn_cache_attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,
                      float *scores, float *out) {
     int Dh = c->Dh;
     const float *K = c->k + (int64_t)h * c->rows * Dh, *V = c->v + (int64_t)h * c->rows * Dh;
@@ -67,7 +67,7 @@ void cf_cache_softmax_step(const cf_attn_call *call, cf_attn_cache *c, const flo
             float *w = c->ws + (size_t)omp_get_thread_num() * wsf;
             int32_t *list = (int32_t *)(w + c->rows);
             int nk = keys(call, c, h, p, list);
-            cf_cache_attend(c, h, q + (int64_t)r * ld + (int64_t)h * Dh, scale, list, nk, w,
+            cf_attn_cache_attend(c, h, q + (int64_t)r * ld + (int64_t)h * Dh, scale, list, nk, w,
                             out + (int64_t)r * H * Dh + (int64_t)h * Dh);
         }
         c->pos = p + 1;

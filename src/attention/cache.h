@@ -23,9 +23,4 @@ typedef int (*cf_cache_keys_fn)(const cf_attn_call *call, const cf_attn_cache *c
 void cf_cache_softmax_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k, const float *v,
                            int ld, int n, float *out, cf_cache_keys_fn keys);
 
-/* out[Dh] = softmax_j(scale q . k_j) over the n rows listed (a zero output when n is 0), with
- * scores as workspace (n floats) */
-void cf_cache_attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,
-                     float *scores, float *out);
-
 #endif

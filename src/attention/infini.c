@@ -521,7 +521,7 @@ static void infini_step(const cf_attn_call *call, cf_attn_cache *c, const float 
             for (int j = 0; j <= t; j++) list[j] = j;
             const float *qr = q + (int64_t)r * ld + h * d;
             float *o = out + ((int64_t)r * H + h) * d;
-            cf_cache_attend(c, h, qr, scale, list, t + 1, w, o);            /* the local part */
+            cf_attn_cache_attend(c, h, qr, scale, list, t + 1, w, o);            /* the local part */
             if (!mem || !c->has_mem) continue;
             const float *M = c->aux + (size_t)h * ((size_t)d * d + 3 * d), *z = M + (size_t)d * d;
             sigma_row(qr, sq, d);
