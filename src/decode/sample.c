@@ -27,8 +27,9 @@ static int choose(const float *z, int V, const cf_sample_opts *o, cf_rng *r, pic
     float mx = -INFINITY;
     for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
     for (int v = 0; v < V; v++) w[v] = (pick){expf((z[v] - mx) / o->temperature), v};
-    qsort(w, (size_t)V, sizeof *w, cmp_pick);                  /* most likely first */
     int keep = o->top_k > 0 && o->top_k < V ? o->top_k : V;
+    /* a cut needs the bytes by probability, most likely first; the whole distribution does not */
+    if (keep < V || o->top_p < 1.0f) qsort(w, (size_t)V, sizeof *w, cmp_pick);
     double sum = 0;
     for (int i = 0; i < keep; i++) sum += w[i].p;
     if (o->top_p < 1.0f) {
