@@ -173,7 +173,57 @@ static void equivalence(const tcase *t) {
     cf_model_free(&m);
 }
 
+/* the cuts of the distribution: top-k 1 and a tiny top-p keep only the most likely byte, so they
+ * sample the greedy bytes whatever the seed; without a cut a seed repeats its bytes and another
+ * seed draws others; a stop string ends the sample before itself */
+static void sampling(void) {
+    cf_config c;
+    cf_model m;
+    model_of(&CASES[0], &c, &m);
+    cf_ctx ctx;
+    CF_ASSERT(cf_ctx_init(&ctx, cf_model_arena_bytes(&m.cfg, 1, 64), 1 << 12) == 0, "%s", cf_error_msg());
+    enum { P = 4, G = 40 };
+    uint8_t greedy[P + G], out[P + G], again[P + G];
+    cf_sample_opts o = cf_sample_defaults();
+    o.temperature = 0;
+    memcpy(greedy, TEXT, P);
+    CHECK(cf_sample(&m, &ctx, greedy, P, G, &o) == G, "greedy: %s", cf_error_msg());
+    for (int cut = 0; cut < 2; cut++) {
+        o = cf_sample_defaults();
+        o.temperature = 1.5f;
+        o.seed = 11;
+        if (cut) o.top_p = 1e-6f; else o.top_k = 1;
+        memcpy(out, TEXT, P);
+        CHECK(cf_sample(&m, &ctx, out, P, G, &o) == G && !memcmp(out, greedy, sizeof out),
+              "%s keeps more than the most likely byte", cut ? "top-p 1e-6" : "top-k 1");
+    }
+    o = cf_sample_defaults();
+    o.seed = 3;
+    memcpy(out, TEXT, P);
+    memcpy(again, TEXT, P);
+    CHECK(cf_sample(&m, &ctx, out, P, G, &o) == G && cf_sample(&m, &ctx, again, P, G, &o) == G &&
+          !memcmp(out, again, sizeof out), "seed 3 does not repeat its bytes");
+    o.seed = 4;
+    CHECK(cf_sample(&m, &ctx, again, P, G, &o) == G && memcmp(out, again, sizeof out), "seeds 3 and 4 draw the same bytes");
+    o.top_k = 5;
+    o.top_p = 0.9f;
+    CHECK(cf_sample(&m, &ctx, again, P, G, &o) == G, "top-k 5, top-p 0.9: %s", cf_error_msg());
+    /* the stop string: the greedy bytes up to its first occurrence after the prompt */
+    char stop[3] = {(char)greedy[P + 20], (char)greedy[P + 21], 0};
+    const uint8_t *first = memmem(greedy + P, G, stop, 2);
+    o = cf_sample_defaults();
+    o.temperature = 0;
+    o.stop = stop;
+    memcpy(out, TEXT, P);
+    int made = cf_sample(&m, &ctx, out, P, G, &o);
+    CHECK(first && made == first - (greedy + P) && !memcmp(out, greedy, (size_t)(P + made)),
+          "--stop \"%s\": %d bytes", stop, made);
+    cf_ctx_free(&ctx);
+    cf_model_free(&m);
+}
+
 int main(void) {
     for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) equivalence(&CASES[i]);
+    sampling();
     TEST_MAIN_END();
 }
