@@ -71,7 +71,7 @@ for v in $VARIANTS; do
   "$bin" train configs/enwik8-small.json --out "$RUNS/$v" --quiet \
     --set "model.attention=$(attn_of "$v")" --set "model.position=\"$(pos_of "$v")\"" \
     --set model.max_seq_len="$CTX" --set train.seq_len="$CTX" --set eval.ctx="$CTX" --set eval.stride=$((CTX / 2)) \
-    --set train.steps="$STEPS" --set train.checkpoint_every="$STEPS" --set train.eval_every=0 --set eval.bytes=20000 \
+    --set train.steps="$STEPS" --set train.checkpoint_every="$STEPS" --set train.eval_every=0 --set eval.bytes=4096 \
     --set train.warmup_steps=$((STEPS / 10 + 1)) --set train.lr=1e-3 --set train.sampling='"ordered"' \
     --set "data.train=\"$DATA/train.bin\"" --set "data.valid=\"$DATA/valid.bin\"" --set "data.test=\"$DATA/test.bin\"" \
     >/dev/null
