@@ -118,7 +118,7 @@ int main(int argc, char **argv) {
     char *cached = t_read_text(out_path), *err = t_read_text(err_path);
     CHECK(rc == 0 && strlen(cached) == 4 + 80 + 1 && !strncmp(cached, "the ", 4), "sample greedy: status %d: %s", rc, cached);
     CHECK(strstr(err, "BENCH sample variant=full ctx=32 bytes=80 ") && field(err, "bytes_per_s=") > 0 &&
-          field(err, "peak_rss_mb=") > 0 && field(err, "cached=") == 1 && strstr(err, "the context is full"),
+          field(err, "peak_rss_mb=") > 0 && field(err, "cached=") == 1 && strstr(err, "the context of 32 bytes is full"),
           "sample: stderr \"%s\"", err);
     printf("sample greedy: %s", cached);
     free(err);

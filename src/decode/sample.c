@@ -136,9 +136,8 @@ int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, c
         /* the context is full: drop its oldest `slide` bytes, re-encode the rest and the new byte
          * from position 0 */
         if (!o->reencodes)
-            fprintf(stderr, "cformer: sample: the context is full (%d bytes, %s positions): each time it fills, "
-                    "the oldest %d bytes are dropped and the rest re-encoded\n", span,
-                    cf_pos_names[m->cfg.position], slide);
+            fprintf(stderr, "cformer: sample: the context of %d bytes is full: each time it fills, the oldest %d "
+                    "bytes are dropped and the rest re-encoded from position 0\n", span, slide);
         o->reencodes++;
         cf_gen_reset(&g);
         z = feed_all(&g, out, n - (span - slide + 1), n, ids);
