@@ -15,19 +15,6 @@ void cf_cache_put(cf_attn_cache *c, int64_t p, const float *k, const float *v) {
     }
 }
 
-/* q . k over d, in 16 lanes summed in a fixed order: without reassociation a single running sum
- * would serialise on the adder, and this is the inner loop of every cached softmax step */
-static inline float dot(const float *q, const float *k, int d) {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= d; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += q[i + l] * k[i + l];
-    float s = 0;
-    for (int l = 0; l < 16; l++) s += acc[l];
-    for (; i < d; i++) s += q[i] * k[i];
-    return s;
-}
-
 void cf_attn_cache_attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,
                      float *scores, float *out) {
     int Dh = c->Dh;
@@ -36,7 +23,7 @@ void cf_attn_cache_attend(const cf_attn_cache *c, int h, const float *q, float s
     if (n == 0) return;
     float mx = -INFINITY;
     for (int j = 0; j < n; j++) {
-        scores[j] = dot(q, K + (int64_t)rows[j] * Dh, Dh) * scale;
+        scores[j] = cf_cache_dot(q, K + (int64_t)rows[j] * Dh, Dh) * scale;
         mx = scores[j] > mx ? scores[j] : mx;
     }
     float sum = 0;

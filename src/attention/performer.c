@@ -34,6 +34,7 @@
 #include "cformer/kernels.h"
 #include "../kernels/attn_tiles.h"
 #include "../ops/backward.h"
+#include "cache.h"
 
 #define FAVOR_EPS 1e-6f
 #define RELU_EPS 1e-3f
@@ -332,14 +333,8 @@ static void performer_start(cf_ctx *ctx, const cf_attn_call *call, cf_attn_cache
 
 /* u = alpha W x [m] and h = |alpha x|^2 / 2 */
 static float perf_project(const float *W, const float *x, int m, int d, float alpha, float *u) {
-    float s = 0;
-    for (int i = 0; i < d; i++) s += x[i] * x[i];
-    for (int r = 0; r < m; r++) {
-        float t = 0;
-        for (int i = 0; i < d; i++) t += W[(size_t)r * d + i] * x[i];
-        u[r] = alpha * t;
-    }
-    return 0.5f * alpha * alpha * s;
+    for (int r = 0; r < m; r++) u[r] = alpha * cf_cache_dot(W + (size_t)r * d, x, d);
+    return 0.5f * alpha * alpha * cf_cache_dot(x, x, d);
 }
 
 static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k,

@@ -441,9 +441,7 @@ static void xl_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, 
             for (int j = 0; j < nk; j++) {
                 int64_t pos = j0 + j;
                 const float *kr = K + (int64_t)cf_cache_row(c, pos) * Dh, *rr = rk + (p - pos) * D + h * Dh;
-                float a = 0, b = 0;
-                for (int i = 0; i < Dh; i++) { a += qu[i] * kr[i]; b += qv[i] * rr[i]; }
-                s[j] = (a + b) * scale;
+                s[j] = (cf_cache_dot(qu, kr, Dh) + cf_cache_dot(qv, rr, Dh)) * scale;
                 mx = s[j] > mx ? s[j] : mx;
             }
             float sum = 0;

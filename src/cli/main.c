@@ -473,9 +473,13 @@ static int cmd_sample(int argc, char **argv) {
     }
     if (!rc) {
         double dt = now_s() - t0;
-        fprintf(stderr, "BENCH sample variant=%s ctx=%d bytes=%lld samples=%d bytes_per_s=%.1f cached=%d threads=%d "
-                "cache_mb=%.2f peak_rss_mb=%.1f", types,
-                span ? span : absolute ? W : n_prompt + tokens, (long long)total, n_samples,
+        /* the context: a recurrent model's call, a bounded one's window, or none (window, linear,
+         * performer without positions read an unbounded stream) */
+        char ctx_s[32];
+        if (span || absolute) snprintf(ctx_s, sizeof ctx_s, "%d", span ? span : W);
+        else snprintf(ctx_s, sizeof ctx_s, "unbounded");
+        fprintf(stderr, "BENCH sample variant=%s ctx=%s bytes=%lld samples=%d bytes_per_s=%.1f cached=%d threads=%d "
+                "cache_mb=%.2f peak_rss_mb=%.1f", types, ctx_s, (long long)total, n_samples,
                 total / (dt > 0 ? dt : 1e-9), !uncached, cf_num_threads(), cache_mb,
                 cf_peak_rss_mb());
         if (first_kb > 0) fprintf(stderr, " first_1k_s=%.4f last_1k_s=%.4f", first_kb / n_samples, last_kb / n_samples);
