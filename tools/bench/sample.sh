@@ -122,12 +122,12 @@ awk -v threads="$THREADS" '
         k = v SUBSEP "new" SUBSEP T[i]
         if (!(k in bps)) continue
         fm = median(f[k]); lm = median(l[k])
-        printf "BENCH sample_summary variant=%s threads=%s bytes_per_s=%.1f first_1k_s=%.4f last_1k_s=%.4f last_over_first=%.3f\n", v, T[i], median(bps[k]), fm, lm, fm > 0 ? lm / fm : 0
+        printf "BENCH sample_summary variant=%s threads=%s bytes_per_s=%.1f first_1k_s=%.4f last_1k_s=%.4f last_over_first=%.3f\n", v, T[i], median(bps[k]), fm, lm, (fm > 0 ? lm / fm : 0)
       }
       n1 = median(bps[v SUBSEP "new" SUBSEP 1]); o1 = median(bps[v SUBSEP "old" SUBSEP 1])
-      printf "BENCH sample_speedup variant=%s threads=1 new_bytes_per_s=%.1f old_bytes_per_s=%.1f ratio=%.1f\n", v, n1, o1, o1 > 0 ? n1 / o1 : 0
+      printf "BENCH sample_speedup variant=%s threads=1 new_bytes_per_s=%.1f old_bytes_per_s=%.1f ratio=%.1f\n", v, n1, o1, (o1 > 0 ? n1 / o1 : 0)
       a = median(rss[v SUBSEP "new" SUBSEP 1]); b = median(rss[v SUBSEP "long" SUBSEP 1])
-      printf "BENCH sample_memory variant=%s peak_rss_mb_short=%.1f peak_rss_mb_long=%.1f long_over_short=%.3f\n", v, a, b, a > 0 ? b / a : 0
+      printf "BENCH sample_memory variant=%s peak_rss_mb_short=%.1f peak_rss_mb_long=%.1f long_over_short=%.3f\n", v, a, b, (a > 0 ? b / a : 0)
     }
   }' "$log" | sort | tee -a "$log"
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; cp "$log" "$OUT/sample.txt"; fi
