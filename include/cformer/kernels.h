@@ -34,6 +34,13 @@ void cf_gemm_epi(int trans_a, int trans_b, int m, int n, int k, float alpha, con
 /* Same contract, a plain triple loop (double accumulation): the reference for tests. */
 void cf_gemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* y[m] = W x + b for W [m, k] (row stride ldw), b [m] or NULL: one row through a linear layer, the
+ * product of incremental decoding. No packing (the weights are read once, in place, which is all
+ * a single row can do with them); OpenMP over blocks of output rows when the matrix is large.
+ * Each y[i] is summed by one thread in a fixed order: the result does not depend on the thread
+ * count. */
+void cf_gemv(int m, int k, const float *w, int ldw, const float *x, const float *b, float *y);
+
 /* which micro-kernel cf_gemm runs: "avx512", "avx2" or "portable" */
 const char *cf_gemm_isa(void);
 

@@ -137,6 +137,48 @@ cf_tensor *cf_model_rec_blocks(cf_model *m, cf_ctx *ctx, cf_tensor *h);
 /* mean cross-entropy in nats of targets [B, T]; logits_out (optional) receives the logits */
 cf_tensor *cf_model_loss(cf_model *m, cf_ctx *ctx, const int32_t *ids, const int32_t *targets, int B, int T,
                          cf_tensor **logits_out);
+/* ---- incremental decoding (src/model/generate.c; docs/architecture.md section 20) --------------------
+ * A decoder-only model fed one stream of bytes a few at a time, each layer keeping its variant's
+ * cache (attention.h: cf_attn_cache), so that a new byte costs one row through the blocks. No
+ * autograd; the caches are allocated once, by cf_gen_init. The logits of every fed row equal
+ * those of the full forward on the same prefix (cf_model_logits), within float rounding:
+ *   - a model without recurrent layers: the forward on the whole prefix. Learned or sinusoidal
+ *     positions, and layers that keep every position (full, sparse), bound the context to span
+ *     positions (cf_gen_room); past it the caller starts again on a shorter text (cf_gen_reset).
+ *   - a model with xl or infini layers: streamed evaluation's forward, calls of span positions
+ *     each continuing the state of the one before (m->stream); positions restart at every call,
+ *     other layers see their call only, and the memory carries. No bound. */
+typedef struct cf_gen {
+    cf_model      *m;
+    cf_ctx        *ctx;               /* scratch only (its arena); gradients off while feeding */
+    int            span;              /* positions of one call (recurrent), else of the context */
+    int            recurrent;         /* the model has xl or infini layers */
+    int            bounded;           /* a model without them that cannot go past span positions */
+    int            max_rows;          /* rows fed at once (longer feeds are cut) */
+    int64_t        pos;               /* positions fed since init or reset */
+    cf_attn_cache *cache;             /* [n_blocks] */
+    cf_attn_state  state;             /* what xl layers read: u, v */
+    float         *slab;              /* every cache's floats */
+    size_t         slab_floats;
+    float         *x, *logits;        /* [max_rows, D], [max_rows, V] */
+} cf_gen;
+
+/* Ready to decode one stream with m (which must be decoder-only): span as above (a recurrent
+ * model's call length, normally eval.ctx; otherwise at most max_seq_len with absolute positions),
+ * rows fed at once at most max_rows. -1 with cf_error_msg() for an encoder-decoder or a span the
+ * model cannot take. */
+int  cf_gen_init(cf_gen *g, cf_model *m, cf_ctx *ctx, int span, int max_rows);
+void cf_gen_free(cf_gen *g);
+/* forget the stream: the next byte fed is position 0 with empty caches */
+void cf_gen_reset(cf_gen *g);
+/* positions that may still be fed (INT64_MAX when nothing bounds the stream) */
+int64_t cf_gen_room(const cf_gen *g);
+/* Feed n bytes (ids [n], n <= cf_gen_room) and return the logits [n, V] of the byte after each,
+ * valid until the next feed. */
+const float *cf_gen_feed(cf_gen *g, const int32_t *ids, int n);
+/* bytes of memory the caches hold */
+size_t cf_gen_bytes(const cf_gen *g);
+
 /* a generous bound on the arena bytes one training step of B x T needs (B pairs of at most T
  * tokens a side for an encoder-decoder) */
 size_t cf_model_arena_bytes(const cf_model_config *c, int B, int T);

@@ -72,6 +72,27 @@ cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, con
  * not trained yet: this tells it the step (and train.seed) it was saved at. */
 void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step);
 
+/* ---- incremental decoding, inference only: no tape, rows of plain floats (src/nn/step.c and the
+ * end of src/nn/attention.c; docs/architecture.md section 20) ---------------------------------------- */
+/* y [n, out] = x [n, in] W^T + b: cf_gemv for one row, cf_gemm for more */
+void cf_linear_rows(const cf_linear_layer *l, const float *x, int n, float *y);
+/* fill a layer's cache (sized and zeroed by the model) with what its variant computes once
+ * (cf_attn_variant.cache_start); state as for cf_attn_apply_state (xl: u and v) */
+void cf_attn_cache_start(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c);
+/* q, k, v [n, 3D] of n new rows x [n, D] at positions pos [n]: the one place they are made */
+void cf_attn_step_qkv(const cf_attn_layer *a, const int64_t *pos, const float *x, int n, float *qkv);
+/* the attention layer on n new rows x [n, D] -> out [n, D], appending them to the cache */
+void cf_attn_step(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c, const float *x,
+                  int n, float *out);
+/* n streams of one new row each, x [n, D] -> out [n, D]: row r appends to caches[r] (beams, a batch
+ * of sources) */
+void cf_attn_step_streams(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *caches,
+                          const float *x, int n, float *out);
+/* a recurrent variant's call boundary (cf_attn_variant.boundary) */
+void cf_attn_boundary(const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c);
+/* the block on n new rows x [n, D], in place; scratch from ctx's arena (rewound before return) */
+void cf_block_step(cf_ctx *ctx, const cf_block *b, const cf_attn_state *state, cf_attn_cache *c, float *x, int n);
+
 /* src/nn/block.c; one transformer block, pre- or post-norm */
 void       cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model_config *m,
                          const cf_attn_config *attn, int causal);

@@ -31,6 +31,14 @@ typedef struct cf_eval_result {
 int cf_eval_bpb(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int ctx_len, int stride,
                 int batch, cf_eval_result *r);
 
+/* Bits per byte over bytes [0, n) of data through incremental decoding (model.h: cf_gen): one
+ * stream, every byte after the first scored once, the caches carried along it. span as for
+ * cf_gen_init (a recurrent model's call length: with ctx_len as span this scores what
+ * cf_eval_bpb's streams do with one column); reset_every_call: start afresh after every span
+ * bytes, so that no memory crosses a call (the ablation of a recurrent model's memory). */
+int cf_eval_cached(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int span, int reset_every_call,
+                   cf_eval_result *r);
+
 /* Validation of an encoder-decoder on pairs, in file order, batch pairs at a time, each cut to
  * seq_len tokens a side as in training: r->bpb = bits per scored target token (each target byte and
  * the closing EOS; label smoothing does not apply), r->exact = the fraction of pairs whose greedy

@@ -36,6 +36,7 @@
 #include <string.h>
 #include <omp.h>
 #include "cformer/attention.h"
+#include "cache.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
@@ -456,10 +457,99 @@ static cf_tensor *infini_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv
                                io ? io->M_out : NULL, io ? io->z_out : NULL);
 }
 
+/* ---- incremental decoding ---------------------------------------------------------------------------
+ * As training and streamed evaluation cut a call of span positions (starting at call0) into
+ * segments of segment_len (the last one of a call may be shorter): a query attends by softmax to
+ * its own segment's positions up to itself (the cache holds one segment's keys and values, row
+ * t = position - segment start) and reads the memory (M, z) as it was before the segment; when
+ * the segment's last position has been fed, its keys and values update the memory and the rows
+ * are free again. Memory and cost per byte are constant however long the text. */
+
+static int infini_rows(const cf_attn_config *c, int span) { return c->segment_len < span ? c->segment_len : span; }
+/* aux: per head M [d, d], z [d], a workspace of 2 d floats */
+static size_t infini_aux(const cf_attn_config *c, int n_heads, int d_head, int span) {
+    (void)c, (void)span;
+    return (size_t)n_heads * ((size_t)d_head * d_head + 3 * (size_t)d_head);
+}
+
+/* the segment [s0, s0 + len) ends: M += sigma(K)^T V (linear; also the first segment of the
+ * stream) or sigma(K)^T (V - sigma(K) M / (sigma(K) z)) (delta, with M and z before the segment),
+ * z += sum_t sigma(k_t). The cache's value rows are not needed again and take U. */
+static void infini_close(const cf_attn_call *call, cf_attn_cache *c, int len) {
+    int H = c->H, d = c->Dh, delta = call->cfg->update == CF_UPDATE_DELTA && c->has_mem;
+    #pragma omp parallel for schedule(static) if (H * len * d * d >= (1 << 16))
+    for (int h = 0; h < H; h++) {
+        float *M = c->aux + (size_t)h * ((size_t)d * d + 3 * d), *z = M + (size_t)d * d, *sk = z + d, *rr = sk + d;
+        float *K = c->k + (int64_t)h * c->rows * d, *V = c->v + (int64_t)h * c->rows * d;
+        if (delta)
+            for (int t = 0; t < len; t++) {
+                sigma_row(K + (int64_t)t * d, sk, d);
+                float den = 0;
+                for (int a = 0; a < d; a++) den += sk[a] * z[a];
+                memset(rr, 0, sizeof(float) * d);
+                for (int a = 0; a < d; a++)
+                    for (int b = 0; b < d; b++) rr[b] += sk[a] * M[(size_t)a * d + b];
+                for (int b = 0; b < d; b++) V[(int64_t)t * d + b] -= rr[b] / den;
+            }
+        for (int t = 0; t < len; t++) {
+            sigma_row(K + (int64_t)t * d, sk, d);
+            for (int a = 0; a < d; a++) {
+                for (int b = 0; b < d; b++) M[(size_t)a * d + b] += sk[a] * V[(int64_t)t * d + b];
+                z[a] += sk[a];
+            }
+        }
+    }
+    c->has_mem = 1;
+}
+
+static void infini_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k, const float *v,
+                        int ld, int n, float *out) {
+    int H = c->H, d = c->Dh, S = call->cfg->segment_len, mem = call->cfg->update != CF_UPDATE_NONE;
+    float scale = 1.0f / sqrtf((float)d);
+    size_t wsf = cf_attn_cache_ws_floats(c->rows, d);
+    const float *beta = call->extra[0]->data;
+    for (int r = 0; r < n; r++) {
+        int64_t p = c->pos, s0 = c->call0 + (p - c->call0) / S * S;
+        int t = (int)(p - s0);
+        CF_ASSERT(t < c->rows, "infini decoding: row %d of a segment past the cache's %d rows", t, c->rows);
+        cf_cache_put(c, t, k + (int64_t)r * ld, v + (int64_t)r * ld);
+        #pragma omp parallel for schedule(static) if ((t + 1 + d) * H * d >= (1 << 16))
+        for (int h = 0; h < H; h++) {
+            float *w = c->ws + (size_t)omp_get_thread_num() * wsf;
+            int32_t *list = (int32_t *)(w + c->rows);
+            float *sq = w + 2 * (size_t)c->rows, *am = sq + d;
+            for (int j = 0; j <= t; j++) list[j] = j;
+            const float *qr = q + (int64_t)r * ld + h * d;
+            float *o = out + ((int64_t)r * H + h) * d;
+            cf_attn_cache_attend(c, h, qr, scale, list, t + 1, w, o);            /* the local part */
+            if (!mem || !c->has_mem) continue;
+            const float *M = c->aux + (size_t)h * ((size_t)d * d + 3 * d), *z = M + (size_t)d * d;
+            sigma_row(qr, sq, d);
+            float den = 0;
+            memset(am, 0, sizeof(float) * d);
+            for (int a = 0; a < d; a++) {
+                den += sq[a] * z[a];
+                for (int b = 0; b < d; b++) am[b] += sq[a] * M[(size_t)a * d + b];
+            }
+            float g = sigmoidf(beta[h]), og = 1.0f - g;
+            for (int b = 0; b < d; b++) o[b] = g * (am[b] / den) + og * o[b];
+        }
+        c->pos = p + 1;
+        if (mem && (t + 1 == S || c->pos - c->call0 == c->span)) infini_close(call, c, t + 1);
+    }
+}
+
+/* the call ends (its last segment has closed with its last position): the next starts at pos */
+static void infini_boundary(const cf_attn_call *call, cf_attn_cache *c) {
+    (void)call;
+    c->call0 = c->pos;
+}
+
 /* the gate beta [H] ("<prefix>.gate", starts at 0: half memory, half local) */
 const cf_attn_variant cf_attn_infini = {
     .name = "infini", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY, .check = infini_check,
     .n_extra = 1, .extra = {{"gate", 1, {CF_ATTN_DIM_HEADS}}}, .core = infini_core,
     /* the compressive memory M and its normaliser z, per head */
     .n_state = 2, .state = {{"infini_M", 3, {CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD, CF_ATTN_DIM_HEAD}, 0},
-                            {"infini_z", 2, {CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD}, 1}}};
+                            {"infini_z", 2, {CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD}, 1}},
+    .cache_rows = infini_rows, .cache_aux = infini_aux, .step = infini_step, .boundary = infini_boundary};

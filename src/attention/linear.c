@@ -451,4 +451,47 @@ static cf_tensor *linear_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv
     return cf_linear_attention_qkv(ctx, qkv, c->n_heads, c->causal, c->key_keep);
 }
 
-const cf_attn_variant cf_attn_linear = {.name = "linear", .flags = CF_ATTN_KEY_PADDING, .core = linear_core};
+/* ---- incremental decoding: the recurrent form, S += phi(k) v^T, z += phi(k), then
+ * out = phi(q)^T S / (phi(q) . z + eps); constant memory and cost per byte ----------------------------- */
+
+static int linear_rows(const cf_attn_config *c, int span) { (void)c, (void)span; return 0; }
+/* per head S [Dh, Dh], then z [Dh] */
+static size_t linear_aux(const cf_attn_config *c, int n_heads, int d_head, int span) {
+    (void)c, (void)span;
+    return (size_t)n_heads * d_head * (d_head + 1);
+}
+
+static inline float elu1(float x) { return x > 0 ? x + 1.0f : expf(x); }
+
+static void linear_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k, const float *v,
+                        int ld, int n, float *out) {
+    (void)call;
+    int H = c->H, d = c->Dh;
+    for (int r = 0; r < n; r++) {
+        #pragma omp parallel for schedule(static) if (H * d * d >= (1 << 16))
+        for (int h = 0; h < H; h++) {
+            float *S = c->aux + (size_t)h * d * (d + 1), *z = S + (size_t)d * d;
+            const float *kr = k + (int64_t)r * ld + h * d, *vr = v + (int64_t)r * ld + h * d;
+            const float *qr = q + (int64_t)r * ld + h * d;
+            float *o = out + ((int64_t)r * H + h) * d;
+            for (int a = 0; a < d; a++) {
+                float fk = elu1(kr[a]);
+                for (int b = 0; b < d; b++) S[a * d + b] += fk * vr[b];
+                z[a] += fk;
+            }
+            float den = 1e-6f;
+            memset(o, 0, sizeof(float) * d);
+            for (int a = 0; a < d; a++) {
+                float fq = elu1(qr[a]);
+                den += fq * z[a];
+                for (int b = 0; b < d; b++) o[b] += fq * S[a * d + b];
+            }
+            float inv = den > 0 ? 1.0f / den : 0.0f;
+            for (int b = 0; b < d; b++) o[b] *= inv;
+        }
+    }
+    c->pos += n;
+}
+
+const cf_attn_variant cf_attn_linear = {.name = "linear", .flags = CF_ATTN_KEY_PADDING, .core = linear_core,
+                                        .cache_rows = linear_rows, .cache_aux = linear_aux, .step = linear_step};

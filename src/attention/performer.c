@@ -34,6 +34,7 @@
 #include "cformer/kernels.h"
 #include "../kernels/attn_tiles.h"
 #include "../ops/backward.h"
+#include "cache.h"
 
 #define FAVOR_EPS 1e-6f
 #define RELU_EPS 1e-3f
@@ -299,5 +300,96 @@ static cf_tensor *performer_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *
     return cf_kernel_attention(ctx, fq, fk, qkv, c->n_heads, c->causal, 0.0f, c->key_keep);
 }
 
+/* ---- incremental decoding: the recurrent form of the kernel attention above -------------------------
+ * Per head: S = sum_j phi(k_j) v_j^T and z = sum_j phi(k_j), then out = phi(q)^T S / (phi(q) . z).
+ * The key features of the softmax kernel, c (exp(u_j - h_j - M) + eps), depend on M, the largest
+ * projection among the keys so far (the causal forward over the same prefix uses the maximum over
+ * the whole prefix). The sums are therefore kept in two parts: E = sum_j exp(u_j - h_j - M) v_j^T
+ * (and its z part), rescaled by exp(M_old - M) whenever a key raises M, and sum_j v_j (and the
+ * count) for the eps term: S = c (E + eps sum_j v_j^T), z = c (E 1 + eps n), exactly the prefix
+ * forward's sums. The ReLU kernel has no maximum: S and z are plain sums. Constant memory and cost
+ * per byte. */
+
+/* aux: W [m, d] (the layer's draw), then per head E [m, d], e [m], vsum [d], M, and a workspace
+ * of 2 m floats */
+static size_t perf_head_floats(int m, int d) { return (size_t)m * d + m + d + 1 + 2 * (size_t)m; }
+
+static int performer_rows(const cf_attn_config *c, int span) { (void)c, (void)span; return 0; }
+static size_t performer_aux(const cf_attn_config *c, int n_heads, int d_head, int span) {
+    (void)span;
+    return (size_t)c->features * d_head + (size_t)n_heads * perf_head_floats(c->features, d_head);
+}
+
+static void performer_start(cf_ctx *ctx, const cf_attn_call *call, cf_attn_cache *c) {
+    int m = call->cfg->features, d = c->Dh;
+    size_t mark = cf_arena_mark(&ctx->arena);
+    memcpy(c->aux, performer_w(ctx, call, m, d), sizeof(float) * (size_t)m * d);
+    cf_arena_rewind(&ctx->arena, mark);
+    for (int h = 0; h < c->H; h++) {
+        float *E = c->aux + (size_t)m * d + (size_t)h * perf_head_floats(m, d);
+        E[(size_t)m * d + m + d] = -INFINITY;                     /* M: no key yet */
+    }
+}
+
+/* u = alpha W x [m] and h = |alpha x|^2 / 2 */
+static float perf_project(const float *W, const float *x, int m, int d, float alpha, float *u) {
+    for (int r = 0; r < m; r++) u[r] = alpha * cf_cache_dot(W + (size_t)r * d, x, d);
+    return 0.5f * alpha * alpha * cf_cache_dot(x, x, d);
+}
+
+static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k,
+                           const float *v, int ld, int n, float *out) {
+    int m = call->cfg->features, d = c->Dh, H = c->H, relu = call->cfg->kernel == CF_FAVOR_RELU;
+    float alpha = relu ? 1.0f / sqrtf((float)m) : 1.0f / sqrtf(sqrtf((float)d)), cm = 1.0f / sqrtf((float)m);
+    const float *W = c->aux;
+    for (int r = 0; r < n; r++) {
+        double count = (double)(c->pos + 1);                      /* keys so far, this one included */
+        #pragma omp parallel for schedule(static) if (H * m * d >= (1 << 15))
+        for (int h = 0; h < H; h++) {
+            float *E = c->aux + (size_t)m * d + (size_t)h * perf_head_floats(m, d), *e = E + (size_t)m * d;
+            float *vsum = e + m, *M = vsum + d, *u = M + 1, *f = u + m;
+            const float *kr = k + (int64_t)r * ld + h * d, *vr = v + (int64_t)r * ld + h * d;
+            const float *qr = q + (int64_t)r * ld + h * d;
+            float *o = out + ((int64_t)r * H + h) * d;
+            /* the key */
+            float hn = perf_project(W, kr, m, d, alpha, u);
+            if (relu) {
+                for (int j = 0; j < m; j++) f[j] = (u[j] > 0 ? u[j] : 0.0f) + RELU_EPS;
+            } else {
+                float mx = row_max(u, m);
+                if (mx > *M) {
+                    if (*M > -INFINITY) {
+                        float s = expf(*M - mx);
+                        for (size_t j = 0; j < (size_t)m * d + m; j++) E[j] *= s;
+                    }
+                    *M = mx;
+                }
+                exp_shift(u, hn + *M, 1.0f, 0.0f, f, m);
+                for (int i = 0; i < d; i++) vsum[i] += vr[i];
+            }
+            for (int j = 0; j < m; j++) {
+                for (int i = 0; i < d; i++) E[(size_t)j * d + i] += f[j] * vr[i];
+                e[j] += f[j];
+            }
+            /* the query */
+            float hq = perf_project(W, qr, m, d, alpha, u);
+            if (relu) for (int j = 0; j < m; j++) f[j] = (u[j] > 0 ? u[j] : 0.0f) + RELU_EPS;
+            else exp_shift(u, hq + row_max(u, m), cm, FAVOR_EPS, f, m);
+            float den = 0;
+            memset(o, 0, sizeof(float) * d);
+            for (int j = 0; j < m; j++) {
+                float fj = relu ? f[j] : f[j] * cm;
+                den += fj * (relu ? e[j] : e[j] + FAVOR_EPS * (float)count);
+                for (int i = 0; i < d; i++) o[i] += fj * (E[(size_t)j * d + i] + (relu ? 0.0f : FAVOR_EPS * vsum[i]));
+            }
+            float inv = den > 0 ? 1.0f / den : 0.0f;
+            for (int i = 0; i < d; i++) o[i] *= inv;
+        }
+        c->pos++;
+    }
+}
+
 const cf_attn_variant cf_attn_performer = {
-    .name = "performer", .flags = CF_ATTN_KEY_PADDING, .check = performer_check, .core = performer_core};
+    .name = "performer", .flags = CF_ATTN_KEY_PADDING, .check = performer_check, .core = performer_core,
+    .cache_rows = performer_rows, .cache_aux = performer_aux, .cache_start = performer_start,
+    .step = performer_step};

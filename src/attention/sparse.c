@@ -17,6 +17,7 @@
  * heads part 1, odd heads part 2), "merged" (part 1 in stage 0, part 2 in stage 1 minus what part
  * 1 already has: j == i for strided, the own block for fixed; the engine merges the softmax). */
 #include "masked.h"
+#include "cache.h"
 
 /* part (1 or 2) of the pattern into class cls, stage st; without_part1: leave out what part 1 sees */
 static void add_part(cf_ctx *ctx, plan *p, const cf_attn_pattern *pat, int causal, int cls, int st, int part,
@@ -79,7 +80,54 @@ static int sparse_check(const cf_attn_config *c, const char *path, int n_heads, 
     return 0;
 }
 
+/* ---- incremental decoding: the cache holds every position; a query reads only those its part(s)
+ * of the pattern allow, causal, with the conventions of the plans above ---------------------------- */
+
+static int sparse_rows(const cf_attn_config *c, int span) { (void)c; return span; }
+static size_t sparse_aux(const cf_attn_config *c, int n_heads, int d_head, int span) {
+    (void)c, (void)n_heads, (void)d_head, (void)span;
+    return 0;
+}
+
+/* the positions of part (1 or 2) of pattern pat that query p sees; without_part1: leave out
+ * those part 1 sees (a merged pattern lists part 1, then the rest of part 2) */
+static int part_keys(const cf_attn_pattern *pat, int part, int without_part1, int64_t p, int32_t *out) {
+    int64_t l = pat->stride, bs = p / l * l;
+    int n = 0;
+    if (pat->type == CF_ATTN_SPARSE_STRIDED) {
+        if (part == 1)
+            for (int64_t j = p - l + 1 > 0 ? p - l + 1 : 0; j <= p; j++) out[n++] = (int32_t)j;
+        else
+            for (int64_t j = p % l; j <= p - (without_part1 ? l : 0); j += l) out[n++] = (int32_t)j;   /* i - j = 0 mod l */
+        return n;
+    }
+    if (part == 1) {
+        for (int64_t j = bs; j <= p; j++) out[n++] = (int32_t)j;
+        return n;
+    }
+    int64_t end = without_part1 ? bs - 1 : p;       /* summary columns: j mod l >= l - c */
+    for (int64_t b0 = 0; b0 <= end; b0 += l)
+        for (int64_t j = b0 + l - pat->c; j < b0 + l && j <= end; j++) out[n++] = (int32_t)j;
+    return n;
+}
+
+static int sparse_keys(const cf_attn_call *call, const cf_attn_cache *c, int h, int64_t p, int32_t *rows) {
+    CF_ASSERT(p < c->rows, "sparse attention: position %lld past the cache's %d rows", (long long)p, c->rows);
+    cf_attn_pattern pat = cf_attn_pattern_of(call->cfg, call->layer);
+    if (pat.split_heads) return part_keys(&pat, h % 2 + 1, 0, p, rows);
+    if (pat.parts != 3) return part_keys(&pat, pat.parts, 0, p, rows);
+    int n = part_keys(&pat, 1, 0, p, rows);
+    return n + part_keys(&pat, 2, 1, p, rows + n);
+}
+
+static void sparse_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k, const float *v,
+                        int ld, int n, float *out) {
+    cf_cache_softmax_step(call, c, q, k, v, ld, n, out, sparse_keys);
+}
+
 const cf_attn_variant cf_attn_sparse_strided = {
-    .name = "sparse_strided", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core};
+    .name = "sparse_strided", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core,
+    .cache_rows = sparse_rows, .cache_aux = sparse_aux, .step = sparse_step};
 const cf_attn_variant cf_attn_sparse_fixed = {
-    .name = "sparse_fixed", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core};
+    .name = "sparse_fixed", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core,
+    .cache_rows = sparse_rows, .cache_aux = sparse_aux, .step = sparse_step};

@@ -38,6 +38,9 @@ int cf_attn_table_check(void) {
             return cf_set_error("attention type %s: its variant row is named \"%s\"", cf_attn_kind_names[k], v->name);
         if (v->n_extra < 0 || v->n_extra > CF_ATTN_MAX_EXTRA)
             return cf_set_error("attention type %s: %d extra parameters", v->name, v->n_extra);
+        if (!v->cache_rows || !v->cache_aux || !v->step || !v->boundary != !(v->flags & CF_ATTN_RECURRENT))
+            return cf_set_error("attention type %s: its row lacks incremental decoding (cache_rows, cache_aux, step, "
+                                "and boundary exactly when recurrent)", v->name);
         if (v->n_state < 0 || v->n_state > CF_ATTN_MAX_STATE || (v->n_state > 0) != !!(v->flags & CF_ATTN_RECURRENT))
             return cf_set_error("attention type %s: %d state arrays for a %srecurrent variant", v->name, v->n_state,
                                 v->flags & CF_ATTN_RECURRENT ? "" : "non-");

@@ -34,6 +34,8 @@
 #include <string.h>
 #include <omp.h>
 #include "cformer/attention.h"
+#include "cformer/kernels.h"
+#include "cache.h"
 #include "../ops/backward.h"
 #include "../kernels/attn_geom.h"
 #include "../kernels/block_gemm.h"
@@ -389,9 +391,84 @@ static cf_tensor *xl_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *xq) {
     return cf_xl_attention(ctx, q, k, v, rk, io->u, io->v_bias, c->n_heads, c->dropout);
 }
 
+/* ---- incremental decoding ---------------------------------------------------------------------------
+ * The segment memory as training and streamed evaluation carry it: a call of span positions
+ * starting at position call0 sees the last mem_len positions before call0 (the memory) and its
+ * own positions up to the query. Keys and values depend only on their own row's input (the
+ * memory holds the layer's inputs, normalised again when they are read: the same per-row
+ * function), so the cache keeps them for the last mem_len + span positions in a ring and a call
+ * boundary only moves call0. The projected relative sinusoids r_net R_p for every distance p the
+ * ring can hold are computed once, when the cache starts; u and v come with them. */
+
+static int xl_rows(const cf_attn_config *c, int span) { return c->mem_len + span; }
+/* aux: rk [rows, D] by distance (row p: distance p), then u [D], v [D] */
+static size_t xl_aux(const cf_attn_config *c, int n_heads, int d_head, int span) {
+    return ((size_t)c->mem_len + span + 2) * (size_t)n_heads * d_head;
+}
+
+static void xl_start(cf_ctx *ctx, const cf_attn_call *call, cf_attn_cache *c) {
+    CF_ASSERT(call->state && call->state->xl.u && call->state->xl.v_bias, "xl decoding needs u and v (cf_attn_state.xl)");
+    int rows = c->rows, D = c->H * c->Dh;
+    size_t mark = cf_arena_mark(&ctx->arena);
+    float *sin = cf_scratch(ctx, sizeof(float) * (size_t)rows * D), *rk = cf_scratch(ctx, sizeof(float) * (size_t)rows * D);
+    cf_xl_sinusoids(sin, rows, D, call->cfg->clamp_len);          /* row j: distance rows - 1 - j */
+    cf_gemm(0, 1, rows, D, D, 1.0f, sin, D, call->extra[0]->data, D, 0.0f, rk, D);
+    for (int p = 0; p < rows; p++) memcpy(c->aux + (size_t)p * D, rk + (size_t)(rows - 1 - p) * D, sizeof(float) * D);
+    memcpy(c->aux + (size_t)rows * D, call->state->xl.u->data, sizeof(float) * D);
+    memcpy(c->aux + (size_t)(rows + 1) * D, call->state->xl.v_bias->data, sizeof(float) * D);
+    cf_arena_rewind(&ctx->arena, mark);
+}
+
+static void xl_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k, const float *v, int ld,
+                    int n, float *out) {
+    int H = c->H, Dh = c->Dh, D = H * Dh, M = call->cfg->mem_len;
+    float scale = 1.0f / sqrtf((float)Dh);
+    const float *rk = c->aux, *u = rk + (size_t)c->rows * D, *vb = u + D;
+    size_t wsf = cf_attn_cache_ws_floats(c->rows, c->Dh);
+    for (int r = 0; r < n; r++) {
+        int64_t p = c->pos, j0 = c->call0 - M > 0 ? c->call0 - M : 0;
+        CF_ASSERT(p - j0 < c->rows, "xl decoding: position %lld of the call at %lld past the cache's %d rows",
+                  (long long)p, (long long)c->call0, c->rows);
+        cf_cache_put(c, p, k + (int64_t)r * ld, v + (int64_t)r * ld);
+        int nk = (int)(p - j0 + 1);
+        #pragma omp parallel for schedule(static) if ((int64_t)nk * H * Dh >= (1 << 16))
+        for (int h = 0; h < H; h++) {
+            float *s = c->ws + (size_t)omp_get_thread_num() * wsf, *qu = s + c->rows, *qv = qu + Dh;
+            const float *qr = q + (int64_t)r * ld + h * Dh;
+            for (int i = 0; i < Dh; i++) { qu[i] = qr[i] + u[h * Dh + i]; qv[i] = qr[i] + vb[h * Dh + i]; }
+            const float *K = c->k + (int64_t)h * c->rows * Dh, *V = c->v + (int64_t)h * c->rows * Dh;
+            float mx = -INFINITY;
+            for (int j = 0; j < nk; j++) {
+                int64_t pos = j0 + j;
+                const float *kr = K + (int64_t)cf_cache_row(c, pos) * Dh, *rr = rk + (p - pos) * D + h * Dh;
+                s[j] = (cf_cache_dot(qu, kr, Dh) + cf_cache_dot(qv, rr, Dh)) * scale;
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            float sum = 0;
+            for (int j = 0; j < nk; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+            float *o = out + ((int64_t)r * H + h) * Dh;
+            memset(o, 0, sizeof(float) * Dh);
+            for (int j = 0; j < nk; j++) {
+                const float *vr = V + (int64_t)cf_cache_row(c, j0 + j) * Dh;
+                for (int i = 0; i < Dh; i++) o[i] += s[j] * vr[i];
+            }
+            for (int i = 0; i < Dh; i++) o[i] /= sum;
+        }
+        c->pos = p + 1;
+    }
+}
+
+/* the call ends: its positions (the last mem_len of them, with the memory) become the memory */
+static void xl_boundary(const cf_attn_call *call, cf_attn_cache *c) {
+    (void)call;
+    c->call0 = c->pos;
+    c->has_mem = 1;
+}
+
 /* r_net [D, D], no bias ("<prefix>.r_net.weight"): projects the relative sinusoids */
 const cf_attn_variant cf_attn_xl = {
     .name = "xl", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY | CF_ATTN_OWN_QKV, .check = xl_check,
     .n_extra = 1, .extra = {{"r_net.weight", 2, {CF_ATTN_DIM_MODEL, CF_ATTN_DIM_MODEL}}}, .core = xl_core,
     /* the last mem_len inputs of the layer, oldest first */
-    .n_state = 1, .state = {{"xl_mem", 2, {CF_ATTN_DIM_MEM, CF_ATTN_DIM_MODEL}, 0}}};
+    .n_state = 1, .state = {{"xl_mem", 2, {CF_ATTN_DIM_MEM, CF_ATTN_DIM_MODEL}, 0}},
+    .cache_rows = xl_rows, .cache_aux = xl_aux, .cache_start = xl_start, .step = xl_step, .boundary = xl_boundary};

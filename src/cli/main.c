@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include "cformer/cformer.h"
 #include "omp_wait.h"
 
@@ -16,7 +17,11 @@ static void usage(FILE *f) {
         "usage: cformer <command> [options]\n"
         "  train CONFIG.json [--out DIR] [--resume CKPT.h5|RUN_DIR] [--until STEP] [--set key.path=value]... [--threads N]\n"
         "  eval  CKPT.h5 --data FILE [--precision fp32|bf16] [--ctx N] [--stride S] [--bytes N] [--mem-len N]   bits per byte of FILE\n"
-        "  sample CKPT.h5 [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S] [--precision fp32|bf16]\n"
+        "        [--columns N] (xl/infini streams) [--cached] (one stream through incremental decoding)\n"
+        "        [--reset-memory] (cached, every call afresh)\n"
+        "  sample CKPT.h5 [--prompt TEXT | --prompt-file F] [--tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
+        "        [--seed S] [--n SAMPLES] [--stop STRING] [--span N] [--slide N] [--uncached] [--precision fp32|bf16]\n"
+        "        bytes to stdout as they come; a BENCH sample line (bytes/s, memory) on stderr\n"
         "  info  [--verify] CKPT.h5                                        config, step, parameter counts\n"
         "  translate CKPT.h5 [--input TEXT] [--beam K] [--max-len N]   encoder-decoder: one line per input line\n"
         "        (stdin without --input); input and output use the escapes \\t \\n \\\\ of pair files\n"
@@ -113,11 +118,12 @@ static int load_ckpt(const char *path, cf_config *c, cf_model *m, cf_train_state
 /* eval on a pair file: bits per target token and greedy exact match; limit > 0 stops after that many
  * target tokens */
 /* what cformer eval was asked */
-typedef struct eval_opts { const char *data; int ctx_len, stride, limit, mem_len; } eval_opts;
+typedef struct eval_opts { const char *data; int ctx_len, stride, limit, mem_len, cached, reset_memory, columns; } eval_opts;
 
 static int eval_pairs(cf_config *c, cf_model *m, const eval_opts *o) {
-    if (o->ctx_len || o->stride || o->mem_len >= 0)
-        return fail("eval: --ctx, --stride and --mem-len are for decoder models; an encoder-decoder scores pairs");
+    if (o->ctx_len || o->stride || o->mem_len >= 0 || o->cached || o->reset_memory || o->columns)
+        return fail("eval: --ctx, --stride, --mem-len, --cached, --reset-memory and --columns are for decoder models; "
+                    "an encoder-decoder scores pairs");
     const char *data = o->data;
     int limit = o->limit;
     int batch = c->train.batch_size, T = c->train.seq_len;
@@ -240,13 +246,17 @@ static int eval_bytes(cf_config *c, cf_model *m, const eval_opts *o) {
         snprintf(msg, sizeof msg, "--ctx: %d exceeds the model's max_seq_len %d", ctx_len, c->model.max_seq_len);
     else if (stride > ctx_len)
         snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);
+    else if (o->columns && !cf_model_is_recurrent(m))
+        snprintf(msg, sizeof msg, "--columns: streams are for models with xl or infini layers");
+    else if (o->columns && o->cached)
+        snprintf(msg, sizeof msg, "--columns: the cached path reads one stream");
     if (msg[0]) return fail(msg);
     cf_bytes b;
     if (cf_bytes_open(&b, data) || cf_bytes_check_vocab(&b, c->model.vocab_size)) {
         cf_bytes_close(&b);
         return fail(cf_error_msg());
     }
-    int batch = c->train.batch_size;
+    int batch = o->columns ? o->columns : c->train.batch_size;
     cf_ctx ctx;
     int rc = 0;
     if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c->model, batch, ctx_len), 1 << 20)) { rc = fail(cf_error_msg()); goto out; }
@@ -254,7 +264,14 @@ static int eval_bytes(cf_config *c, cf_model *m, const eval_opts *o) {
     ctx.bf16 = c->train.precision == CF_PRECISION_BF16;
     cf_eval_result r;
     size_t n = limit && (size_t)limit < b.n ? (size_t)limit : b.n;
-    if (cf_eval_bpb(m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
+    if (o->cached) {
+        /* one stream through incremental decoding: calls (or, with absolute positions, contexts) of ctx bytes */
+        if (cf_eval_cached(m, &ctx, b.data, n, ctx_len, o->reset_memory, &r)) rc = fail(cf_error_msg());
+        else if (!isfinite(r.bpb)) rc = fail("eval: bits per byte is not finite (the model's weights are broken)");
+        else printf("BENCH eval bpb=%.6f bytes=%lld ctx=%d path=cached reset_memory=%d tokens_per_s=%.0f peak_rss_mb=%.0f\n",
+                    r.bpb, (long long)r.bytes, ctx_len, o->reset_memory, r.bytes / (r.seconds > 0 ? r.seconds : 1e-9),
+                    cf_peak_rss_mb());
+    } else if (cf_eval_bpb(m, &ctx, b.data, n, ctx_len, stride, batch, &r)) rc = fail(cf_error_msg());
     else if (!isfinite(r.bpb)) rc = fail("eval: bits per byte is not finite (the model's weights are broken)");
     else if (cf_model_is_recurrent(m)) {
         /* streamed in order with the recurrent state: no stride; the memory is the context */
@@ -281,7 +298,7 @@ static int (*const eval_of[CF_ARCH_COUNT])(cf_config *c, cf_model *m, const eval
 
 static int cmd_eval(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL;
-    int ctx_len = 0, stride = 0, limit = 0, mem_len = -1, precision = -1;
+    int ctx_len = 0, stride = 0, limit = 0, mem_len = -1, precision = -1, cached = 0, reset_memory = 0, columns = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -291,6 +308,9 @@ static int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--bytes")) { if (int_arg(a, v, 2, INT_MAX, &limit)) return 2; i++; }
         else if (!strcmp(a, "--ctx")) { if (int_arg(a, v, 1, 1 << 20, &ctx_len)) return 2; i++; }
         else if (!strcmp(a, "--stride")) { if (int_arg(a, v, 1, 1 << 20, &stride)) return 2; i++; }
+        else if (!strcmp(a, "--columns")) { if (int_arg(a, v, 1, 1 << 16, &columns)) return 2; i++; }
+        else if (!strcmp(a, "--cached")) cached = 1;
+        else if (!strcmp(a, "--reset-memory")) cached = reset_memory = 1;
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: eval: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;
     }
@@ -300,64 +320,176 @@ static int cmd_eval(int argc, char **argv) {
     cf_model m;
     if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
     if (precision >= 0) c.train.precision = precision;   /* default: the precision the model trained in */
-    eval_opts o = {data, ctx_len, stride, limit, mem_len};
+    eval_opts o = {data, ctx_len, stride, limit, mem_len, cached, reset_memory, columns};
     int rc = eval_of[c.model.arch](&c, &m, &o);
     cf_model_free(&m);
     return rc;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* what the sampler hands out as it goes: the bytes to stdout, at once, and when they came */
+typedef struct sample_out {
+    int64_t total;              /* bytes emitted by this sample */
+    int64_t n_new;              /* bytes asked for */
+    double  t0, t_first_kb, t_last_kb_start;   /* seconds: start, 1024th byte, byte n_new - 1024 */
+} sample_out;
+
+static void sample_emit(void *arg, const uint8_t *bytes, int n) {
+    sample_out *so = arg;
+    fwrite(bytes, 1, (size_t)n, stdout);
+    fflush(stdout);
+    int64_t before = so->total;
+    so->total += n;
+    double t = now_s();
+    if (before < 1024 && so->total >= 1024) so->t_first_kb = t;
+    if (before < so->n_new - 1024 && so->total >= so->n_new - 1024) so->t_last_kb_start = t;
+}
+
+/* the model's attention types, "full" or "xl,full" */
+static void attn_types(const cf_model_config *c, char *buf, size_t n) {
+    buf[0] = 0;
+    for (int i = 0; i < c->n_attn; i++)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? "," : "", cf_attn_kind_names[c->attn[i].type]);
+}
+
 static int cmd_sample(int argc, char **argv) {
-    const char *ckpt = NULL, *prompt = "";
-    int tokens = 256, top_k = 0, seed = 1, precision = -1;
-    float temperature = 1.0f;
+    const char *ckpt = NULL, *prompt = NULL, *prompt_file = NULL, *stop = NULL;
+    int tokens = 256, top_k = 0, seed = 1, precision = -1, n_samples = 1, span = 0, slide = 0, uncached = 0;
+    float temperature = 1.0f, top_p = 1.0f;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--prompt") && v) { prompt = v; i++; }
+        else if (!strcmp(a, "--prompt-file") && v) { prompt_file = v; i++; }
+        else if (!strcmp(a, "--stop") && v) { stop = v; i++; }
         else if (!strcmp(a, "--tokens")) { if (int_arg(a, v, 1, 1 << 24, &tokens)) return 2; i++; }
         else if (!strcmp(a, "--top-k")) { if (int_arg(a, v, 0, 1 << 20, &top_k)) return 2; i++; }
         else if (!strcmp(a, "--seed")) { if (int_arg(a, v, 0, INT_MAX, &seed)) return 2; i++; }
+        else if (!strcmp(a, "--n")) { if (int_arg(a, v, 1, 1 << 20, &n_samples)) return 2; i++; }
+        else if (!strcmp(a, "--span")) { if (int_arg(a, v, 1, 1 << 20, &span)) return 2; i++; }
+        else if (!strcmp(a, "--slide")) { if (int_arg(a, v, 1, 1 << 20, &slide)) return 2; i++; }
         else if (!strcmp(a, "--temperature")) { if (float_arg(a, v, &temperature)) return 2; i++; }
+        else if (!strcmp(a, "--top-p")) {
+            if (float_arg(a, v, &top_p)) return 2;
+            if (top_p <= 0 || top_p > 1) { fprintf(stderr, "cformer: --top-p: expected a number in (0, 1], got \"%s\"\n", v); return 2; }
+            i++;
+        }
         else if (!strcmp(a, "--precision")) { if (precision_arg(a, v, &precision)) return 2; i++; }
+        else if (!strcmp(a, "--uncached")) uncached = 1;
         else if (a[0] == '-' || ckpt) { fprintf(stderr, "cformer: sample: unexpected argument \"%s\"\n", a); return 2; }
         else ckpt = a;
     }
     if (!ckpt) return fail("sample: missing CKPT.h5");
+    if (prompt && prompt_file) return fail("sample: --prompt and --prompt-file exclude each other");
+    if (stop && !*stop) return fail("--stop: empty");
+    char *file_text = NULL;
+    size_t n_file = 0;
+    if (prompt_file) {
+        FILE *f = fopen(prompt_file, "rb");
+        if (!f) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "--prompt-file: cannot open %s: %s", prompt_file, strerror(errno));
+            return fail(msg);
+        }
+        file_text = cf_xmalloc(1000001);
+        n_file = fread(file_text, 1, 1000001, f);
+        fclose(f);
+        if (n_file > 1000000) { free(file_text); return fail("--prompt-file: longer than 1000000 bytes"); }
+    }
     cf_config c;
     cf_model m;
-    if (load_ckpt(ckpt, &c, &m, NULL)) return 2;
+    if (load_ckpt(ckpt, &c, &m, NULL)) { free(file_text); return 2; }
     if (strcmp(m.family->generator, "sample")) {
         char msg[128];
         snprintf(msg, sizeof msg, "sample: an %s model generates with cformer %s",
                  m.family->title, m.family->generator);
         cf_model_free(&m);
+        free(file_text);
         return fail(msg);
     }
-    int n_prompt = (int)strlen(prompt);
-    if (n_prompt > 1000000) { cf_model_free(&m); return fail("--prompt: longer than 1000000 bytes"); }
-    for (int i = 0; i < n_prompt; i++)
-        if ((uint8_t)prompt[i] >= c.model.vocab_size) {
-            char msg[160];
-            snprintf(msg, sizeof msg, "--prompt: byte %d at offset %d is not a token of the model's vocab_size %d",
-                     (uint8_t)prompt[i], i, c.model.vocab_size);
-            cf_model_free(&m);
-            return fail(msg);
-        }
+    const char *text = prompt_file ? file_text : prompt ? prompt : "";
+    int n_prompt = prompt_file ? (int)n_file : (int)strlen(text), rc = 0;
+    char msg[256] = "";
+    int absolute = !m.has_xl && c.model.position != CF_POS_NONE;
+    if (n_prompt > 1000000) snprintf(msg, sizeof msg, "--prompt: longer than 1000000 bytes");
+    for (int i = 0; !msg[0] && i < n_prompt; i++)
+        if ((uint8_t)text[i] >= c.model.vocab_size)
+            snprintf(msg, sizeof msg, "%s: byte %d at offset %d is not a token of the model's vocab_size %d",
+                     prompt_file ? "--prompt-file" : "--prompt", (uint8_t)text[i], i, c.model.vocab_size);
+    if (!msg[0] && span && absolute && !cf_model_is_recurrent(&m) && span > c.model.max_seq_len)
+        snprintf(msg, sizeof msg, "--span: %d exceeds the model's max_seq_len %d", span, c.model.max_seq_len);
+    if (!msg[0] && span && cf_model_is_recurrent(&m) && absolute && span > c.model.max_seq_len)
+        snprintf(msg, sizeof msg, "--span: %d exceeds the model's max_seq_len %d", span, c.model.max_seq_len);
+    if (msg[0]) { cf_model_free(&m); free(file_text); return fail(msg); }
+    /* a recurrent model generates in calls of its streamed evaluation's length */
+    if (!span && cf_model_is_recurrent(&m)) span = c.eval.ctx;
+    if (slide && span && slide > span) slide = span;
     int W = c.model.max_seq_len;
     cf_ctx ctx;
-    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, 1, W), 1 << 20)) { cf_model_free(&m); return fail(cf_error_msg()); }
-    if (precision >= 0) c.train.precision = precision;   /* default: the precision the model trained in */
-    ctx.bf16 = c.train.precision == CF_PRECISION_BF16;
-    uint8_t *out = cf_xmalloc((size_t)n_prompt + (size_t)tokens);
-    memcpy(out, prompt, (size_t)n_prompt);
-    int rc = 0;
-    if (cf_sample(&m, &ctx, out, n_prompt, tokens, temperature, top_k, (uint64_t)seed)) rc = fail(cf_error_msg());
-    else {
-        /* an empty prompt starts from a newline that cf_sample counts among the new bytes */
-        fwrite(out, 1, (size_t)n_prompt + (size_t)tokens, stdout);
+    if (cf_ctx_init(&ctx, cf_model_arena_bytes(&c.model, 1, W), 1 << 20)) {
+        cf_model_free(&m);
+        free(file_text);
+        return fail(cf_error_msg());
+    }
+    /* cached decoding computes in fp32; bf16 products exist in the full forward only */
+    if (precision == CF_PRECISION_BF16) {
+        ctx.bf16 = 1;
+        if (!uncached) fprintf(stderr, "cformer: sample: --precision bf16 runs the uncached full forward for every byte\n");
+        uncached = 1;
+    }
+    uint8_t *out = cf_xmalloc((size_t)n_prompt + (size_t)tokens + 1);
+    char types[128];
+    attn_types(&c.model, types, sizeof types);
+    int64_t total = 0;
+    double t0 = now_s(), first_kb = 0, last_kb = 0, cache_mb = 0;
+    for (int s = 0; s < n_samples && !rc; s++) {
+        memcpy(out, text, (size_t)n_prompt);
+        fwrite(out, 1, (size_t)n_prompt, stdout);
+        sample_out so = {.n_new = tokens, .t0 = now_s()};
+        cf_sample_opts o = cf_sample_defaults();
+        o.temperature = temperature;
+        o.top_k = top_k;
+        o.top_p = top_p;
+        o.seed = (uint64_t)seed + (uint64_t)s;
+        o.span = span;
+        o.slide = slide;
+        o.stop = stop;
+        o.uncached = uncached;
+        o.emit = sample_emit;
+        o.emit_arg = &so;
+        int made = cf_sample(&m, &ctx, out, n_prompt, tokens, &o);
+        if (made < 0) { rc = fail(cf_error_msg()); break; }
         fputc('\n', stdout);
+        fflush(stdout);
+        double t1 = now_s();
+        total += made;
+        cache_mb = o.cache_bytes / 1048576.0;
+        if (tokens >= 2048 && made == tokens) {
+            first_kb += so.t_first_kb - so.t0;
+            last_kb += t1 - so.t_last_kb_start;
+        }
+    }
+    if (!rc) {
+        double dt = now_s() - t0;
+        /* the context: a recurrent model's call, a bounded one's window, or none (window, linear,
+         * performer without positions read an unbounded stream) */
+        char ctx_s[32];
+        if (span || absolute) snprintf(ctx_s, sizeof ctx_s, "%d", span ? span : W);
+        else snprintf(ctx_s, sizeof ctx_s, "unbounded");
+        fprintf(stderr, "BENCH sample variant=%s ctx=%s bytes=%lld samples=%d bytes_per_s=%.1f cached=%d threads=%d "
+                "cache_mb=%.2f peak_rss_mb=%.1f", types, ctx_s, (long long)total, n_samples,
+                total / (dt > 0 ? dt : 1e-9), !uncached, cf_num_threads(), cache_mb,
+                cf_peak_rss_mb());
+        if (first_kb > 0) fprintf(stderr, " first_1k_s=%.4f last_1k_s=%.4f", first_kb / n_samples, last_kb / n_samples);
+        fputc('\n', stderr);
     }
     free(out);
+    free(file_text);
     cf_ctx_free(&ctx);
     cf_model_free(&m);
     return rc;

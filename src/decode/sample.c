@@ -1,55 +1,156 @@
-/* Sampling bytes from a decoder: temperature and top-k, seeded. Each new byte re-runs the model
- * on the last max_seq_len bytes (no key/value cache: generation is not the hot path here). */
+/* Sampling bytes from a decoder: temperature, top-k and top-p (nucleus) over the logits of the
+ * model's incremental decoding (cf_gen: each new byte one row through the blocks), seeded, with a
+ * stop string and bytes handed to the caller as they are produced. The uncached reference re-runs
+ * the full forward on the last max_seq_len bytes for every byte. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cformer/decode.h"
 
-static int cmp_desc(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x < y) - (x > y);
+cf_sample_opts cf_sample_defaults(void) { return (cf_sample_opts){.temperature = 1.0f, .top_p = 1.0f}; }
+
+typedef struct pick { float p; int v; } pick;
+
+static int cmp_pick(const void *a, const void *b) {
+    const pick *x = a, *y = b;
+    return (x->p < y->p) - (x->p > y->p) ? (x->p < y->p) - (x->p > y->p) : x->v - y->v;
 }
 
-int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, float temperature, int top_k,
-              uint64_t seed) {
-    int V = m->cfg.vocab_size, W = m->cfg.max_seq_len;
+/* the next byte from logits z [V]; w: V picks of workspace */
+static int choose(const float *z, int V, const cf_sample_opts *o, cf_rng *r, pick *w) {
+    int next = 0;
+    if (o->temperature <= 0) {
+        for (int v = 1; v < V; v++) if (z[v] > z[next]) next = v;
+        return next;
+    }
+    float mx = -INFINITY;
+    for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+    for (int v = 0; v < V; v++) w[v] = (pick){expf((z[v] - mx) / o->temperature), v};
+    int keep = o->top_k > 0 && o->top_k < V ? o->top_k : V;
+    /* a cut needs the bytes by probability, most likely first; the whole distribution does not */
+    if (keep < V || o->top_p < 1.0f) qsort(w, (size_t)V, sizeof *w, cmp_pick);
+    double sum = 0;
+    for (int i = 0; i < keep; i++) sum += w[i].p;
+    if (o->top_p < 1.0f) {
+        double acc = 0;
+        for (int i = 0; i < keep; i++) {
+            acc += w[i].p;
+            if (acc >= o->top_p * sum) { keep = i + 1; break; }
+        }
+        sum = acc < sum ? acc : sum;
+    }
+    double u = cf_rng_float(r) * sum, acc = 0;
+    next = w[keep - 1].v;
+    for (int i = 0; i < keep; i++) {
+        acc += w[i].p;
+        if (u < acc) { next = w[i].v; break; }
+    }
+    return next;
+}
+
+/* The bytes produced so far that can be emitted: all but a tail that might begin the stop string.
+ * Returns the new total of emitted bytes; *stopped when the text now ends with the stop string. */
+static int emit_ready(const uint8_t *gen, int n, int emitted, const cf_sample_opts *o, int *stopped) {
+    int L = o->stop ? (int)strlen(o->stop) : 0, hold = 0;
+    *stopped = 0;
+    if (L > 0 && n >= L && !memcmp(gen + n - L, o->stop, (size_t)L)) {
+        *stopped = 1;
+        n -= L;
+    } else {
+        for (int k = L - 1 < n ? L - 1 : n; k > 0; k--)
+            if (!memcmp(gen + n - k, o->stop, (size_t)k)) { hold = k; break; }
+    }
+    int upto = n - hold;
+    if (upto > emitted && o->emit) o->emit(o->emit_arg, gen + emitted, upto - emitted);
+    return upto > emitted ? upto : emitted;
+}
+
+/* the logits of the byte after out[0, n) by the full forward on its last max_seq_len bytes */
+static const float *uncached_logits(cf_model *m, cf_ctx *ctx, const uint8_t *out, int n, int32_t *ids) {
+    int W = m->cfg.max_seq_len, T = n < W ? n : W;
+    for (int t = 0; t < T; t++) ids[t] = out[n - T + t];
+    cf_ctx_begin(ctx, 0);
+    return cf_model_logits(m, ctx, ids, 1, T)->data + (size_t)(T - 1) * m->cfg.vocab_size;
+}
+
+#define ROWS 64   /* bytes fed at once while encoding a prompt */
+
+/* feed out[from, n) and return the logits after the last */
+static const float *feed_all(cf_gen *g, const uint8_t *out, int from, int n, int32_t *ids) {
+    const float *z = NULL;
+    for (int i = from; i < n; i += ROWS) {
+        int k = n - i < ROWS ? n - i : ROWS;
+        for (int j = 0; j < k; j++) ids[j] = out[i + j];
+        z = cf_gen_feed(g, ids, k) + (size_t)(k - 1) * g->m->cfg.vocab_size;
+    }
+    return z;
+}
+
+int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, cf_sample_opts *o) {
+    int V = m->cfg.vocab_size;
     if (V > 256) return cf_set_error("sample: vocab_size %d is not byte-level", V);
+    if (n_new < 1) return 0;
+    int absolute = !m->has_xl && m->cfg.position != CF_POS_NONE, recurrent = cf_model_is_recurrent(m);
+    int span = o->span > 0 ? o->span : absolute ? m->cfg.max_seq_len : n_prompt + n_new + 1;
+    if (recurrent && o->span < 1) return cf_set_error("sample: a model with xl or infini layers needs its call length (span)");
+    if (!recurrent && absolute && span > m->cfg.max_seq_len) span = m->cfg.max_seq_len;
+    int slide = o->slide > 0 ? o->slide : span / 2 > 0 ? span / 2 : 1;
+    if (slide > span) slide = span;
     cf_rng r;
-    cf_rng_seed(&r, seed);
-    int32_t *ids = cf_xmalloc(sizeof(int32_t) * (size_t)W);
-    float *p = cf_xmalloc(sizeof(float) * (size_t)V), *sorted = cf_xmalloc(sizeof(float) * (size_t)V);
+    cf_rng_seed(&r, o->seed);
+    int W = m->cfg.max_seq_len;
+    int32_t *ids = cf_xmalloc(sizeof(int32_t) * (size_t)(W > ROWS ? W : ROWS));
+    pick *w = cf_xmalloc(sizeof(pick) * (size_t)V);
     int saved_grad = ctx->grad_enabled, saved_train = ctx->training;
     ctx->grad_enabled = 0;
     ctx->training = 0;
-    int n = n_prompt;
-    if (n == 0) out[n++] = '\n', n_new--;          /* an empty prompt starts from a newline */
-    for (int i = 0; i < n_new; i++) {
-        int T = n < W ? n : W;
-        for (int t = 0; t < T; t++) ids[t] = out[n - T + t];
-        cf_ctx_begin(ctx, 0);
-        const float *z = cf_model_logits(m, ctx, ids, 1, T)->data + (size_t)(T - 1) * V;
-        int next = 0;
-        if (temperature <= 0) {
-            for (int v = 1; v < V; v++) if (z[v] > z[next]) next = v;
-        } else {
-            float cut = -INFINITY;
-            if (top_k > 0 && top_k < V) {
-                memcpy(sorted, z, sizeof(float) * (size_t)V);
-                qsort(sorted, (size_t)V, sizeof(float), cmp_desc);
-                cut = sorted[top_k - 1];
-            }
-            float mx = -INFINITY;
-            for (int v = 0; v < V; v++) if (z[v] > mx) mx = z[v];
-            double sum = 0;
-            for (int v = 0; v < V; v++) { p[v] = z[v] >= cut ? expf((z[v] - mx) / temperature) : 0.0f; sum += p[v]; }
-            double u = cf_rng_float(&r) * sum, acc = 0;
-            next = V - 1;
-            for (int v = 0; v < V; v++) { acc += p[v]; if (p[v] > 0 && u < acc) { next = v; break; } }
-        }
-        out[n++] = (uint8_t)next;
+    o->reencodes = 0;
+    cf_gen g;
+    int rc = 0;
+    o->cache_bytes = 0;
+    if (!o->uncached && (rc = cf_gen_init(&g, m, ctx, span, ROWS))) goto done;
+    if (!o->uncached) o->cache_bytes = cf_gen_bytes(&g);
+    int n = n_prompt, made = 0, emitted = 0, stopped = 0;
+    if (n == 0) {                                  /* an empty prompt starts from a newline */
+        out[n++] = '\n';
+        made = 1;
+        emitted = emit_ready(out + n_prompt, made, emitted, o, &stopped);
     }
+    const float *z = NULL;
+    if (!o->uncached) {
+        int from = g.bounded && n > span ? n - span : 0;      /* a longer prompt: its last span bytes */
+        z = feed_all(&g, out, from, n, ids);
+    }
+    while (made < n_new && !stopped) {
+        if (o->uncached) z = uncached_logits(m, ctx, out, n, ids);
+        out[n++] = (uint8_t)choose(z, V, o, &r, w);
+        made++;
+        emitted = emit_ready(out + n_prompt, made, emitted, o, &stopped);
+        if (stopped || made == n_new || o->uncached) continue;
+        if (cf_gen_room(&g) > 0) {
+            int32_t id = out[n - 1];
+            z = cf_gen_feed(&g, &id, 1);
+            continue;
+        }
+        /* the context is full: drop its oldest `slide` bytes, re-encode the rest and the new byte
+         * from position 0 */
+        if (!o->reencodes)
+            fprintf(stderr, "cformer: sample: the context of %d bytes is full: each time it fills, the oldest %d "
+                    "bytes are dropped and the rest re-encoded from position 0\n", span, slide);
+        o->reencodes++;
+        cf_gen_reset(&g);
+        z = feed_all(&g, out, n - (span - slide + 1), n, ids);
+    }
+    if (stopped) made -= (int)strlen(o->stop);
+    else if (o->emit && emitted < made)      /* held back as a possible start of the stop string */
+        o->emit(o->emit_arg, out + n_prompt + emitted, made - emitted);
+    rc = made;
+    if (!o->uncached) cf_gen_free(&g);
+done:
     ctx->grad_enabled = saved_grad;
     ctx->training = saved_train;
-    free(ids); free(p); free(sorted);
-    return 0;
+    free(ids);
+    free(w);
+    return rc;
 }

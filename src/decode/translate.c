@@ -4,57 +4,19 @@
  * The encoder runs once per source. Each decoder layer keeps the keys and values of every token
  * fed so far (self-attention) and the projected keys and values of the encoder output
  * (cross-attention, computed once), so step t costs O(t + S) per layer and row instead of the full
- * forward's O(t^2 + t S). The projections, norms and MLPs are the training ops run without
- * recording; the one-query attention is the small kernel below. Step t's logits equal those of
- * the full forward pass at position t up to float rounding (tests/test_encdec.c). */
+ * forward's O(t^2 + t S). The caches are those of the decoder-only model's incremental decoding
+ * (docs/architecture.md section 20): the self-attention of each row is a stream that the
+ * variant's step extends (cf_attn_step_streams), and the cross-attention reads the encoder's keys
+ * and values with the same one-query attention (cf_attn_cache_attend). The norms and MLPs are the
+ * training ops run without recording. Step t's logits equal those of the full forward pass at
+ * position t up to float rounding (tests/test_encdec.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cformer/decode.h"
 
-/* below this many multiply-adds one step's attention stays on the calling thread */
+/* below this many multiply-adds one step's cross-attention stays on the calling thread */
 #define ATT_PAR_MIN (1 << 16)
-
-/* One query per (row, head) against n_keys cached keys: out[b, h] = softmax(scale q k^T) v.
- * q row b starts at q + b * q_stride; key/value j of row b at k/v + b * kv_stride + j * H*Dh;
- * keep (NULL = all) [b * keep_stride + j] nonzero = visible. s is [B*H, n_keys] scratch. Each
- * (row, head) is one thread's, so the result does not depend on the thread count. */
-static void attend_one(const float *q, int64_t q_stride, const float *k, const float *v, int64_t kv_stride, int n_keys,
-                       const uint8_t *keep, int64_t keep_stride, int B, int H, int Dh, float *out, float *s) {
-    int C = H * Dh;
-    float scale = 1.0f / sqrtf((float)Dh);
-    int64_t work = (int64_t)B * H * n_keys * Dh;
-    #pragma omp parallel for schedule(static) if (work > ATT_PAR_MIN)
-    for (int bh = 0; bh < B * H; bh++) {
-        int b = bh / H, h = bh % H;
-        const float *qh = q + b * q_stride + (int64_t)h * Dh;
-        const float *kb = k + b * kv_stride + (int64_t)h * Dh, *vb = v + b * kv_stride + (int64_t)h * Dh;
-        const uint8_t *kp = keep ? keep + b * keep_stride : NULL;
-        float *sc = s + (int64_t)bh * n_keys, *o = out + (int64_t)b * C + (int64_t)h * Dh, mx = -INFINITY;
-        for (int j = 0; j < n_keys; j++) {
-            if (kp && !kp[j]) { sc[j] = -INFINITY; continue; }
-            const float *kj = kb + (int64_t)j * C;
-            float d = 0;
-            for (int e = 0; e < Dh; e++) d += qh[e] * kj[e];
-            sc[j] = d * scale;
-            if (sc[j] > mx) mx = sc[j];
-        }
-        memset(o, 0, sizeof(float) * (size_t)Dh);
-        if (mx == -INFINITY) continue;   /* no visible key: zero, as the fused kernel does */
-        float sum = 0;
-        for (int j = 0; j < n_keys; j++) {
-            sc[j] = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
-            sum += sc[j];
-        }
-        float inv = 1.0f / sum;
-        for (int j = 0; j < n_keys; j++) {
-            if (sc[j] == 0) continue;
-            float w = sc[j] * inv;
-            const float *vj = vb + (int64_t)j * C;
-            for (int e = 0; e < Dh; e++) o[e] += w * vj[e];
-        }
-    }
-}
 
 static int has_positions(const cf_model_config *c) { return c->position != CF_POS_NONE; }
 
@@ -85,25 +47,45 @@ int cf_dec_cache_init(cf_dec_cache *c, cf_model *m, cf_ctx *ctx, const int32_t *
     c->S = S;
     c->max_T = max_T;
     cf_tensor *mem = cf_encdec_encode(m, ctx, src, keep, n_src, S);          /* (n_src, S, D) */
-    c->self_k = cf_scratch(ctx, 4 * (size_t)L * sizeof(float *));
-    c->self_v = c->self_k + L;
-    c->cross_k = c->self_k + 2 * L;
-    c->cross_v = c->self_k + 3 * L;
+    int H = mc->n_heads, Dh = D / H, threads = cf_num_threads();
+    c->self = cf_scratch(ctx, 2 * (size_t)L * rows * sizeof *c->self);
+    c->cross = c->self + (size_t)L * rows;
     for (int l = 0; l < L; l++) {
+        const cf_attn_layer *a = &ed->dec[l].self.attn;
+        const cf_attn_variant *v = cf_attn_variant_of(a->cfg.type);
+        int kr = v->cache_rows(&a->cfg, max_T);
+        size_t aux = v->cache_aux(&a->cfg, H, Dh, max_T);
         const float *kv = cf_cross_attn_kv(ctx, &ed->dec[l].cross, mem)->data;   /* (n_src, S, 2D) */
-        c->self_k[l] = cf_scratch(ctx, (size_t)rows * max_T * D * sizeof(float));
-        c->self_v[l] = cf_scratch(ctx, (size_t)rows * max_T * D * sizeof(float));
-        c->cross_k[l] = cf_scratch(ctx, (size_t)rows * S * D * sizeof(float));
-        c->cross_v[l] = cf_scratch(ctx, (size_t)rows * S * D * sizeof(float));
-        for (int r = 0; r < rows; r++)
+        for (int r = 0; r < rows; r++) {
+            cf_attn_cache *sc = &c->self[(size_t)l * rows + r], *cc = &c->cross[(size_t)l * rows + r];
+            *sc = (cf_attn_cache){.H = H, .Dh = Dh, .rows = kr, .span = max_T};
+            sc->k = cf_scratch(ctx, sizeof(float) * (size_t)H * kr * Dh);
+            sc->v = cf_scratch(ctx, sizeof(float) * (size_t)H * kr * Dh);
+            sc->aux = aux ? cf_scratch(ctx, sizeof(float) * aux) : NULL;
+            if (aux) memset(sc->aux, 0, sizeof(float) * aux);
+            sc->ws = cf_scratch(ctx, sizeof(float) * threads * cf_attn_cache_ws_floats(kr, Dh));
+            cf_attn_cache_start(ctx, a, NULL, sc);
+            /* the source's keys and values, head by head */
+            *cc = (cf_attn_cache){.H = H, .Dh = Dh, .rows = S, .span = S, .pos = S};
+            cc->k = cf_scratch(ctx, sizeof(float) * (size_t)H * S * Dh);
+            cc->v = cf_scratch(ctx, sizeof(float) * (size_t)H * S * Dh);
             for (int j = 0; j < S; j++) {
                 const float *row = kv + ((size_t)(r / per_src) * S + j) * 2 * D;
-                memcpy(c->cross_k[l] + ((size_t)r * S + j) * D, row, sizeof(float) * (size_t)D);
-                memcpy(c->cross_v[l] + ((size_t)r * S + j) * D, row + D, sizeof(float) * (size_t)D);
+                for (int h = 0; h < H; h++) {
+                    memcpy(cc->k + ((size_t)h * S + j) * Dh, row + h * Dh, sizeof(float) * Dh);
+                    memcpy(cc->v + ((size_t)h * S + j) * Dh, row + D + h * Dh, sizeof(float) * Dh);
+                }
             }
+        }
     }
-    c->keep = cf_scratch(ctx, (size_t)rows * S);
-    for (int r = 0; r < rows; r++) memcpy(c->keep + (size_t)r * S, keep + (size_t)(r / per_src) * S, (size_t)S);
+    c->visible = cf_scratch(ctx, sizeof(int32_t) * (size_t)rows * S);
+    c->n_visible = cf_scratch(ctx, sizeof(int) * (size_t)rows);
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *kp = keep + (size_t)(r / per_src) * S;
+        int n = 0;
+        for (int j = 0; j < S; j++) if (kp[j]) c->visible[(size_t)r * S + n++] = j;
+        c->n_visible[r] = n;
+    }
     c->logits = cf_scratch(ctx, (size_t)rows * mc->vocab_size * sizeof(float));
     c->mark = cf_arena_mark(&ctx->arena);
     ctx->grad_enabled = saved_grad;
@@ -111,30 +93,27 @@ int cf_dec_cache_init(cf_dec_cache *c, cf_model *m, cf_ctx *ctx, const int32_t *
     return 0;
 }
 
-/* causal self-attention of one new token per row: its k, v join the cache at position t */
+/* causal self-attention of one new token per row, each row its own stream */
 static cf_tensor *self_step(cf_dec_cache *c, int l, const cf_attn_layer *a, cf_tensor *x) {
-    cf_ctx *ctx = c->ctx;
-    int B = c->rows, D = c->m->cfg.d_model, H = a->n_heads, t = c->t;
-    cf_tensor *qkv = cf_linear_apply(ctx, &a->qkv, x);                      /* (B, 1, 3D) */
-    for (int r = 0; r < B; r++) {
-        const float *row = qkv->data + (size_t)r * 3 * D;
-        memcpy(c->self_k[l] + ((size_t)r * c->max_T + t) * D, row + D, sizeof(float) * (size_t)D);
-        memcpy(c->self_v[l] + ((size_t)r * c->max_T + t) * D, row + 2 * D, sizeof(float) * (size_t)D);
-    }
-    cf_tensor *y = cf_tensor_3d(ctx, B, 1, D);
-    float *s = cf_scratch(ctx, (size_t)B * H * (t + 1) * sizeof(float));
-    attend_one(qkv->data, 3 * D, c->self_k[l], c->self_v[l], (int64_t)c->max_T * D, t + 1, NULL, 0, B, H, D / H,
-               y->data, s);
-    return cf_linear_apply(ctx, &a->proj, y);
+    cf_tensor *y = cf_tensor_3d(c->ctx, c->rows, 1, c->m->cfg.d_model);
+    cf_attn_step_streams(c->ctx, a, NULL, c->self + (size_t)l * c->rows, x->data, c->rows, y->data);
+    return y;
 }
 
+/* one query per row and head against its source's visible keys */
 static cf_tensor *cross_step(cf_dec_cache *c, int l, const cf_cross_attn_layer *a, cf_tensor *x) {
     cf_ctx *ctx = c->ctx;
-    int B = c->rows, D = c->m->cfg.d_model, H = a->n_heads, S = c->S;
+    int B = c->rows, D = c->m->cfg.d_model, H = a->n_heads, Dh = D / H, S = c->S;
     cf_tensor *q = cf_linear_apply(ctx, &a->q, x);                          /* (B, 1, D) */
     cf_tensor *y = cf_tensor_3d(ctx, B, 1, D);
-    float *s = cf_scratch(ctx, (size_t)B * H * S * sizeof(float));
-    attend_one(q->data, D, c->cross_k[l], c->cross_v[l], (int64_t)S * D, S, c->keep, S, B, H, D / H, y->data, s);
+    float *s = cf_scratch(ctx, (size_t)B * H * S * sizeof(float)), scale = 1.0f / sqrtf((float)Dh);
+    const cf_attn_cache *cc = c->cross + (size_t)l * B;
+    #pragma omp parallel for schedule(static) if ((int64_t)B * H * S * Dh > ATT_PAR_MIN)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H;
+        cf_attn_cache_attend(&cc[b], h, q->data + (size_t)b * D + h * Dh, scale, c->visible + (size_t)b * S,
+                             c->n_visible[b], s + (size_t)bh * S, y->data + (size_t)b * D + h * Dh);
+    }
     return cf_linear_apply(ctx, &a->proj, y);
 }
 
@@ -171,17 +150,25 @@ const float *cf_dec_cache_step(cf_dec_cache *c, const int32_t *tok) {
 }
 
 void cf_dec_cache_reorder(cf_dec_cache *c, const int *parent) {
-    int D = c->m->cfg.d_model, B = c->rows, L = c->m->ed->n_dec;
-    size_t row = (size_t)c->t * D;   /* the filled part of a row */
-    if (row == 0) return;
+    int B = c->rows, L = c->m->ed->n_dec;
+    if (c->t == 0) return;
     size_t mark = cf_arena_mark(&c->ctx->arena);
-    float *tmp = cf_scratch(c->ctx, (size_t)B * row * sizeof(float));
-    for (int l = 0; l < L; l++)
-        for (int kv = 0; kv < 2; kv++) {
-            float *cache = kv ? c->self_v[l] : c->self_k[l];
-            for (int r = 0; r < B; r++) memcpy(tmp + r * row, cache + (size_t)parent[r] * c->max_T * D, row * sizeof(float));
-            for (int r = 0; r < B; r++) memcpy(cache + (size_t)r * c->max_T * D, tmp + r * row, row * sizeof(float));
-        }
+    for (int l = 0; l < L; l++) {
+        cf_attn_cache *sc = c->self + (size_t)l * B;
+        /* a cache's keys (values) are [H, rows, Dh]: the filled part is t rows of each head */
+        size_t head = (size_t)sc[0].rows * sc[0].Dh, used = (size_t)c->t * sc[0].Dh, per = sc[0].H * used;
+        float *tmp = cf_scratch(c->ctx, 2 * (size_t)B * per * sizeof(float));
+        for (int r = 0; r < B; r++)
+            for (int h = 0; h < sc[0].H; h++) {
+                memcpy(tmp + (2 * (size_t)r * sc[0].H + h) * used, sc[parent[r]].k + h * head, used * sizeof(float));
+                memcpy(tmp + ((2 * (size_t)r + 1) * sc[0].H + h) * used, sc[parent[r]].v + h * head, used * sizeof(float));
+            }
+        for (int r = 0; r < B; r++)
+            for (int h = 0; h < sc[0].H; h++) {
+                memcpy(sc[r].k + h * head, tmp + (2 * (size_t)r * sc[0].H + h) * used, used * sizeof(float));
+                memcpy(sc[r].v + h * head, tmp + ((2 * (size_t)r + 1) * sc[0].H + h) * used, used * sizeof(float));
+            }
+    }
     cf_arena_rewind(&c->ctx->arena, mark);
 }
 

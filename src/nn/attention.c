@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "cformer/kernels.h"
 #include "cformer/nn.h"
 
 /* the block index in a name like "blocks.3.attn" or "decoder.blocks.3.attn" (0 if there is none) */
@@ -80,4 +81,63 @@ cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, con
 void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step) {
     a->draw->seed = seed;
     a->draw->index = a->cfg.redraw_every > 0 ? (int64_t)(step / (uint64_t)a->cfg.redraw_every) : 0;
+}
+
+/* ---- incremental decoding (docs/architecture.md section 20) ----------------------------------------- */
+
+void cf_attn_cache_start(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c) {
+    const cf_attn_variant *v = cf_attn_variant_of(a->cfg.type);
+    cf_attn_call call = call_of(a, NULL, state);
+    if (v->cache_start) v->cache_start(ctx, &call, c);
+}
+
+/* The one place where the new rows' queries, keys and values are made: a position rotation of q
+ * and k (by pos, the rows' positions), or fewer key and value heads, belongs here. Today's
+ * projections do not depend on the position. */
+void cf_attn_step_qkv(const cf_attn_layer *a, const int64_t *pos, const float *x, int n, float *qkv) {
+    (void)pos;
+    cf_linear_rows(&a->qkv, x, n, qkv);
+}
+
+void cf_attn_step(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c, const float *x,
+                  int n, float *out) {
+    const cf_attn_variant *v = cf_attn_variant_of(a->cfg.type);
+    int D = a->proj.w->shape[0];
+    size_t mark = cf_arena_mark(&ctx->arena);
+    float *qkv = cf_scratch(ctx, sizeof(float) * (size_t)n * 3 * D), *y = cf_scratch(ctx, sizeof(float) * (size_t)n * D);
+    int64_t *pos = cf_scratch(ctx, sizeof(int64_t) * (size_t)n);
+    for (int r = 0; r < n; r++) pos[r] = c->pos + r;
+    cf_attn_step_qkv(a, pos, x, n, qkv);                                 /* (n, 3D) */
+    cf_attn_call call = call_of(a, NULL, state);
+    v->step(&call, c, qkv, qkv + D, qkv + 2 * D, 3 * D, n, y);          /* (n, D) */
+    cf_linear_rows(&a->proj, y, n, out);
+    cf_arena_rewind(&ctx->arena, mark);
+}
+
+void cf_attn_step_streams(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *caches,
+                          const float *x, int n, float *out) {
+    const cf_attn_variant *v = cf_attn_variant_of(a->cfg.type);
+    int D = a->proj.w->shape[0];
+    size_t mark = cf_arena_mark(&ctx->arena);
+    float *qkv = cf_scratch(ctx, sizeof(float) * (size_t)n * 3 * D), *y = cf_scratch(ctx, sizeof(float) * (size_t)n * D);
+    int64_t *pos = cf_scratch(ctx, sizeof(int64_t) * (size_t)n);
+    for (int r = 0; r < n; r++) pos[r] = caches[r].pos;
+    cf_attn_step_qkv(a, pos, x, n, qkv);                                 /* (n, 3D) */
+    cf_attn_call call = call_of(a, NULL, state);
+    /* each stream's step writes only its own cache (and its own workspace, which a step in a
+     * nested, inactive parallel region reads as thread 0's) and its own output row */
+    #pragma omp parallel for schedule(static) if (n > 1 && (int64_t)n * caches[0].pos * D >= (1 << 16))
+    for (int r = 0; r < n; r++) {
+        const float *row = qkv + (size_t)r * 3 * D;
+        v->step(&call, &caches[r], row, row + D, row + 2 * D, 3 * D, 1, y + (size_t)r * D);
+    }
+    cf_linear_rows(&a->proj, y, n, out);
+    cf_arena_rewind(&ctx->arena, mark);
+}
+
+void cf_attn_boundary(const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c) {
+    const cf_attn_variant *v = cf_attn_variant_of(a->cfg.type);
+    cf_attn_call call = call_of(a, NULL, state);
+    CF_ASSERT(v->boundary, "attention type %s carries nothing across calls", v->name);
+    v->boundary(&call, c);
 }

@@ -87,6 +87,39 @@ static int eval_stream(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, 
     return 0;
 }
 
+int cf_eval_cached(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int span, int reset_every_call,
+                   cf_eval_result *r) {
+    memset(r, 0, sizeof *r);
+    if (n < 2) return cf_set_error("eval: need at least 2 bytes, got %zu", n);
+    double t0 = now_s();
+    enum { ROWS = 64 };
+    cf_gen g;
+    if (cf_gen_init(&g, m, ctx, span, ROWS)) return -1;
+    int V = m->cfg.vocab_size;
+    int32_t x[ROWS], y[ROWS];
+    double nats = 0;
+    size_t in_call = 0;
+    for (size_t i = 0; i + 1 < n;) {
+        /* a bounded context (absolute positions) and the reset ablation both end at span bytes */
+        size_t k = n - 1 - i < ROWS ? n - 1 - i : ROWS;
+        if ((g.bounded || reset_every_call) && k > (size_t)span - in_call) k = (size_t)span - in_call;
+        for (size_t j = 0; j < k; j++) { x[j] = data[i + j]; y[j] = data[i + j + 1]; }
+        nats += row_nats(cf_gen_feed(&g, x, (int)k), y, 0, (int)k, V);
+        i += k;
+        in_call += k;
+        if (in_call == (size_t)span) {
+            in_call = 0;
+            if (g.bounded || reset_every_call) cf_gen_reset(&g);
+        }
+    }
+    cf_gen_free(&g);
+    r->bytes = (int64_t)n - 1;
+    r->bits = nats / log(2.0);
+    r->bpb = r->bits / (double)r->bytes;
+    r->seconds = now_s() - t0;
+    return 0;
+}
+
 int cf_eval_bpb(cf_model *m, cf_ctx *ctx, const uint8_t *data, size_t n, int ctx_len, int stride,
                 int batch, cf_eval_result *r) {
     memset(r, 0, sizeof *r);

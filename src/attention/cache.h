@@ -1,0 +1,39 @@
+/* The pieces of incremental decoding the softmax variants share (src/attention/cache.c): storing
+ * a new row's keys and values in a layer's cache and attending one query over a list of cached
+ * rows. Internal to src/attention/. */
+#ifndef CFORMER_ATTENTION_CACHE_H
+#define CFORMER_ATTENTION_CACHE_H
+
+#include <stdint.h>
+#include "cformer/attention.h"
+
+/* a . b over n, in 16 lanes summed in a fixed order: a single running sum would serialise on the
+ * adder (the compiler may not reassociate it), and this is the inner loop of every decoding step */
+static inline float cf_cache_dot(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+    float s = 0;
+    for (int l = 0; l < 16; l++) s += acc[l];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* the ring row of position p */
+static inline int cf_cache_row(const cf_attn_cache *c, int64_t p) { return (int)(p % c->rows); }
+
+/* keys and values of one new row (k, v: [H*Dh], head h at h*Dh) into the ring row of position p */
+void cf_cache_put(cf_attn_cache *c, int64_t p, const float *k, const float *v);
+
+/* Which cached positions query position p of head h sees, as ring rows into rows_out (at most
+ * c->rows of them, ascending positions); returns how many. */
+typedef int (*cf_cache_keys_fn)(const cf_attn_call *call, const cf_attn_cache *c, int h, int64_t p, int32_t *rows_out);
+
+/* The step of a softmax variant: for each new row in turn, store its keys and values, then for
+ * each head attend its query (scale 1/sqrt(Dh)) over the rows keys() lists. Heads run in
+ * parallel when the work is large; each output is summed by one thread in a fixed order. */
+void cf_cache_softmax_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k, const float *v,
+                           int ld, int n, float *out, cf_cache_keys_fn keys);
+
+#endif
