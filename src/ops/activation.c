@@ -1,4 +1,4 @@
-/* gelu (tanh approximation), relu, elu: forward and backward side by side. None keeps a buffer for
+/* gelu (tanh approximation), relu, elu, silu and the gated unit act(a) * b: forward and backward side by side. None keeps a buffer for
  * backward: each recomputes what it needs from its input (and elu from its output). */
 #include <math.h>
 #include "cformer/ops.h"
@@ -103,4 +103,83 @@ void cf_elu_backward(cf_ctx *ctx, cf_node *n) {
     int64_t cnt = n->out->numel;
     #pragma omp parallel for simd schedule(static) if (cnt > PAR_MIN)
     for (int64_t i = 0; i < cnt; i++) dx[i] += px[i] > 0.0f ? g[i] : g[i] * (py[i] + alpha);
+}
+
+/* silu(x) = x sigmoid(x) (Hendrycks and Gimpel's SiLU, the "swish" of SwiGLU) */
+static inline float sigmoidf_(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+cf_tensor *cf_silu(cf_ctx *ctx, cf_tensor *x) {
+    cf_tensor *y = cf_tensor_new(ctx, x->ndim, x->shape);
+    const float *px = x->data;
+    float *py = y->data;
+    int64_t n = x->numel;
+    #pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) py[i] = px[i] * sigmoidf_(px[i]);
+    cf_record(ctx, CF_OP_SILU, y, 1, &x);
+    return y;
+}
+
+/* d/dx = s (1 + x (1 - s)), s = sigmoid(x) */
+void cf_silu_backward(cf_ctx *ctx, cf_node *n) {
+    const float *px = n->in[0]->data, *g = n->out->grad;
+    float *dx = cf_grad(ctx, n->in[0]);
+    int64_t cnt = n->out->numel;
+    #pragma omp parallel for schedule(static) if (cnt > PAR_MIN)
+    for (int64_t i = 0; i < cnt; i++) {
+        float s = sigmoidf_(px[i]);
+        dx[i] += g[i] * s * (1.0f + px[i] * (1.0f - s));
+    }
+}
+
+/* ---- gated linear unit (Shazeer 2020): y = act(a) * b, with act gelu, relu or silu --------------
+ * One pass instead of an activation and a product, and nothing saved: backward recomputes act(a)
+ * and its derivative from a. */
+static inline float act_value(int act, float v, float *deriv) {
+    switch (act) {
+    case CF_ACT_RELU:
+        *deriv = v > 0.0f ? 1.0f : 0.0f;
+        return v > 0.0f ? v : 0.0f;
+    case CF_ACT_SILU: {
+        float s = sigmoidf_(v);
+        *deriv = s * (1.0f + v * (1.0f - s));
+        return v * s;
+    }
+    default: {
+        float t = fast_tanhf(GELU_C * (v + GELU_A * v * v * v));
+        *deriv = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * v * v);
+        return 0.5f * v * (1.0f + t);
+    }
+    }
+}
+
+cf_tensor *cf_glu(cf_ctx *ctx, cf_tensor *a, cf_tensor *b, cf_act_kind act) {
+    CF_ASSERT(a->numel == b->numel && a->ndim == b->ndim, "glu: a %s and b %s differ", cf_shape_str(a),
+              cf_shape_str(b));
+    CF_ASSERT(act == CF_ACT_GELU || act == CF_ACT_RELU || act == CF_ACT_SILU, "glu: activation %d", (int)act);
+    cf_tensor *y = cf_tensor_new(ctx, a->ndim, a->shape);
+    const float *pa = a->data, *pb = b->data;
+    float *py = y->data;
+    int64_t n = a->numel;
+    #pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float d;
+        py[i] = act_value(act, pa[i], &d) * pb[i];
+    }
+    cf_node *nd = cf_record(ctx, CF_OP_GLU, y, 2, (cf_tensor *[]){a, b});
+    if (nd) nd->iarg[0] = act;
+    return y;
+}
+
+void cf_glu_backward(cf_ctx *ctx, cf_node *n) {
+    cf_tensor *a = n->in[0], *b = n->in[1];
+    const float *pa = a->data, *pb = b->data, *g = n->out->grad;
+    float *da = a->requires_grad ? cf_grad(ctx, a) : NULL, *db = b->requires_grad ? cf_grad(ctx, b) : NULL;
+    int act = (int)n->iarg[0];
+    int64_t cnt = n->out->numel;
+    #pragma omp parallel for schedule(static) if (cnt > PAR_MIN)
+    for (int64_t i = 0; i < cnt; i++) {
+        float d, v = act_value(act, pa[i], &d);
+        if (da) da[i] += g[i] * pb[i] * d;
+        if (db) db[i] += g[i] * v;
+    }
 }

@@ -32,6 +32,11 @@ const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_FAVOR]         = {"favor", cf_favor_backward},
     [CF_OP_XL_ATTENTION]  = {"xl_attention", cf_xl_attention_backward},
     [CF_OP_INFINI_ATTENTION] = {"infini_attention", cf_infini_attention_backward},
+    [CF_OP_SILU]          = {"silu", cf_silu_backward},
+    [CF_OP_GLU]           = {"glu", cf_glu_backward},
+    [CF_OP_ROPE]          = {"rope", cf_rope_backward},
+    [CF_OP_QK_NORM]       = {"qk_norm", cf_qk_norm_backward},
+    [CF_OP_KV_REPEAT]     = {"kv_repeat", cf_kv_repeat_backward},
 };
 
 int cf_op_table_check(void) {
