@@ -7,4 +7,6 @@ static cf_tensor *full_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv) 
     return cf_attention_qkv(ctx, qkv, c->n_heads, &o);
 }
 
-const cf_attn_variant cf_attn_full = {.name = "full", .flags = CF_ATTN_KEY_PADDING, .core = full_core};
+const cf_attn_variant cf_attn_full = {.name = "full", 
+                                      .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+                                       .core = full_core};

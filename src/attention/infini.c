@@ -458,7 +458,8 @@ static cf_tensor *infini_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv
 
 /* the gate beta [H] ("<prefix>.gate", starts at 0: half memory, half local) */
 const cf_attn_variant cf_attn_infini = {
-    .name = "infini", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY, .check = infini_check,
+    .name = "infini", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_QK_NORM,
+    .check = infini_check,
     .n_extra = 1, .extra = {{"gate", 1, {CF_ATTN_DIM_HEADS}}}, .core = infini_core,
     /* the compressive memory M and its normaliser z, per head */
     .n_state = 2, .state = {{"infini_M", 3, {CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD, CF_ATTN_DIM_HEAD}, 0},

@@ -451,4 +451,6 @@ static cf_tensor *linear_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv
     return cf_linear_attention_qkv(ctx, qkv, c->n_heads, c->causal, c->key_keep);
 }
 
-const cf_attn_variant cf_attn_linear = {.name = "linear", .flags = CF_ATTN_KEY_PADDING, .core = linear_core};
+const cf_attn_variant cf_attn_linear = {.name = "linear", 
+                                        .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_QK_NORM,
+                                         .core = linear_core};

@@ -300,4 +300,5 @@ static cf_tensor *performer_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *
 }
 
 const cf_attn_variant cf_attn_performer = {
-    .name = "performer", .flags = CF_ATTN_KEY_PADDING, .check = performer_check, .core = performer_core};
+    .name = "performer", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_QK_NORM,
+    .check = performer_check, .core = performer_core};

@@ -80,6 +80,8 @@ static int sparse_check(const cf_attn_config *c, const char *path, int n_heads, 
 }
 
 const cf_attn_variant cf_attn_sparse_strided = {
-    .name = "sparse_strided", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core};
+    .name = "sparse_strided", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+    .check = sparse_check, .core = cf_masked_core};
 const cf_attn_variant cf_attn_sparse_fixed = {
-    .name = "sparse_fixed", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core};
+    .name = "sparse_fixed", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+    .check = sparse_check, .core = cf_masked_core};

@@ -13,4 +13,6 @@ void cf_window_plan(cf_ctx *ctx, plan *p, const cf_attn_pattern *pat, int causal
     s->r = (rule){.kind = R_BAND, .back = pat->window, .fwd = causal ? 0 : pat->window, .causal = causal};
 }
 
-const cf_attn_variant cf_attn_window = {.name = "window", .flags = CF_ATTN_KEY_PADDING, .core = cf_masked_core};
+const cf_attn_variant cf_attn_window = {.name = "window", 
+                                        .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+                                         .core = cf_masked_core};

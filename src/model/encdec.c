@@ -68,6 +68,15 @@ static int encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
         else snprintf(path, sizeof path, "model.attention");
         if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model, 1)) return -1;
     }
+    /* the decoding caches of src/decode/translate.c hold plain multi-head keys and values */
+    if (c->position == CF_POS_ROPE || c->position == CF_POS_ALIBI)
+        return cf_set_error("model.position: \"%s\" is available in decoder-only models (model.arch \"decoder\") only",
+                            cf_pos_names[c->position]);
+    if (c->n_kv_heads && c->n_kv_heads != c->n_heads)
+        return cf_set_error("model.n_kv_heads: grouped-query attention is available in decoder-only models "
+                            "(model.arch \"decoder\") only");
+    if (c->qk_norm)
+        return cf_set_error("model.qk_norm: available in decoder-only models (model.arch \"decoder\") only");
     m->cfg = *c;
     cf_params_init(&m->params);
     cf_encdec *ed = cf_xcalloc(1, sizeof *ed);
