@@ -1,4 +1,4 @@
-/* The block options as a user meets them (docs/attention.md section 10): the config keys' errors
+/* The block options as a user meets them (docs/attention.md section 11): the config keys' errors
  * and the refusals of combinations a variant cannot take, each one line naming the key; the
  * parameters each option declares; every combination of variant, position scheme, shared
  * key/value heads, QK-norm and gated feed-forward that the config accepts trains (a fixed batch is

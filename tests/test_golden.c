@@ -98,7 +98,7 @@ int main(void) {
     check_golden("tests/golden/gpt_tied.h5", 0);
     check_golden("tests/golden/gpt_untied.h5", 0);
     check_golden("tests/golden/gpt_tied.h5", 1);
-    /* the block options (docs/attention.md section 10): RMSNorm, rope, SwiGLU, no biases, grouped
+    /* the block options (docs/attention.md section 11): RMSNorm, rope, SwiGLU, no biases, grouped
      * kv heads and QK-norm (llama); ALiBi over 6 heads with GEGLU and one kv head; rope on half of
      * each head with post-norm ReGLU. 80 tokens span two of the kernels' 64-key blocks. */
     check_golden("tests/golden/llama.h5", 0);

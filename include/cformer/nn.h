@@ -13,7 +13,7 @@ typedef struct cf_norm_layer { cf_tensor *w, *b; cf_norm_kind kind; float eps; }
 /* proj(act(fc x)), or with glu proj(act(fc x) * up x); up.w is NULL without glu */
 typedef struct cf_mlp_layer { cf_linear_layer fc, up, proj; cf_act_kind act; } cf_mlp_layer;
 
-/* What a self-attention layer does to its heads besides the core (docs/attention.md section 10):
+/* What a self-attention layer does to its heads besides the core (docs/attention.md section 11):
  * grouped key/value heads, rotary positions or ALiBi biases, QK-norm. All zero: plain multi-head
  * attention with n_heads key/value heads. */
 typedef struct cf_attn_heads {

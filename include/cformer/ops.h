@@ -79,7 +79,7 @@ cf_tensor *cf_mean(cf_ctx *ctx, cf_tensor *x);               /* -> [1] */
 
 /* ---- src/ops/heads.c ------------------------------------------------------------------------
  * Ops on the heads of a fused projection qkv [B, T, (H + 2 Hkv) Dh]: H query heads, then Hkv key
- * heads, then Hkv value heads (Hkv divides H). docs/attention.md section 10. */
+ * heads, then Hkv value heads (Hkv divides H). docs/attention.md section 11. */
 /* Rotary positions on the query and key heads: the first rot dims of each (rot even) as pairs
  * (i, i + rot/2) turned by (pos0 + t) theta^(-2i/rot) at row t; value heads copied. */
 cf_tensor *cf_rope(cf_ctx *ctx, cf_tensor *qkv, int n_heads, int n_kv_heads, int rot, float theta, int64_t pos0);

@@ -12,7 +12,7 @@ typedef enum { CF_NORM_LAYERNORM, CF_NORM_RMSNORM } cf_norm_kind;
 typedef enum { CF_NORM_PRE, CF_NORM_POST } cf_norm_pos;
 typedef enum { CF_ACT_GELU, CF_ACT_RELU, CF_ACT_SILU } cf_act_kind;
 /* learned and sinusoidal add a table to the embeddings (capped at max_seq_len); none, rope and alibi
- * add nothing there: rope rotates queries and keys, alibi biases the scores (docs/attention.md 10) */
+ * add nothing there: rope rotates queries and keys, alibi biases the scores (docs/attention.md section 11) */
 typedef enum { CF_POS_LEARNED, CF_POS_SINUSOIDAL, CF_POS_NONE, CF_POS_ROPE, CF_POS_ALIBI } cf_pos_kind;
 typedef enum {
     CF_ATTN_FULL, CF_ATTN_WINDOW, CF_ATTN_SPARSE_STRIDED, CF_ATTN_SPARSE_FIXED,

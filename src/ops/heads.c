@@ -1,6 +1,6 @@
 /* Ops on the heads of a fused projection qkv [B, T, (H + 2 Hkv) Dh] (all H query heads, then the
  * Hkv key heads, then the Hkv value heads, each Dh columns) that run between the projection and
- * an attention core (docs/attention.md section 10): rotary positions on the query and key heads,
+ * an attention core (docs/attention.md section 11): rotary positions on the query and key heads,
  * RMSNorm of each query and key head, and the repetition of shared key/value heads for
  * grouped-query attention; and the ALiBi slopes the softmax kernels add to their scores.
  *
@@ -23,9 +23,14 @@
  * The remaining Dh - rot dimensions pass through. The angles are formed in double, so the rotation
  * of a position is the same bits whether one row or a table of rows is computed. */
 
-static void rope_angles(int64_t pos, int rot, double theta, float *c, float *s) {
+/* the pairs' frequencies theta^(-2i/rot), i < rot/2 */
+static void rope_freqs(double *f, int rot, double theta) {
+    for (int i = 0; i < rot / 2; i++) f[i] = pow(theta, -2.0 * i / rot);
+}
+
+static void rope_angles(int64_t pos, int rot, const double *f, float *c, float *s) {
     for (int i = 0; i < rot / 2; i++) {
-        double a = (double)pos * pow(theta, -2.0 * i / rot);
+        double a = (double)pos * f[i];
         c[i] = (float)cos(a);
         s[i] = (float)sin(a);
     }
@@ -49,8 +54,10 @@ static void rope_row(float *y, const float *x, int n, int dh, int rot, const flo
 void cf_rope_rows(float *x, int T, int64_t stride, int n_heads, int dh, int rot, float theta, int64_t pos0) {
     CF_ASSERT(rot >= 2 && rot % 2 == 0 && rot <= dh, "rope: %d rotated of %d dimensions", rot, dh);
     float c[rot / 2], s[rot / 2];
+    double f[rot / 2];
+    rope_freqs(f, rot, theta);
     for (int t = 0; t < T; t++) {
-        rope_angles(pos0 + t, rot, theta, c, s);
+        rope_angles(pos0 + t, rot, f, c, s);
         rope_row(x + t * stride, x + t * stride, n_heads, dh, rot, c, s, 1.0f);
     }
 }
@@ -59,8 +66,10 @@ void cf_rope_rows(float *x, int T, int64_t stride, int n_heads, int dh, int rot,
 static float *rope_table(cf_ctx *ctx, int T, int rot, float theta, int64_t pos0) {
     int half = rot / 2;
     float *tab = cf_scratch(ctx, sizeof(float) * 2 * (size_t)T * half);
+    double f[half];
+    rope_freqs(f, rot, theta);
     #pragma omp parallel for schedule(static) if ((int64_t)T * half > HEADS_PAR_MIN / 8)
-    for (int t = 0; t < T; t++) rope_angles(pos0 + t, rot, theta, tab + (int64_t)t * 2 * half, tab + (int64_t)t * 2 * half + half);
+    for (int t = 0; t < T; t++) rope_angles(pos0 + t, rot, f, tab + (int64_t)t * 2 * half, tab + (int64_t)t * 2 * half + half);
     return tab;
 }
 
