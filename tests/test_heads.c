@@ -1,6 +1,7 @@
 /* The block options' ops (src/ops/heads.c, src/ops/activation.c) and ALiBi in the softmax kernels:
  * silu and the gated unit, rope, QK-norm and the repetition of shared key/value heads against
- * references written here in double and by finite differences; cf_rope_rows against the op;
+ * references written here in double and by finite differences; cf_rope_rows and cf_qk_norm_rows
+ * against the ops;
  * ALiBi slopes against the paper's list; full (fp32 and bf16), window and sparse attention with
  * ALiBi against dense softmax attention in double with the bias and the pattern's mask, forward
  * and every gradient, causal and bidirectional, lengths that leave partial blocks; and bitwise
@@ -120,6 +121,9 @@ static void test_heads_ops(void) {
             for (int t = 0; t < h->T; t++)   /* one row at a time, as cached decoding calls it */
                 cf_rope_rows(y + ((int64_t)b * h->T + t) * C, 1, C, h->H + h->Hkv, h->Dh, h->rot, h->theta, h->pos0 + t);
         CHECK(!memcmp(y, R->data, sizeof(float) * n), "rope case %d: cf_rope_rows differs from the op", ci);
+        memcpy(y, x, sizeof(float) * n);
+        cf_qk_norm_rows(y, h->B * h->T, C, h->H, h->Hkv, h->Dh, wq, wk, 1e-5f);
+        CHECK(!memcmp(y, N->data, sizeof(float) * n), "qk_norm case %d: cf_qk_norm_rows differs from the op", ci);
         free(y);
         cf_ctx_free(&ctx);
 

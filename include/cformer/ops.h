@@ -88,6 +88,10 @@ cf_tensor *cf_rope(cf_ctx *ctx, cf_tensor *qkv, int n_heads, int n_kv_heads, int
 void cf_rope_rows(float *x, int T, int64_t stride, int n_heads, int dh, int rot, float theta, int64_t pos0);
 /* RMSNorm of every query head (weight wq [Dh]) and key head (wk [Dh]); value heads copied */
 cf_tensor *cf_qk_norm(cf_ctx *ctx, cf_tensor *qkv, cf_tensor *wq, cf_tensor *wk, int n_heads, int n_kv_heads, float eps);
+/* The same in place on plain floats (cached decoding): T rows of x, row t at x + t stride, n_q
+ * query heads then n_k key heads of dh columns from the row's start */
+void cf_qk_norm_rows(float *x, int T, int64_t stride, int n_q, int n_k, int dh, const float *wq, const float *wk,
+                     float eps);
 /* -> [B, T, 3 H Dh]: key and value head h from shared head h / (H / Hkv) */
 cf_tensor *cf_kv_repeat(cf_ctx *ctx, cf_tensor *qkv, int n_heads, int n_kv_heads);
 /* ALiBi's slope of head h of H (Press et al. 2022): the score of query i and key j gains

@@ -138,6 +138,7 @@ size_t cf_encdec_arena_bytes(const cf_model_config *c, int B, int S, int T) {
      * copies, output: about 8 D-wide more per target token and 4 D-wide per source token); then
      * logits and their gradient, and the decoding caches (4 D-wide per token and layer) */
     double src = (double)B * S, tgt = (double)B * T, D = c->d_model, F = c->d_ff, H = c->n_heads;
+    F += c->glu * 2.0 * F / 3.0;   /* glu: the up branch and the gated product besides fc */
     double enc = src * (16.0 * D + 3.0 * F + 4.0 * H) * 2 * c->enc_layers;
     double dec = (tgt * (24.0 * D + 3.0 * F + 8.0 * H) + src * 4.0 * D) * 2 * c->dec_layers;
     double rest = (tgt * (3.0 * c->vocab_size + 8.0 * D) + src * 8.0 * D) * 2 + (src + tgt) * 4.0 * D * c->dec_layers;

@@ -141,6 +141,22 @@ static float head_rstd(const float *x, int dh, float eps) {
     return (float)(1.0 / sqrt(ss / dh + eps));
 }
 
+/* heads [0, n) of one row (head h at x + h dh), weight w for heads below nq and wk above */
+static void qk_norm_row(float *y, const float *x, int n, int nq, int dh, const float *wq, const float *wk, float eps,
+                        float *rstd) {
+    for (int h = 0; h < n; h++) {
+        const float *xh = x + (int64_t)h * dh, *w = h < nq ? wq : wk;
+        float *yh = y + (int64_t)h * dh, rs = head_rstd(xh, dh, eps);
+        for (int d = 0; d < dh; d++) yh[d] = w[d] * (xh[d] * rs);
+        if (rstd) rstd[h] = rs;
+    }
+}
+
+void cf_qk_norm_rows(float *x, int T, int64_t stride, int n_q, int n_k, int dh, const float *wq, const float *wk,
+                     float eps) {
+    for (int t = 0; t < T; t++) qk_norm_row(x + t * stride, x + t * stride, n_q + n_k, n_q, dh, wq, wk, eps, NULL);
+}
+
 cf_tensor *cf_qk_norm(cf_ctx *ctx, cf_tensor *qkv, cf_tensor *wq, cf_tensor *wk, int n_heads, int n_kv_heads, float eps) {
     int dh = head_dim(qkv, n_heads, n_kv_heads, "qk_norm");
     CF_ASSERT(wq->ndim == 1 && wq->shape[0] == dh && wk->ndim == 1 && wk->shape[0] == dh,
@@ -156,12 +172,7 @@ cf_tensor *cf_qk_norm(cf_ctx *ctx, cf_tensor *qkv, cf_tensor *wq, cf_tensor *wk,
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = qkv->data + r * C;
         float *yr = y->data + r * C;
-        for (int h = 0; h < nqk; h++) {
-            const float *xh = xr + (int64_t)h * dh, *w = h < n_heads ? wq->data : wk->data;
-            float *yh = yr + (int64_t)h * dh, rs = head_rstd(xh, dh, eps);
-            for (int d = 0; d < dh; d++) yh[d] = w[d] * (xh[d] * rs);
-            rstd[r * nqk + h] = rs;
-        }
+        qk_norm_row(yr, xr, nqk, n_heads, dh, wq->data, wk->data, eps, rstd + r * nqk);
         memcpy(yr + (int64_t)nqk * dh, xr + (int64_t)nqk * dh, sizeof(float) * (C - (int64_t)nqk * dh));
     }
     if (!record) cf_arena_rewind(&ctx->arena, mark);
