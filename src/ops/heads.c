@@ -36,18 +36,22 @@ static void rope_angles(int64_t pos, int rot, const double *f, float *c, float *
     }
 }
 
-/* turn heads [0, n) of one row (head h at x + h dh) by the angles (c, s); sign -1 turns back */
-static void rope_row(float *y, const float *x, int n, int dh, int rot, const float *c, const float *s, float sign) {
+/* turn heads [0, n) of one row (head h at x + h dh) by the angles (c, s) into y (y may be x);
+ * sign -1 turns back; add: y += the turned row instead of y = */
+static void rope_row(float *y, const float *x, int n, int dh, int rot, const float *c, const float *s, float sign,
+                     int add) {
     int half = rot / 2;
     for (int h = 0; h < n; h++) {
         const float *xh = x + (int64_t)h * dh;
         float *yh = y + (int64_t)h * dh;
         for (int i = 0; i < half; i++) {
             float a = xh[i], b = xh[i + half], si = sign * s[i];
-            yh[i] = a * c[i] - b * si;
-            yh[i + half] = a * si + b * c[i];
+            float u = a * c[i] - b * si, w = a * si + b * c[i];
+            yh[i] = add ? yh[i] + u : u;
+            yh[i + half] = add ? yh[i + half] + w : w;
         }
-        if (y != x) memcpy(yh + rot, xh + rot, sizeof(float) * (dh - rot));
+        if (add) for (int d = rot; d < dh; d++) yh[d] += xh[d];
+        else if (y != x) memcpy(yh + rot, xh + rot, sizeof(float) * (dh - rot));
     }
 }
 
@@ -58,7 +62,7 @@ void cf_rope_rows(float *x, int T, int64_t stride, int n_heads, int dh, int rot,
     rope_freqs(f, rot, theta);
     for (int t = 0; t < T; t++) {
         rope_angles(pos0 + t, rot, f, c, s);
-        rope_row(x + t * stride, x + t * stride, n_heads, dh, rot, c, s, 1.0f);
+        rope_row(x + t * stride, x + t * stride, n_heads, dh, rot, c, s, 1.0f, 0);
     }
 }
 
@@ -80,23 +84,18 @@ static int head_dim(const cf_tensor *qkv, int H, int Hkv, const char *op) {
     return qkv->shape[2] / (H + 2 * Hkv);
 }
 
-/* y = rows of x with the H + Hkv query and key heads turned by sign; value heads copied */
+/* y = (or += with add) rows of x with the nqk query and key heads turned by sign, value heads
+ * passed through */
 static void rope_apply(float *y, const float *x, int64_t rows, int T, int C, int nqk, int dh, int rot,
-                       const float *tab, float sign, int accumulate) {
+                       const float *tab, float sign, int add) {
     #pragma omp parallel for schedule(static) if (rows * C > HEADS_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
         const float *c = tab + (r % T) * rot, *s = c + rot / 2;
         const float *xr = x + r * C;
         float *yr = y + r * C;
-        if (!accumulate) {
-            rope_row(yr, xr, nqk, dh, rot, c, s, sign);
-            memcpy(yr + (int64_t)nqk * dh, xr + (int64_t)nqk * dh, sizeof(float) * (C - (int64_t)nqk * dh));
-            continue;
-        }
-        float tmp[C];
-        rope_row(tmp, xr, nqk, dh, rot, c, s, sign);
-        memcpy(tmp + (int64_t)nqk * dh, xr + (int64_t)nqk * dh, sizeof(float) * (C - (int64_t)nqk * dh));
-        for (int j = 0; j < C; j++) yr[j] += tmp[j];
+        rope_row(yr, xr, nqk, dh, rot, c, s, sign, add);
+        if (add) for (int j = nqk * dh; j < C; j++) yr[j] += xr[j];
+        else memcpy(yr + (int64_t)nqk * dh, xr + (int64_t)nqk * dh, sizeof(float) * (C - (int64_t)nqk * dh));
     }
 }
 
