@@ -31,6 +31,28 @@ static void test_activations(void) {
     }
     CHECK(worst < 1e-6, "silu forward: max abs err %.3g", worst);
     cf_ctx_free(&ctx);
+    /* a dense sweep over [-100, 100], past the exponential's clamps: silu relative to its size
+     * (floor 1e-3), its derivative (within [-0.1, 1.1]) absolute */
+    {
+        int n = 1 << 20;
+        float *xs = malloc(sizeof(float) * n), *ones = malloc(sizeof(float) * n);
+        for (int i = 0; i < n; i++) { xs[i] = -100.0f + 200.0f * (float)i / (float)(n - 1); ones[i] = 1; }
+        CF_ASSERT(cf_ctx_init(&ctx, (size_t)1 << 26, 1 << 8) == 0, "%s", cf_error_msg());
+        cf_ctx_begin(&ctx, 0);
+        ctx.training = 1;
+        cf_tensor *X = cf_tensor_leaf(&ctx, xs, 1, &n, 1), *Y = cf_silu(&ctx, X);
+        cf_backward(&ctx, Y, ones);
+        double ey = 0, eg = 0;
+        for (int i = 0; i < n; i++) {
+            double v = xs[i], sg = 1.0 / (1.0 + exp(-v)), y = v * sg, g = sg * (1 + v * (1 - sg));
+            if (fabs(y) > 1e-30) ey = fmax(ey, fabs(Y->data[i] - y) / fmax(fabs(y), 1e-3));
+            eg = fmax(eg, fabs(X->grad[i] - g));
+        }
+        CHECK(ey < 1e-6 && eg < 1e-6, "silu sweep: output err %.3g, derivative err %.3g", ey, eg);
+        cf_ctx_free(&ctx);
+        free(xs);
+        free(ones);
+    }
     gc_input in1[1] = {{x, 2, {4, 6}, 1}};
     gradcheck("silu", f_silu, NULL, in1, 1, 1e-3f, 2e-3);
     for (int a = CF_ACT_GELU; a <= CF_ACT_SILU; a++) {
