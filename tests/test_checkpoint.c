@@ -980,6 +980,15 @@ int main(void) {
                                "train.lr=1e-3", "train.min_lr=1e-4", "train.beta2=0.99"};
     test_exact_resume("lion", lion_over, 6);
     test_lion_run(lion_over, 6);
+    /* the block options (their parameters q_norm, k_norm, mlp.up and the narrower qkv), trained past
+     * max_seq_len, which rope and alibi allow */
+    const char *llama_over[] = {"train.sampling=\"random\"", "model.dropout=0.1", "model.norm=\"rmsnorm\"",
+                                "model.position=\"rope\"", "model.activation=\"silu\"", "model.glu=true",
+                                "model.bias=false", "model.n_kv_heads=1", "model.qk_norm=true", "train.seq_len=48"};
+    const char *alibi_over[] = {"train.sampling=\"random\"", "model.dropout=0.1", "model.position=\"alibi\"",
+                                "model.attention={\"type\":\"window\",\"window\":8}", "train.grad_checkpoint=\"blocks\""};
+    test_exact_resume("llama", llama_over, 10);
+    test_exact_resume("alibi", alibi_over, 5);
     cf_config c;
     make_config(&c, random_over, 2);
     char straight[300];

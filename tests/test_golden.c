@@ -1,4 +1,4 @@
-/* The default decoder against its PyTorch twin (tools/torch_gpt.py --golden): on the
+/* The decoder, default and with the block options, against its PyTorch twin (tools/torch_gpt.py --golden): on the
  * same weights and batch, logits, loss and every parameter's gradient agree to float32 rounding,
  * and five AdamW steps give the same losses. The .h5 files were written once with Debian's
  * python3-torch (tests/golden/README.md), so this test needs no PyTorch. */
@@ -98,5 +98,12 @@ int main(void) {
     check_golden("tests/golden/gpt_tied.h5", 0);
     check_golden("tests/golden/gpt_untied.h5", 0);
     check_golden("tests/golden/gpt_tied.h5", 1);
+    /* the block options (docs/attention.md section 11): RMSNorm, rope, SwiGLU, no biases, grouped
+     * kv heads and QK-norm (llama); ALiBi over 6 heads with GEGLU and one kv head; rope on half of
+     * each head with post-norm ReGLU. 80 tokens span two of the kernels' 64-key blocks. */
+    check_golden("tests/golden/llama.h5", 0);
+    check_golden("tests/golden/llama.h5", 1);
+    check_golden("tests/golden/alibi_geglu.h5", 0);
+    check_golden("tests/golden/rope_partial.h5", 0);
     TEST_MAIN_END();
 }

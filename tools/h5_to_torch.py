@@ -7,8 +7,9 @@
 The twin is tools/torch_gpt.py next to this file (load_checkpoint): it builds the model of the
 checkpoint's /config and loads /params, float32 tensors with PyTorch's names and [out, in] layouts
 (include/cformer/checkpoint.h), with load_state_dict(strict=True). It covers cformer's decoder
-with full attention (layernorm or rmsnorm, pre- or post-norm, gelu or relu, learned, sinusoidal or
-no positions, biases on or off, tied or untied embeddings) and refuses other checkpoints.
+with full attention (layernorm or rmsnorm, pre- or post-norm, gelu, relu or silu, glu, learned,
+sinusoidal, rope, alibi or no positions, shared key/value heads, QK-norm, biases on or off, tied or
+untied embeddings) and refuses other checkpoints.
 
 Evaluation follows cf_eval_bpb (src/train/eval.c) exactly: windows of ctx bytes advance by stride;
 the first window scores all its positions, each later one only the targets the previous windows
@@ -62,7 +63,8 @@ def main():
     ev = cfg.get("eval", {})
     ctx = a.ctx or ev.get("ctx") or cfg["train"]["seq_len"]
     stride = a.stride or (ev.get("stride") if not a.ctx or a.ctx == ev.get("ctx") else max(1, ctx // 2))
-    if cfg["model"].get("position", "learned") != "none" and ctx > cfg["model"]["max_seq_len"]:
+    # a position table caps the context; rope, alibi and none have none
+    if cfg["model"].get("position", "learned") in ("learned", "sinusoidal") and ctx > cfg["model"]["max_seq_len"]:
         die(f"--ctx {ctx} exceeds model.max_seq_len {cfg['model']['max_seq_len']}")
     if not 1 <= stride <= ctx:
         die(f"--stride {stride} must be in 1..ctx {ctx}")

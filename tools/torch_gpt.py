@@ -50,8 +50,12 @@ PyTorch's own names for this module tree, and every linear weight is [out, in]:
 The .bias of every linear layer exists only with model.bias (default true).
 
 Covered: model.arch "decoder" with attention type "full" in every layer; norm layernorm or rmsnorm,
-norm_position pre or post, activation gelu (tanh approximation) or relu, position learned,
-sinusoidal or none, tied or untied embeddings, bias on or off, any sizes, norm_eps, init_std.
+norm_position pre or post, activation gelu (tanh approximation), relu or silu, glu, position
+learned, sinusoidal, none, rope (rope_theta, rope_fraction) or alibi, n_kv_heads, qk_norm, tied or
+untied embeddings, bias on or off, any sizes, norm_eps, init_std. The block options add
+    blocks.<i>.attn.qkv.weight [(H + 2 Hkv) Dh, D]   H query heads' rows, then Hkv key, Hkv value heads
+    blocks.<i>.attn.q_norm.weight, .k_norm.weight [Dh]   (qk_norm only)
+    blocks.<i>.mlp.up.weight [F, D], .bias [F]       (glu only: the linear branch W3)
 Not covered: the other attention types (window, sparse, linear, performer, xl, infini) and the
 encoder-decoder. Dropout is left out: evaluation never applies it, and cformer's masks are
 counter-based (src/ops/dropout.c) and cannot be reproduced here, so --golden and --bench refuse a
@@ -92,13 +96,14 @@ MODEL_DEFAULTS = {
     "max_seq_len": 256, "dropout": 0.0, "attn_dropout": -1.0, "emb_dropout": -1.0,
     "tie_embeddings": True, "bias": True, "norm_eps": 1e-5, "init_std": 0.02,
     "attention": {"type": "full"},
+    "glu": False, "rope_theta": 10000.0, "rope_fraction": 1.0, "n_kv_heads": 0, "qk_norm": False,
 }
 TRAIN_DEFAULTS = {
     "batch_size": 8, "seq_len": 256, "lr": 3e-4, "weight_decay": 0.1, "beta1": 0.9, "beta2": 0.95,
     "eps": 1e-8, "grad_clip": 1.0,
 }
 CHOICES = {"norm": ("layernorm", "rmsnorm"), "norm_position": ("pre", "post"),
-           "activation": ("gelu", "relu"), "position": ("learned", "sinusoidal", "none")}
+           "activation": ("gelu", "relu", "silu"), "position": ("learned", "sinusoidal", "none", "rope", "alibi")}
 
 
 class TwinError(Exception):
@@ -123,6 +128,12 @@ def model_config(cfg):
         raise TwinError(f"model.n_heads {m['n_heads']} does not divide model.d_model {m['d_model']}")
     if not m["d_ff"]:
         m["d_ff"] = 4 * m["d_model"]
+    if not m["n_kv_heads"]:
+        m["n_kv_heads"] = m["n_heads"]
+    if m["n_heads"] % m["n_kv_heads"]:
+        raise TwinError(f"model.n_kv_heads {m['n_kv_heads']} does not divide model.n_heads {m['n_heads']}")
+    # schema.c cf_rope_dims: the fraction of a head's dims, rounded down to whole pairs
+    m["rope_dims"] = 2 * int(m["rope_fraction"] * (m["d_model"] // m["n_heads"]) / 2 + 1e-6)
     return m
 
 
@@ -159,28 +170,73 @@ def make_norm(m):
     return nn.LayerNorm(d, eps=eps) if m["norm"] == "layernorm" else RMSNorm(d, eps)
 
 
+def rope(x, rot, theta):
+    """Rotary positions (Su et al. 2021) on x (B, H, T, Dh), src/ops/heads.c cf_rope: the first rot
+    dims as pairs (i, i + rot/2), the GPT-NeoX layout, pair i at position t turned by the angle
+    t theta^(-2i/rot); angles in float64 as the C code forms them."""
+    T, half = x.shape[2], rot // 2
+    i = np.arange(half, dtype=np.float64)
+    angle = np.arange(T, dtype=np.float64)[:, None] * np.power(float(theta), -2.0 * i / rot)[None, :]
+    c = torch.from_numpy(np.cos(angle).astype(np.float32))
+    s = torch.from_numpy(np.sin(angle).astype(np.float32))
+    a, b, rest = x[..., :half], x[..., half:rot], x[..., rot:]
+    return torch.cat([a * c - b * s, a * s + b * c, rest], dim=-1)
+
+
+def alibi_slopes(H):
+    """Press et al. 2022's slopes, src/ops/heads.c cf_alibi_slope: 2^(-8(h+1)/n) for the largest
+    power of two n <= H, the other heads taking every other slope of 2n heads."""
+    n = 2 ** int(math.floor(math.log2(H)))
+    s = [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
+    return s + [2.0 ** (-8.0 * (2 * j + 1) / (2 * n)) for j in range(H - n)]
+
+
 class SelfAttention(nn.Module):
     """Causal multi-head attention: one fused projection to q, k, v, softmax(q k^T / sqrt(Dh)) over
     the keys at or before each query, heads concatenated, output projection (src/nn/attention.c and
-    the fused kernel of src/ops/attention.c, which computes the same without the T x T matrix)."""
+    the fused kernel of src/ops/attention.c, which computes the same without the T x T matrix).
+    With the block options: H query heads and n_kv_heads key/value heads (head h reads shared head
+    h // (H / n_kv_heads)), QK-norm (RMSNorm of each query and key head, weights q_norm, k_norm
+    [Dh]) before rope, and ALiBi's -slope_h (i - j) added to the scores."""
 
     sdpa = False   # --sdpa: the same attention through F.scaled_dot_product_attention (PyTorch's fused kernels)
 
     def __init__(self, m):
         super().__init__()
         d = m["d_model"]
-        self.n_heads = m["n_heads"]
-        self.qkv = nn.Linear(d, 3 * d, bias=m["bias"])
+        self.n_heads, self.n_kv = m["n_heads"], m["n_kv_heads"]
+        self.dh = d // self.n_heads
+        self.rot = m["rope_dims"] if m["position"] == "rope" else 0
+        self.theta = m["rope_theta"]
+        self.alibi = m["position"] == "alibi"
+        self.qkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv) * self.dh, bias=m["bias"])
+        if m["qk_norm"]:
+            self.q_norm = RMSNorm(self.dh, m["norm_eps"])
+            self.k_norm = RMSNorm(self.dh, m["norm_eps"])
+        else:
+            self.q_norm = self.k_norm = None
         self.proj = nn.Linear(d, d, bias=m["bias"])
 
     def forward(self, x):
         B, T, D = x.shape
-        H = self.n_heads
-        q, k, v = self.qkv(x).split(D, dim=-1)                           # each (B, T, D)
-        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))   # (B, H, T, Dh)
+        H, Hkv, Dh = self.n_heads, self.n_kv, self.dh
+        q, k, v = self.qkv(x).split([H * Dh, Hkv * Dh, Hkv * Dh], dim=-1)
+        q = q.view(B, T, H, Dh).transpose(1, 2)                          # (B, H, T, Dh)
+        k, v = (t.view(B, T, Hkv, Dh).transpose(1, 2) for t in (k, v))    # (B, Hkv, T, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rot:
+            q, k = rope(q, self.rot, self.theta), rope(k, self.rot, self.theta)
+        if Hkv != H:
+            k, v = k.repeat_interleave(H // Hkv, dim=1), v.repeat_interleave(H // Hkv, dim=1)
         if SelfAttention.sdpa:
+            if self.alibi:
+                raise TwinError("--sdpa: the twin's fused path has no ALiBi")
             return self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, D))
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)           # (B, H, T, T)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(Dh)               # (B, H, T, T)
+        if self.alibi:
+            dist = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).abs().to(torch.float32)
+            scores = scores - torch.tensor(alibi_slopes(H), dtype=torch.float32)[:, None, None] * dist
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
         weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
         y = (weights @ v).transpose(1, 2).reshape(B, T, D)               # heads side by side again
@@ -188,17 +244,25 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """proj(act(fc(x))), act = GELU with the tanh approximation, or ReLU (src/nn/mlp.c)."""
+    """proj(act(fc(x))), act = GELU with the tanh approximation, ReLU or SiLU; with model.glu
+    proj(act(fc(x)) * up(x)) (Shazeer 2020: GEGLU, SwiGLU) (src/nn/mlp.c)."""
 
     def __init__(self, m):
         super().__init__()
-        self.relu = m["activation"] == "relu"
+        self.act = m["activation"]
         self.fc = nn.Linear(m["d_model"], m["d_ff"], bias=m["bias"])
+        self.up = nn.Linear(m["d_model"], m["d_ff"], bias=m["bias"]) if m["glu"] else None
         self.proj = nn.Linear(m["d_ff"], m["d_model"], bias=m["bias"])
 
     def forward(self, x):
         h = self.fc(x)
-        return self.proj(F.relu(h) if self.relu else F.gelu(h, approximate="tanh"))
+        if self.act == "relu":
+            h = F.relu(h)
+        elif self.act == "silu":
+            h = F.silu(h)
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.proj(h * self.up(x) if self.up is not None else h)
 
 
 class Block(nn.Module):
@@ -270,7 +334,7 @@ class Decoder(nn.Module):
         """ids (B, T) int64 -> logits (B, T, V), and the mean cross-entropy in nats when targets
         (B, T) are given (None otherwise)."""
         T = ids.shape[1]
-        if self.position != "none" and T > self.max_seq_len:
+        if self.position in ("learned", "sinusoidal") and T > self.max_seq_len:
             raise TwinError(f"{T} tokens exceed model.max_seq_len {self.max_seq_len}")
         h = self.tok_emb(ids)                                              # (B, T, D)
         if self.position == "learned":

@@ -162,6 +162,7 @@ typedef struct cf_attn_call {
     cf_attn_draw  *draw;            /* the layer's draw record (performer), or NULL */
     const uint8_t *key_keep;        /* [B, T] nonzero = real token, or NULL; borrowed until backward */
     const cf_attn_state *state;     /* the recurrent state of this call, or NULL */
+    int      alibi;                 /* ALiBi biases on the scores (rows with CF_ATTN_ALIBI) */
 } cf_attn_call;
 
 /* cf_attn_variant.flags */
@@ -171,6 +172,12 @@ enum {
     CF_ATTN_CAUSAL_ONLY = 1 << 2,   /* has no bidirectional form */
     CF_ATTN_OWN_QKV     = 1 << 3,   /* the core projects the layer's input itself (from qkv_w, qkv_b):
                                      * its input is x [B, T, D], not the fused projection */
+    /* what the layer's head ops (nn.h cf_attn_heads) may do before this core, each checked by
+     * cf_attn_check_heads: */
+    CF_ATTN_SHARED_KV   = 1 << 4,   /* keys and values shared by groups of heads (model.n_kv_heads) */
+    CF_ATTN_ROPE        = 1 << 5,   /* rotary positions on queries and keys (model.position "rope") */
+    CF_ATTN_ALIBI       = 1 << 6,   /* ALiBi biases added to the scores in its kernels */
+    CF_ATTN_QK_NORM     = 1 << 7,   /* RMSNorm of each query and key head (model.qk_norm) */
 };
 
 /* the size of an extra parameter's dimension: the model width or the head count */
@@ -264,13 +271,18 @@ int cf_attn_table_check(void);
  * variant's row check, and whether the variant can serve there. 0, or -1 with cf_error_msg()
  * naming the key; path is the key path of the config ("model.attention" or "model.attention[1]"). */
 int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_model, int encoder);
+/* Can the entry's variant take the model's head options (m->position "rope" or "alibi",
+ * m->n_kv_heads below n_heads, m->qk_norm)? Its row's CF_ATTN_ROPE, CF_ATTN_ALIBI,
+ * CF_ATTN_SHARED_KV and CF_ATTN_QK_NORM say; 0, or -1 with one line naming the model key and the
+ * entry's type (path as for cf_attn_check). */
+int cf_attn_check_heads(const cf_attn_config *c, const char *path, const cf_model_config *m);
 /* Run call's variant on in (see cf_attn_variant.core), asserting what its flags rule out (key
  * padding, a bidirectional call) and the input's shape. */
 cf_tensor *cf_attn_forward(cf_ctx *ctx, const cf_attn_call *call, cf_tensor *in);
 
 /* the options of the softmax kernels for a call: its causality, attention dropout, key padding */
 static inline cf_attn_opts cf_attn_call_opts(const cf_attn_call *c) {
-    return (cf_attn_opts){.causal = c->causal, .dropout = c->dropout, .key_keep = c->key_keep};
+    return (cf_attn_opts){.causal = c->causal, .dropout = c->dropout, .key_keep = c->key_keep, .alibi = c->alibi};
 }
 
 #endif

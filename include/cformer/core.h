@@ -103,6 +103,11 @@ typedef enum cf_op_kind {
     CF_OP_XL_ATTENTION,    /* Transformer-XL relative-position attention (src/attention/xl.c) */
     CF_OP_INFINI_ATTENTION, /* Infini-attention compressive memory (src/attention/infini.c) */
     CF_OP_LINEAR_GELU,     /* gelu(x W^T + b), the GELU in the GEMM's epilogue (src/ops/linear_gelu.c) */
+    CF_OP_SILU,
+    CF_OP_GLU,             /* act(a) * b, the gated feed-forward */
+    CF_OP_ROPE,            /* rotary positions on the query and key heads of a fused qkv (src/ops/heads.c) */
+    CF_OP_QK_NORM,         /* RMSNorm of each query and key head */
+    CF_OP_KV_REPEAT,       /* shared key/value heads repeated for grouped-query attention */
     CF_OP_COUNT
 } cf_op_kind;
 

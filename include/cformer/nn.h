@@ -10,13 +10,31 @@
 
 typedef struct cf_linear_layer { cf_tensor *w, *b; } cf_linear_layer;        /* w [out, in], b [out] or NULL */
 typedef struct cf_norm_layer { cf_tensor *w, *b; cf_norm_kind kind; float eps; } cf_norm_layer;
-typedef struct cf_mlp_layer { cf_linear_layer fc, proj; cf_act_kind act; } cf_mlp_layer;
+/* proj(act(fc x)), or with glu proj(act(fc x) * up x); up.w is NULL without glu */
+typedef struct cf_mlp_layer { cf_linear_layer fc, up, proj; cf_act_kind act; } cf_mlp_layer;
+
+/* What a self-attention layer does to its heads besides the core (docs/attention.md section 11):
+ * grouped key/value heads, rotary positions or ALiBi biases, QK-norm. All zero: plain multi-head
+ * attention with n_heads key/value heads. */
+typedef struct cf_attn_heads {
+    int   n_kv_heads;            /* 0 = n_heads; fewer share each key/value head among n_heads / n_kv_heads */
+    int   rope_dims;             /* 0 = none; else the even count of each head's dims that rope turns */
+    float rope_theta;            /* rope's frequency base */
+    int   alibi;                 /* ALiBi biases on the scores (the core's kernels add them) */
+    int   qk_norm;               /* RMSNorm of each query and key head */
+    float qk_eps;
+} cf_attn_heads;
+
+/* the heads settings of a model config's self-attention layers */
+cf_attn_heads cf_attn_heads_of(const cf_model_config *m);
 
 /* Multi-head attention: fused q/k/v projection (self-attention) or q and fused k/v (cross),
  * a variant core (attention.h: the row of cfg.type in the variant table), an output projection. */
 typedef struct cf_attn_layer {
-    cf_linear_layer qkv, proj;
+    cf_linear_layer qkv, proj;      /* qkv [(H + 2 Hkv) Dh, D]: query rows, key rows, value rows */
     int   n_heads;
+    cf_attn_heads heads;         /* n_kv_heads resolved (never 0) */
+    cf_tensor *q_norm, *k_norm;  /* QK-norm weights [Dh], or NULL */
     int   causal;
     float dropout;               /* on the attention probabilities */
     cf_attn_config cfg;          /* the variant and its settings */
@@ -48,10 +66,16 @@ void       cf_norm_decl(cf_norm_layer *n, cf_params *p, const char *prefix, int 
 cf_tensor *cf_norm_apply(cf_ctx *ctx, const cf_norm_layer *n, cf_tensor *x);
 /* src/nn/mlp.c */
 void       cf_mlp_decl(cf_mlp_layer *m, cf_params *p, const char *prefix, int d, int d_ff, cf_act_kind act, int bias);
+/* the same, gated (glu): fc, up [d_ff, d] and proj [d, d_ff] */
+void       cf_mlp_decl_glu(cf_mlp_layer *m, cf_params *p, const char *prefix, int d, int d_ff, cf_act_kind act, int bias,
+                           int glu);
 cf_tensor *cf_mlp_apply(cf_ctx *ctx, const cf_mlp_layer *m, cf_tensor *x);
 /* src/nn/attention.c; x [B, T, D] -> [B, T, D] */
 void       cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
                         float dropout, const cf_attn_config *cfg, int bias);
+/* the same with grouped heads, positions and QK-norm (NULL = none of them) */
+void       cf_attn_decl_heads(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
+                              float dropout, const cf_attn_config *cfg, int bias, const cf_attn_heads *heads);
 cf_tensor *cf_attn_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x);
 /* the same with a key padding mask [B, T] (nonzero = real token; NULL = none) for the variants that
  * take one, borrowed until backward has run (an encoder's padded source) */
@@ -61,7 +85,10 @@ cf_tensor *cf_attn_apply_keep(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x,
  * positions from state->xl, and needs it */
 cf_tensor *cf_attn_apply_state(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep,
                                const cf_attn_state *state);
-/* The core of layer a on qkv [B, T, 3D] -> [B, T, D], without state, for the variants that run on
+/* The layer's head ops on its projection qkv [B, T, (H + 2 Hkv) Dh] at absolute positions pos0...:
+ * QK-norm, rope, and the repetition of shared key/value heads -> [B, T, 3D], the cores' input */
+cf_tensor *cf_attn_heads_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, int64_t pos0);
+/* The core of layer a on qkv [B, T, (H + 2 Hkv) Dh] -> [B, T, D] (the head ops first), without state, for the variants that run on
  * the fused projection (all but xl). key_keep [B, T] (nonzero = real token) or NULL masks padded
  * keys; borrowed until backward has run. Attention dropout (a->dropout, training only) applies to
  * the softmax variants (full, window, sparse); linear and performer have no probabilities to drop. */

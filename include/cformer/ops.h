@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include "core.h"
+#include "schema.h"
 
 /* ---- src/ops/matmul.c ---------------------------------------------------------------------- */
 /* C = op(A) op(B), batched over leading dims. A [..., M, K] (or [..., K, M] with trans_a),
@@ -28,6 +29,9 @@ cf_tensor *cf_scale(cf_ctx *ctx, cf_tensor *x, float s);
 cf_tensor *cf_gelu(cf_ctx *ctx, cf_tensor *x);               /* tanh approximation (GPT-2) */
 cf_tensor *cf_relu(cf_ctx *ctx, cf_tensor *x);
 cf_tensor *cf_elu(cf_ctx *ctx, cf_tensor *x, float alpha);
+cf_tensor *cf_silu(cf_ctx *ctx, cf_tensor *x);               /* x sigmoid(x) */
+/* act(a) * b elementwise (a, b of one shape), act gelu (tanh), relu or silu: GEGLU, ReGLU, SwiGLU */
+cf_tensor *cf_glu(cf_ctx *ctx, cf_tensor *a, cf_tensor *b, cf_act_kind act);
 
 /* ---- src/ops/softmax.c ---------------------------------------------------------------------- */
 cf_tensor *cf_softmax(cf_ctx *ctx, cf_tensor *x);            /* over the last dim; an all -inf row gives 0 */
@@ -75,6 +79,27 @@ cf_tensor *cf_mask_explicit(cf_ctx *ctx, cf_tensor *x, const uint8_t *keep, int 
 cf_tensor *cf_sum(cf_ctx *ctx, cf_tensor *x);                /* -> [1] */
 cf_tensor *cf_mean(cf_ctx *ctx, cf_tensor *x);               /* -> [1] */
 
+/* ---- src/ops/heads.c ------------------------------------------------------------------------
+ * Ops on the heads of a fused projection qkv [B, T, (H + 2 Hkv) Dh]: H query heads, then Hkv key
+ * heads, then Hkv value heads (Hkv divides H). docs/attention.md section 11. */
+/* Rotary positions on the query and key heads: the first rot dims of each (rot even) as pairs
+ * (i, i + rot/2) turned by (pos0 + t) theta^(-2i/rot) at row t; value heads copied. */
+cf_tensor *cf_rope(cf_ctx *ctx, cf_tensor *qkv, int n_heads, int n_kv_heads, int rot, float theta, int64_t pos0);
+/* The same rotation in place on plain floats (cached decoding): T rows of x, row t at x + t stride
+ * and at position pos0 + t, heads [0, n_heads) of dh columns each from the row's start. */
+void cf_rope_rows(float *x, int T, int64_t stride, int n_heads, int dh, int rot, float theta, int64_t pos0);
+/* RMSNorm of every query head (weight wq [Dh]) and key head (wk [Dh]); value heads copied */
+cf_tensor *cf_qk_norm(cf_ctx *ctx, cf_tensor *qkv, cf_tensor *wq, cf_tensor *wk, int n_heads, int n_kv_heads, float eps);
+/* The same in place on plain floats (cached decoding): T rows of x, row t at x + t stride, n_q
+ * query heads then n_k key heads of dh columns from the row's start */
+void cf_qk_norm_rows(float *x, int T, int64_t stride, int n_q, int n_k, int dh, const float *wq, const float *wk,
+                     float eps);
+/* -> [B, T, 3 H Dh]: key and value head h from shared head h / (H / Hkv) */
+cf_tensor *cf_kv_repeat(cf_ctx *ctx, cf_tensor *qkv, int n_heads, int n_kv_heads);
+/* ALiBi's slope of head h of H (Press et al. 2022): the score of query i and key j gains
+ * -slope |i - j| */
+float cf_alibi_slope(int h, int H);
+
 /* ---- src/ops/attention.c -------------------------------------------------------------------- */
 typedef struct cf_attn_opts {
     int            causal;         /* key j visible to query i only when j <= i + (Tk - Tq) */
@@ -82,6 +107,8 @@ typedef struct cf_attn_opts {
     float          dropout;        /* on the attention probabilities (training only) */
     const uint8_t *key_keep;       /* [B, Tk], nonzero = real token; NULL = all (padding masks);
                                       borrowed: keep it valid until backward has run */
+    int            alibi;          /* ALiBi: score of query i, key j (key positions) gains
+                                      -cf_alibi_slope(h, H) |i + Tk - Tq - j| */
 } cf_attn_opts;
 /* Fused multi-head scaled-dot-product attention, tiled so that no T x T matrix is stored: backward
  * recomputes probabilities from the saved per-row log-sum-exp. q [B, Tq, H*Dh], k and v

@@ -10,8 +10,10 @@
 typedef enum { CF_ARCH_DECODER, CF_ARCH_ENCODER_DECODER, CF_ARCH_COUNT } cf_arch;
 typedef enum { CF_NORM_LAYERNORM, CF_NORM_RMSNORM } cf_norm_kind;
 typedef enum { CF_NORM_PRE, CF_NORM_POST } cf_norm_pos;
-typedef enum { CF_ACT_GELU, CF_ACT_RELU } cf_act_kind;
-typedef enum { CF_POS_LEARNED, CF_POS_SINUSOIDAL, CF_POS_NONE } cf_pos_kind;
+typedef enum { CF_ACT_GELU, CF_ACT_RELU, CF_ACT_SILU } cf_act_kind;
+/* learned and sinusoidal add a table to the embeddings (capped at max_seq_len); none, rope and alibi
+ * add nothing there: rope rotates queries and keys, alibi biases the scores (docs/attention.md section 11) */
+typedef enum { CF_POS_LEARNED, CF_POS_SINUSOIDAL, CF_POS_NONE, CF_POS_ROPE, CF_POS_ALIBI } cf_pos_kind;
 typedef enum {
     CF_ATTN_FULL, CF_ATTN_WINDOW, CF_ATTN_SPARSE_STRIDED, CF_ATTN_SPARSE_FIXED,
     CF_ATTN_LINEAR, CF_ATTN_PERFORMER, CF_ATTN_XL, CF_ATTN_INFINI, CF_ATTN_KIND_COUNT
@@ -56,7 +58,12 @@ typedef struct cf_model_config {
     cf_norm_kind norm;          /* "layernorm" */
     cf_norm_pos  norm_position; /* "pre" */
     cf_act_kind  activation;    /* "gelu" (tanh approximation) */
+    int          glu;           /* false; true: feed-forward W2 (act(W1 x) * W3 x) (GEGLU, SwiGLU) */
     cf_pos_kind  position;      /* "learned" */
+    float        rope_theta;    /* 10000: rope's base of the rotation frequencies */
+    float        rope_fraction; /* 1.0: share of each head's dimensions that rope rotates */
+    int          n_kv_heads;    /* 0 = n_heads; fewer: grouped-query attention (1: multi-query) */
+    int          qk_norm;       /* false; true: RMSNorm of each head's query and key before the scores */
     int          max_seq_len;   /* 256 */
     float        dropout;       /* 0: residual dropout */
     float        attn_dropout;  /* -1 = same as dropout */
@@ -131,6 +138,9 @@ extern const char *const cf_arch_names[], *const cf_norm_names[], *const cf_norm
     *const cf_sample_names[], *const cf_combine_names[], *const cf_favor_kernel_names[],
     *const cf_update_names[], *const cf_optim_names[], *const cf_precision_names[], *const cf_recompute_names[];
 const char *cf_attn_kind_name(cf_attn_kind k);
+/* the dimensions of a head that rope rotates: rope_fraction of d_model / n_heads, rounded down to
+ * an even count (the rotated pairs) */
+int cf_rope_dims(const cf_model_config *m);
 const char *cf_optim_name(cf_optim_kind k);
 
 #endif

@@ -28,5 +28,6 @@ static void full_step(const cf_attn_call *call, cf_attn_cache *c, const float *q
     cf_cache_softmax_step(call, c, q, k, v, ld, n, out, full_keys);
 }
 
-const cf_attn_variant cf_attn_full = {.name = "full", .flags = CF_ATTN_KEY_PADDING, .core = full_core,
-                                      .cache_rows = full_rows, .cache_aux = no_aux, .step = full_step};
+const cf_attn_variant cf_attn_full = {
+    .name = "full", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+    .core = full_core, .cache_rows = full_rows, .cache_aux = no_aux, .step = full_step};

@@ -547,7 +547,8 @@ static void infini_boundary(const cf_attn_call *call, cf_attn_cache *c) {
 
 /* the gate beta [H] ("<prefix>.gate", starts at 0: half memory, half local) */
 const cf_attn_variant cf_attn_infini = {
-    .name = "infini", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY, .check = infini_check,
+    .name = "infini", .flags = CF_ATTN_RECURRENT | CF_ATTN_CAUSAL_ONLY | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_QK_NORM,
+    .check = infini_check,
     .n_extra = 1, .extra = {{"gate", 1, {CF_ATTN_DIM_HEADS}}}, .core = infini_core,
     /* the compressive memory M and its normaliser z, per head */
     .n_state = 2, .state = {{"infini_M", 3, {CF_ATTN_DIM_HEADS, CF_ATTN_DIM_HEAD, CF_ATTN_DIM_HEAD}, 0},

@@ -493,5 +493,6 @@ static void linear_step(const cf_attn_call *call, cf_attn_cache *c, const float 
     c->pos += n;
 }
 
-const cf_attn_variant cf_attn_linear = {.name = "linear", .flags = CF_ATTN_KEY_PADDING, .core = linear_core,
-                                        .cache_rows = linear_rows, .cache_aux = linear_aux, .step = linear_step};
+const cf_attn_variant cf_attn_linear = {
+    .name = "linear", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_QK_NORM,
+    .core = linear_core, .cache_rows = linear_rows, .cache_aux = linear_aux, .step = linear_step};

@@ -203,6 +203,7 @@ typedef struct geom {
     const float *o, *dout;
     float *lse;                      /* [B, H, T] base 2 */
     const uint8_t *keep;             /* [B, T] or NULL */
+    int alibi;                       /* ALiBi biases by the positions of queries and keys */
     float scale;
     attn_dropout drop;
     const plan *pl;
@@ -355,6 +356,13 @@ static void dropout_row(const geom *g, const ws *w, int64_t bh, int qi, int nk) 
 
 /* ---- forward -------------------------------------------------------------------------------------- */
 
+/* the ALiBi biases of head h on rows [0, nq) of the score block (query list entries q0.., the
+ * keys at w->kpos) */
+static void alibi_block(const geom *g, ws *w, int h, const seg *s, int q0, int nq) {
+    float slope2 = cf_alibi_slope(h, g->H) * LOG2E;
+    for (int i = 0; i < nq; i++) alibi_row_at(w->b.p + (int64_t)i * BK, pl_pos(&s->q, q0 + i), w->kpos, slope2);
+}
+
 /* fold the score block in w->b.p into the running max and sum, rows seeing w->vis */
 static void fwd_softmax_block(const geom *g, ws *w, int64_t bh, const seg *s, int q0, int nq, int rows, int nk) {
     for (int i = 0; i < nq; i++) online_max_row(&w->b, i, w->vis[i]);
@@ -379,6 +387,7 @@ static void fwd_block(const geom *g, ws *w, int64_t bh, int64_t blk, float *out,
         int nk = blen(s->k.n, kb * BK, BK);
         kblock k = get_k(g, w, bh, s, kb);
         nt_block(rows, dh, qs, dh, k.kt, w->b.p);
+        if (g->alibi) alibi_block(g, w, h, s, q0, nq);
         fwd_softmax_block(g, w, bh, s, q0, nq, rows, nk);
         cf_block_gemm(rows, dh, w->b.p, BK, 1, nk, k.rows, dh, w->b.acc, dh, w->b.alpha);
     }
@@ -423,6 +432,7 @@ static void bwd_pair(const geom *g, ws *w, int64_t bh, const seg *s, int qb, int
     const float *qs = qc.qs, *dos = qc.dos, *lse = qc.ls, *dd = qc.dd;
     nt_block(rows, dh, qs, dh, k.kt, w->b.p);
     nt_block(rows, dh, dos, dh, k.vt, w->b.ds);
+    if (g->alibi) alibi_block(g, w, (int)(bh % g->H), s, q0, nq);
     for (int i = 0; i < nq; i++) {
         if (w->vis[i] && g->drop.on) dropout_row(g, w, bh, pl_pos(&s->q, q0 + i), nk);
         ds_row(w->b.p + (int64_t)i * BK, w->b.ds + (int64_t)i * BK, w->vis[i], lse[i], dd[i],
@@ -530,7 +540,7 @@ static geom geom_of(cf_tensor *qkv, int n_heads, float scale) {
 typedef struct saved {
     float *lse;
     cf_attn_pattern pat;
-    int H, causal, dropout;
+    int H, causal, dropout, alibi;
     uint64_t key;
     float scale, p;
 } saved;
@@ -558,6 +568,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     check_pattern(pat);
     geom g = geom_of(qkv, n_heads, o->scale);
     g.keep = o->key_keep;
+    g.alibi = o->alibi != 0;
     g.drop = attn_dropout_draw(ctx, o->dropout);
     cf_tensor *out = cf_tensor_3d(ctx, g.B, g.T, (int)g.C);
     int record = cf_needs_grad(ctx, 1, &qkv);
@@ -598,7 +609,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_MASKED_ATTENTION, out, 1, &qkv);
     if (n) {
-        *sv = (saved){lse, *pat, n_heads, o->causal != 0, g.drop.on, g.drop.key, g.scale, g.drop.p};
+        *sv = (saved){lse, *pat, n_heads, o->causal != 0, g.drop.on, g.alibi, g.drop.key, g.scale, g.drop.p};
         n->saved = sv;
         n->ptr = o->key_keep;
     }
@@ -610,6 +621,7 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     cf_tensor *qkv = n->in[0];
     geom g = geom_of(qkv, sv->H, sv->scale);
     g.keep = n->ptr;
+    g.alibi = sv->alibi;
     g.drop = attn_dropout_saved(sv->dropout, sv->p, sv->key);
     g.lse = sv->lse;
     g.o = n->out->data;

@@ -390,6 +390,7 @@ static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const flo
 }
 
 const cf_attn_variant cf_attn_performer = {
-    .name = "performer", .flags = CF_ATTN_KEY_PADDING, .check = performer_check, .core = performer_core,
+    .name = "performer", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_QK_NORM,
+    .check = performer_check, .core = performer_core,
     .cache_rows = performer_rows, .cache_aux = performer_aux, .cache_start = performer_start,
     .step = performer_step};

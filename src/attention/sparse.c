@@ -126,8 +126,10 @@ static void sparse_step(const cf_attn_call *call, cf_attn_cache *c, const float 
 }
 
 const cf_attn_variant cf_attn_sparse_strided = {
-    .name = "sparse_strided", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core,
+    .name = "sparse_strided", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+    .check = sparse_check, .core = cf_masked_core,
     .cache_rows = sparse_rows, .cache_aux = sparse_aux, .step = sparse_step};
 const cf_attn_variant cf_attn_sparse_fixed = {
-    .name = "sparse_fixed", .flags = CF_ATTN_KEY_PADDING, .check = sparse_check, .core = cf_masked_core,
+    .name = "sparse_fixed", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+    .check = sparse_check, .core = cf_masked_core,
     .cache_rows = sparse_rows, .cache_aux = sparse_aux, .step = sparse_step};

@@ -72,10 +72,26 @@ int cf_attn_check(const cf_attn_config *c, const char *path, int n_heads, int d_
     return v->check ? v->check(c, path, n_heads, d_model) : 0;
 }
 
+int cf_attn_check_heads(const cf_attn_config *c, const char *path, const cf_model_config *m) {
+    if ((unsigned)c->type >= CF_ATTN_KIND_COUNT) return cf_set_error("%s.type: unknown (%d)", path, (int)c->type);
+    const cf_attn_variant *v = table[c->type];
+    const char *key = NULL, *why = "";
+    if (m->position == CF_POS_ROPE && !(v->flags & CF_ATTN_ROPE)) key = "position", why = ": rope";
+    else if (m->position == CF_POS_ALIBI && !(v->flags & CF_ATTN_ALIBI)) key = "position", why = ": alibi";
+    else if (m->n_kv_heads > 0 && m->n_kv_heads != m->n_heads && !(v->flags & CF_ATTN_SHARED_KV))
+        key = "n_kv_heads", why = ": shared key/value heads";
+    else if (m->qk_norm && !(v->flags & CF_ATTN_QK_NORM)) key = "qk_norm", why = ": QK-norm";
+    if (!key) return 0;
+    const char *own = v->flags & CF_ATTN_OWN_QKV ? " (it projects and positions its keys itself)" : "";
+    return cf_set_error("model.%s%s does not apply to attention type \"%s\" (%s.type)%s", key, why, v->name, path,
+                        own);
+}
+
 cf_tensor *cf_attn_forward(cf_ctx *ctx, const cf_attn_call *call, cf_tensor *in) {
     const cf_attn_variant *v = cf_attn_variant_of(call->cfg->type);
     CF_ASSERT(!call->key_keep || (v->flags & CF_ATTN_KEY_PADDING), "attention type %s takes no key padding", v->name);
     CF_ASSERT(call->causal || !(v->flags & CF_ATTN_CAUSAL_ONLY), "attention type %s is causal only", v->name);
+    CF_ASSERT(!call->alibi || (v->flags & CF_ATTN_ALIBI), "attention type %s takes no alibi", v->name);
     if (!(v->flags & CF_ATTN_OWN_QKV))
         CF_ASSERT(in->ndim == 3 && in->shape[2] % (3 * call->n_heads) == 0,
                   "attention core: qkv %s is not [B, T, 3D] with %d heads", cf_shape_str(in), call->n_heads);

@@ -35,5 +35,6 @@ static void window_step(const cf_attn_call *call, cf_attn_cache *c, const float 
     cf_cache_softmax_step(call, c, q, k, v, ld, n, out, window_keys);
 }
 
-const cf_attn_variant cf_attn_window = {.name = "window", .flags = CF_ATTN_KEY_PADDING, .core = cf_masked_core,
-                                        .cache_rows = window_rows, .cache_aux = window_aux, .step = window_step};
+const cf_attn_variant cf_attn_window = {
+    .name = "window", .flags = CF_ATTN_KEY_PADDING | CF_ATTN_SHARED_KV | CF_ATTN_ROPE | CF_ATTN_ALIBI | CF_ATTN_QK_NORM,
+    .core = cf_masked_core, .cache_rows = window_rows, .cache_aux = window_aux, .step = window_step};

@@ -242,7 +242,9 @@ static int eval_bytes(cf_config *c, cf_model *m, const eval_opts *o) {
     if (!ctx_len) ctx_len = c->eval.ctx;
     if (!stride) stride = ctx_len == c->eval.ctx ? c->eval.stride : (ctx_len > 1 ? ctx_len / 2 : 1);
     char msg[256] = "";
-    if (c->model.position != CF_POS_NONE && !m->has_xl && ctx_len > c->model.max_seq_len)
+    /* a position table caps the context; rope and alibi do not */
+    int table = c->model.position == CF_POS_LEARNED || c->model.position == CF_POS_SINUSOIDAL;
+    if (table && !m->has_xl && ctx_len > c->model.max_seq_len)
         snprintf(msg, sizeof msg, "--ctx: %d exceeds the model's max_seq_len %d", ctx_len, c->model.max_seq_len);
     else if (stride > ctx_len)
         snprintf(msg, sizeof msg, "--stride: %d exceeds the context %d", stride, ctx_len);

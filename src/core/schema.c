@@ -9,8 +9,8 @@
 const char *const cf_arch_names[] = {"decoder", "encoder_decoder", NULL};
 const char *const cf_norm_names[] = {"layernorm", "rmsnorm", NULL};
 const char *const cf_norm_pos_names[] = {"pre", "post", NULL};
-const char *const cf_act_names[] = {"gelu", "relu", NULL};
-const char *const cf_pos_names[] = {"learned", "sinusoidal", "none", NULL};
+const char *const cf_act_names[] = {"gelu", "relu", "silu", NULL};
+const char *const cf_pos_names[] = {"learned", "sinusoidal", "none", "rope", "alibi", NULL};
 const char *const cf_attn_kind_names[] = {"full", "window", "sparse_strided", "sparse_fixed",
                                          "linear", "performer", "xl", "infini", NULL};
 const char *const cf_sched_names[] = {"cosine", "linear", "constant", NULL};
@@ -29,6 +29,11 @@ _Static_assert(sizeof cf_optim_names / sizeof *cf_optim_names == CF_OPTIM_KIND_C
 
 const char *cf_attn_kind_name(cf_attn_kind k) {
     return (unsigned)k < CF_ATTN_KIND_COUNT ? cf_attn_kind_names[k] : "unknown";
+}
+
+int cf_rope_dims(const cf_model_config *m) {
+    int dh = m->d_model / m->n_heads;
+    return 2 * (int)((double)m->rope_fraction * dh / 2 + 1e-6);
 }
 
 const char *cf_optim_name(cf_optim_kind k) {
@@ -64,7 +69,12 @@ void cf_config_defaults(cf_config *c) {
     m->norm = CF_NORM_LAYERNORM;
     m->norm_position = CF_NORM_PRE;
     m->activation = CF_ACT_GELU;
+    m->glu = 0;
     m->position = CF_POS_LEARNED;
+    m->rope_theta = 10000.0f;
+    m->rope_fraction = 1.0f;
+    m->n_kv_heads = 0;   /* 0 = n_heads, resolved by parsing */
+    m->qk_norm = 0;
     m->max_seq_len = 256;
     m->dropout = 0.0f;
     m->attn_dropout = -1.0f;

@@ -62,7 +62,12 @@ static const key_def model_keys[] = {
     KEY(cf_model_config, norm, K_ENUM, cf_norm_names),
     KEY(cf_model_config, norm_position, K_ENUM, cf_norm_pos_names),
     KEY(cf_model_config, activation, K_ENUM, cf_act_names),
+    KEY(cf_model_config, glu, K_BOOL, NULL),
     KEY(cf_model_config, position, K_ENUM, cf_pos_names),
+    KEY(cf_model_config, rope_theta, K_FLOAT, NULL),
+    KEY(cf_model_config, rope_fraction, K_FLOAT, NULL),
+    KEY(cf_model_config, n_kv_heads, K_INT, NULL),
+    KEY(cf_model_config, qk_norm, K_BOOL, NULL),
     KEY(cf_model_config, max_seq_len, K_INT, NULL),
     KEY(cf_model_config, dropout, K_FLOAT, NULL),
     KEY(cf_model_config, attn_dropout, K_FLOAT, NULL),
@@ -491,6 +496,15 @@ static int validate(parse_state *st) {
     TRY(check_int("model.n_heads", m->n_heads, 1, MAX_SIZE));
     if (m->d_model % m->n_heads)
         return cf_set_error("model.n_heads: must divide model.d_model (%d %% %d != 0)", m->d_model, m->n_heads);
+    TRY(check_int("model.n_kv_heads", m->n_kv_heads, 0, m->n_heads));
+    if (m->n_kv_heads == 0) m->n_kv_heads = m->n_heads;
+    if (m->n_heads % m->n_kv_heads)
+        return cf_set_error("model.n_kv_heads: must divide model.n_heads (%d %% %d != 0)", m->n_heads, m->n_kv_heads);
+    TRY(check_float("model.rope_theta", m->rope_theta, 0, 1, INFINITY, 0));
+    TRY(check_float("model.rope_fraction", m->rope_fraction, 0, 1, 1, 1));
+    if (m->position == CF_POS_ROPE && cf_rope_dims(m) < 2)
+        return cf_set_error("model.rope_fraction: %g of a head's %d dimensions rotates no pair of them",
+                            m->rope_fraction, m->d_model / m->n_heads);
     /* the default 4 * d_model may exceed MAX_SIZE, and the resolved config states it: it must read back */
     TRY(check_int("model.d_ff", m->d_ff, 0, 4 * MAX_SIZE));
     if (m->d_ff == 0) m->d_ff = 4 * m->d_model;
@@ -522,6 +536,7 @@ static int validate(parse_state *st) {
 
     TRY(check_int("train.batch_size", t->batch_size, 1, MAX_SIZE));
     TRY(check_int("train.seq_len", t->seq_len, 1, MAX_SIZE));
+    /* a position table caps the context; rope and alibi have none and run at any length */
     int positions = m->position == CF_POS_LEARNED || m->position == CF_POS_SINUSOIDAL;
     if (positions && t->seq_len > m->max_seq_len)
         return cf_set_error("train.seq_len: must not exceed model.max_seq_len with %s positions (%d > %d)",

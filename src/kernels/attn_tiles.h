@@ -147,6 +147,24 @@ static inline void zero_pad_cols(float *blk, int n, int dh) {
         for (int d = 0; d < dh; d++) memset(blk + (int64_t)d * BK + n, 0, sizeof(float) * (BK - n));
 }
 
+/* ---- ALiBi ----------------------------------------------------------------------------------------
+ * Press et al. 2022: the score of query position i and key position j gains -m |i - j| (m the
+ * head's slope); the kernels add it to each score block as it is formed, forward and backward
+ * alike, so no score matrix is kept. slope2 is m log2(e), as the scores are in base 2. Values of
+ * keys a row does not see are changed too, harmlessly: the visibility bits mask them. */
+
+/* a row whose keys sit at consecutive positions: key j at position qpos + d0 + j */
+static inline void alibi_row_run(float *s, int64_t d0, float slope2) {
+    #pragma omp simd
+    for (int j = 0; j < BK; j++) s[j] -= slope2 * fabsf((float)(d0 + j));
+}
+
+/* a row at position qpos against keys at positions kpos[0..BK) */
+static inline void alibi_row_at(float *s, int qpos, const int *kpos, float slope2) {
+    #pragma omp simd
+    for (int j = 0; j < BK; j++) s[j] -= slope2 * fabsf((float)kpos[j] - (float)qpos);
+}
+
 /* ---- visibility and dropout ------------------------------------------------------------------ */
 
 /* the visibility word of keys [0, n) of a block, n <= 64: bit j says that key j may be seen */

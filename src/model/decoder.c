@@ -37,6 +37,7 @@ static int decoder_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
         if (c->n_attn > 1) snprintf(path, sizeof path, "model.attention[%d]", i);
         else snprintf(path, sizeof path, "model.attention");
         if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model, 0)) return -1;
+        if (cf_attn_check_heads(&c->attn[i], path, c)) return -1;
         has_xl |= c->attn[i].type == CF_ATTN_XL;
         has_infini |= c->attn[i].type == CF_ATTN_INFINI;
     }
@@ -124,7 +125,9 @@ cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, 
         if (c->norm_position == CF_NORM_PRE) h = cf_norm_apply(ctx, &m->ln_f, h);
         return cf_linear(ctx, h, m->lm_head ? m->lm_head : m->tok_emb, NULL);
     }
-    CF_ASSERT(c->position == CF_POS_NONE || T <= c->max_seq_len, "model: %d tokens exceed max_seq_len %d", T, c->max_seq_len);
+    /* a position table caps the context; rope and alibi position inside attention, at any length */
+    CF_ASSERT((c->position != CF_POS_LEARNED && c->position != CF_POS_SINUSOIDAL) || T <= c->max_seq_len,
+              "model: %d tokens exceed max_seq_len %d", T, c->max_seq_len);
     int D = c->d_model;
     cf_tensor *h = cf_embedding(ctx, m->tok_emb, ids, 2, (int[]){B, T});            /* (B, T, D) */
     if (c->position == CF_POS_LEARNED) {
@@ -176,6 +179,8 @@ static size_t decoder_arena_bytes(const cf_model_config *c, int B, int T) {
      * attention's log-sum-exp; then logits and their gradient */
     double tok = (double)B * T;
     double per_block = tok * (16.0 * c->d_model + 3.0 * c->d_ff + 4.0 * c->n_heads) * 2;
+    /* the head ops' copies of qkv (QK-norm, rope, shared heads repeated) and glu's second branch */
+    per_block += tok * ((c->qk_norm + (c->position == CF_POS_ROPE) + 1) * 3.0 * c->d_model + c->glu * 2.0 * c->d_ff) * 2;
     double total = per_block * c->n_layers + tok * (3.0 * c->vocab_size + 8.0 * c->d_model) * 2;
     /* infini: each layer keeps its memory before every segment (and the states' gradients) */
     for (int l = 0; l < c->n_layers; l++) {

@@ -68,6 +68,15 @@ static int encdec_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
         else snprintf(path, sizeof path, "model.attention");
         if (cf_attn_check(&c->attn[i], path, c->n_heads, c->d_model, 1)) return -1;
     }
+    /* the decoding caches of src/decode/translate.c hold plain multi-head keys and values */
+    if (c->position == CF_POS_ROPE || c->position == CF_POS_ALIBI)
+        return cf_set_error("model.position: \"%s\" is available in decoder-only models (model.arch \"decoder\") only",
+                            cf_pos_names[c->position]);
+    if (c->n_kv_heads && c->n_kv_heads != c->n_heads)
+        return cf_set_error("model.n_kv_heads: grouped-query attention is available in decoder-only models "
+                            "(model.arch \"decoder\") only");
+    if (c->qk_norm)
+        return cf_set_error("model.qk_norm: available in decoder-only models (model.arch \"decoder\") only");
     m->cfg = *c;
     cf_params_init(&m->params);
     cf_encdec *ed = cf_xcalloc(1, sizeof *ed);
@@ -129,6 +138,7 @@ size_t cf_encdec_arena_bytes(const cf_model_config *c, int B, int S, int T) {
      * copies, output: about 8 D-wide more per target token and 4 D-wide per source token); then
      * logits and their gradient, and the decoding caches (4 D-wide per token and layer) */
     double src = (double)B * S, tgt = (double)B * T, D = c->d_model, F = c->d_ff, H = c->n_heads;
+    F += c->glu * 2.0 * F / 3.0;   /* glu: the up branch and the gated product besides fc */
     double enc = src * (16.0 * D + 3.0 * F + 4.0 * H) * 2 * c->enc_layers;
     double dec = (tgt * (24.0 * D + 3.0 * F + 8.0 * H) + src * 4.0 * D) * 2 * c->dec_layers;
     double rest = (tgt * (3.0 * c->vocab_size + 8.0 * D) + src * 8.0 * D) * 2 + (src + tgt) * 4.0 * D * c->dec_layers;

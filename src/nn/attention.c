@@ -1,4 +1,5 @@
-/* Multi-head self-attention layer: fused qkv projection, a variant core, output projection. The
+/* Multi-head self-attention layer: fused qkv projection, the head ops (QK-norm, rope, shared
+ * key/value heads), a variant core, output projection. The
  * core, the variant's extra parameters and its checks come from the variant table (attention.h):
  * this file turns a layer into the call its row's core receives. */
 #include <stdio.h>
@@ -20,11 +21,24 @@ static uint64_t fnv1a(const char *s) {
     return h;
 }
 
-void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
-                  float dropout, const cf_attn_config *cfg, int bias) {
+cf_attn_heads cf_attn_heads_of(const cf_model_config *m) {
+    cf_attn_heads h = {.n_kv_heads = m->n_kv_heads, .rope_theta = m->rope_theta, .qk_eps = m->norm_eps};
+    if (m->position == CF_POS_ROPE) h.rope_dims = cf_rope_dims(m);
+    h.alibi = m->position == CF_POS_ALIBI;
+    h.qk_norm = m->qk_norm;
+    return h;
+}
+
+void cf_attn_decl_heads(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
+                        float dropout, const cf_attn_config *cfg, int bias, const cf_attn_heads *heads) {
     const cf_attn_variant *v = cf_attn_variant_of(cfg->type);
     char name[256];
+    int dh = d / n_heads;
     a->n_heads = n_heads;
+    a->heads = heads ? *heads : (cf_attn_heads){0};
+    if (a->heads.n_kv_heads <= 0) a->heads.n_kv_heads = n_heads;
+    CF_ASSERT(n_heads % a->heads.n_kv_heads == 0, "attention: %d key/value heads for %d heads", a->heads.n_kv_heads,
+              n_heads);
     a->causal = causal;
     a->dropout = dropout;
     a->cfg = *cfg;
@@ -33,7 +47,14 @@ void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int
     a->draw = cf_params_note(p, sizeof *a->draw);
     a->draw->index = -1;
     snprintf(name, sizeof name, "%s.qkv", prefix);
-    cf_linear_decl(&a->qkv, p, name, d, 3 * d, bias);
+    cf_linear_decl(&a->qkv, p, name, d, (n_heads + 2 * a->heads.n_kv_heads) * dh, bias);
+    a->q_norm = a->k_norm = NULL;
+    if (a->heads.qk_norm) {
+        snprintf(name, sizeof name, "%s.q_norm.weight", prefix);
+        a->q_norm = cf_param_add(p, name, 1, &dh);
+        snprintf(name, sizeof name, "%s.k_norm.weight", prefix);
+        a->k_norm = cf_param_add(p, name, 1, &dh);
+    }
     snprintf(name, sizeof name, "%s.proj", prefix);
     cf_linear_decl(&a->proj, p, name, d, d, bias);
     for (int i = 0; i < CF_ATTN_MAX_EXTRA; i++) {
@@ -47,17 +68,33 @@ void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int
     }
 }
 
+void cf_attn_decl(cf_attn_layer *a, cf_params *p, const char *prefix, int d, int n_heads, int causal,
+                  float dropout, const cf_attn_config *cfg, int bias) {
+    cf_attn_decl_heads(a, p, prefix, d, n_heads, causal, dropout, cfg, bias, NULL);
+}
+
+cf_tensor *cf_attn_heads_apply(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, int64_t pos0) {
+    const cf_attn_heads *h = &a->heads;
+    /* normalised before the rotation, which keeps each pair's length and so the norm */
+    if (h->qk_norm) qkv = cf_qk_norm(ctx, qkv, a->q_norm, a->k_norm, a->n_heads, h->n_kv_heads, h->qk_eps);
+    if (h->rope_dims) qkv = cf_rope(ctx, qkv, a->n_heads, h->n_kv_heads, h->rope_dims, h->rope_theta, pos0);
+    if (h->n_kv_heads != a->n_heads) qkv = cf_kv_repeat(ctx, qkv, a->n_heads, h->n_kv_heads);
+    return qkv;
+}
+
 static cf_attn_call call_of(const cf_attn_layer *a, const uint8_t *key_keep, const cf_attn_state *state) {
     return (cf_attn_call){.cfg = &a->cfg, .n_heads = a->n_heads, .causal = a->causal, .dropout = a->dropout,
                           .layer = a->layer, .layer_key = a->layer_key, .qkv_w = a->qkv.w, .qkv_b = a->qkv.b,
-                          .extra = a->extra, .draw = a->draw, .key_keep = key_keep, .state = state};
+                          .extra = a->extra, .draw = a->draw, .key_keep = key_keep, .state = state,
+                          .alibi = a->heads.alibi};
 }
 
 cf_tensor *cf_attn_apply_state(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *x, const uint8_t *key_keep,
                                const cf_attn_state *state) {
     cf_attn_call c = call_of(a, key_keep, state);
     int own_qkv = cf_attn_variant_of(a->cfg.type)->flags & CF_ATTN_OWN_QKV;
-    cf_tensor *in = own_qkv ? x : cf_linear_apply(ctx, &a->qkv, x);    /* (B, T, 3D), or x itself */
+    /* (B, T, 3D) after the head ops, or x itself */
+    cf_tensor *in = own_qkv ? x : cf_attn_heads_apply(ctx, a, cf_linear_apply(ctx, &a->qkv, x), 0);
     cf_tensor *y = cf_attn_forward(ctx, &c, in);                       /* (B, T, D) */
     return cf_linear_apply(ctx, &a->proj, y);
 }
@@ -75,7 +112,7 @@ cf_tensor *cf_attn_core(cf_ctx *ctx, const cf_attn_layer *a, cf_tensor *qkv, con
               "attention type %s projects its own input and needs its state: cf_attn_apply_state",
               cf_attn_kind_name(a->cfg.type));
     cf_attn_call c = call_of(a, key_keep, NULL);
-    return cf_attn_forward(ctx, &c, qkv);
+    return cf_attn_forward(ctx, &c, cf_attn_heads_apply(ctx, a, qkv, 0));
 }
 
 void cf_attn_set_step(cf_attn_layer *a, uint64_t seed, uint64_t step) {

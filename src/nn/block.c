@@ -10,11 +10,12 @@ void cf_block_decl(cf_block *b, cf_params *p, const char *prefix, const cf_model
     snprintf(name, sizeof name, "%s.ln1", prefix);
     cf_norm_decl(&b->ln1, p, name, m->d_model, m->norm, m->norm_eps);
     snprintf(name, sizeof name, "%s.attn", prefix);
-    cf_attn_decl(&b->attn, p, name, m->d_model, m->n_heads, causal, attn_drop, attn, m->bias);
+    cf_attn_heads heads = cf_attn_heads_of(m);
+    cf_attn_decl_heads(&b->attn, p, name, m->d_model, m->n_heads, causal, attn_drop, attn, m->bias, &heads);
     snprintf(name, sizeof name, "%s.ln2", prefix);
     cf_norm_decl(&b->ln2, p, name, m->d_model, m->norm, m->norm_eps);
     snprintf(name, sizeof name, "%s.mlp", prefix);
-    cf_mlp_decl(&b->mlp, p, name, m->d_model, m->d_ff, m->activation, m->bias);
+    cf_mlp_decl_glu(&b->mlp, p, name, m->d_model, m->d_ff, m->activation, m->bias, m->glu);
     b->norm_position = m->norm_position;
     b->dropout = m->dropout;
 }

@@ -55,6 +55,7 @@ typedef struct geom {
     float *lse;                      /* [B, H, Tq] */
     const uint8_t *keep;             /* [B, Tk] or NULL */
     int causal, off;                 /* off = Tk - Tq */
+    int alibi;                       /* ALiBi biases (query i at key position i + off) */
     float scale;
     attn_dropout drop;
     /* Packed once per call (arena, given back on return), so that no block is repacked for each
@@ -237,6 +238,12 @@ static void dropout_row(const geom *g, float *z, int64_t bh, int qi, int k0) {
 
 /* ---- forward --------------------------------------------------------------------------------- */
 
+/* the ALiBi biases of head h on rows [0, nq) of the score block of queries q0.. and keys k0.. */
+static void alibi_block(const geom *g, float *s, int h, int q0, int nq, int k0) {
+    float slope2 = cf_alibi_slope(h, g->H) * LOG2E;
+    for (int i = 0; i < nq; i++) alibi_row_run(s + (int64_t)i * BK, (int64_t)k0 - (q0 + i + g->off), slope2);
+}
+
 /* Fold the score block in w->p (rows [0, nq), in base-2 units) into each row's running max m and
  * sum l: w->alpha gets the factor by which the row's output accumulator must shrink, and w->p the
  * (dropped) probabilities 2^(s - m_new), padding rows zero. */
@@ -283,6 +290,7 @@ static void fwd_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int
         if (!pair_live(g, keep, q0, nq, k0)) continue;
         if (g->bk) scores16(g, bh, qb, kb, rows, w->p, NULL);
         else nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
+        if (g->alibi) alibi_block(g, w->p, h, q0, nq, k0);
         fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
         if (g->bk) rows_product16(g, pk, w->p, rows, bh, kb, nk, w->acc, w->alpha);
         else cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
@@ -325,6 +333,7 @@ static void bwd_pair(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int 
         nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
         nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
     }
+    if (g->alibi) alibi_block(g, w->p, (int)(bh % g->H), q0, nq, k0);
     for (int i = 0; i < nq; i++) {
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
         if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
@@ -488,6 +497,7 @@ static void record_attrs(cf_node *n, const geom *g, int n_heads, const void *key
     n->iarg[2] = g->drop.on;
     n->iarg[3] = (int64_t)g->drop.key;
     n->iarg[4] = g->bk != NULL;
+    n->iarg[5] = g->alibi;
     n->farg[0] = g->scale;
     n->farg[1] = g->drop.p;
 }
@@ -498,6 +508,7 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     CF_ASSERT(o->dropout >= 0 && o->dropout < 1, "attention: dropout %g outside [0, 1)", o->dropout);
     geom g = geom_of(n_in, in, n_heads, o->causal != 0, o->scale);
     g.keep = o->key_keep;
+    g.alibi = o->alibi != 0;
     g.drop = attn_dropout_draw(ctx, o->dropout);
     g.bk = ctx->bf16 && g.Dh % 2 == 0 ? cf_attn_bf16() : NULL;
     size_t lse_bytes = (size_t)g.B * g.H * g.Tq * sizeof(float);
@@ -572,6 +583,7 @@ void cf_attention_backward(cf_ctx *ctx, cf_node *n) {
     g.keep = n->ptr;
     g.drop = attn_dropout_saved((int)n->iarg[2], n->farg[1], (uint64_t)n->iarg[3]);
     g.bk = n->iarg[4] ? cf_attn_bf16() : NULL;
+    g.alibi = (int)n->iarg[5];
     g.lse = n->saved;
     g.o = n->out->data;
     g.dout = n->out->grad;

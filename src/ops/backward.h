@@ -13,6 +13,11 @@ void cf_scale_backward(cf_ctx *ctx, cf_node *n);         /* ops/elementwise.c */
 void cf_gelu_backward(cf_ctx *ctx, cf_node *n);          /* ops/activation.c */
 void cf_relu_backward(cf_ctx *ctx, cf_node *n);          /* ops/activation.c */
 void cf_elu_backward(cf_ctx *ctx, cf_node *n);           /* ops/activation.c */
+void cf_silu_backward(cf_ctx *ctx, cf_node *n);          /* ops/activation.c */
+void cf_glu_backward(cf_ctx *ctx, cf_node *n);           /* ops/activation.c */
+void cf_rope_backward(cf_ctx *ctx, cf_node *n);          /* ops/heads.c */
+void cf_qk_norm_backward(cf_ctx *ctx, cf_node *n);       /* ops/heads.c */
+void cf_kv_repeat_backward(cf_ctx *ctx, cf_node *n);     /* ops/heads.c */
 void cf_softmax_backward(cf_ctx *ctx, cf_node *n);       /* ops/softmax.c */
 void cf_cross_entropy_backward(cf_ctx *ctx, cf_node *n); /* ops/cross_entropy.c */
 void cf_layernorm_backward(cf_ctx *ctx, cf_node *n);     /* ops/norm.c */

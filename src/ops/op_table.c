@@ -76,6 +76,11 @@ const cf_op_info cf_op_table[CF_OP_COUNT] = {
     [CF_OP_XL_ATTENTION]  = {"xl_attention", cf_xl_attention_backward},
     [CF_OP_INFINI_ATTENTION] = {"infini_attention", cf_infini_attention_backward},
     [CF_OP_LINEAR_GELU]   = {"linear_gelu", cf_linear_gelu_backward, linear_flops, CF_RC_SET | CF_RC_IN},
+    [CF_OP_SILU]          = {"silu", cf_silu_backward},
+    [CF_OP_GLU]           = {"glu", cf_glu_backward},
+    [CF_OP_ROPE]          = {"rope", cf_rope_backward},
+    [CF_OP_QK_NORM]       = {"qk_norm", cf_qk_norm_backward},
+    [CF_OP_KV_REPEAT]     = {"kv_repeat", cf_kv_repeat_backward},
 };
 
 int cf_op_table_check(void) {
