@@ -14,6 +14,8 @@ typedef enum { CF_ACT_GELU, CF_ACT_RELU, CF_ACT_SILU } cf_act_kind;
 /* learned and sinusoidal add a table to the embeddings (capped at max_seq_len); none, rope and alibi
  * add nothing there: rope rotates queries and keys, alibi biases the scores (docs/attention.md section 11) */
 typedef enum { CF_POS_LEARNED, CF_POS_SINUSOIDAL, CF_POS_NONE, CF_POS_ROPE, CF_POS_ALIBI } cf_pos_kind;
+/* does position p add a table, which caps a sequence at max_seq_len? */
+static inline int cf_pos_has_table(cf_pos_kind p) { return p == CF_POS_LEARNED || p == CF_POS_SINUSOIDAL; }
 typedef enum {
     CF_ATTN_FULL, CF_ATTN_WINDOW, CF_ATTN_SPARSE_STRIDED, CF_ATTN_SPARSE_FIXED,
     CF_ATTN_LINEAR, CF_ATTN_PERFORMER, CF_ATTN_XL, CF_ATTN_INFINI, CF_ATTN_KIND_COUNT

@@ -417,7 +417,7 @@ static int cmd_sample(int argc, char **argv) {
     const char *text = prompt_file ? file_text : prompt ? prompt : "";
     int n_prompt = prompt_file ? (int)n_file : (int)strlen(text), rc = 0;
     char msg[256] = "";
-    int absolute = !m.has_xl && c.model.position != CF_POS_NONE;
+    int absolute = !m.has_xl && cf_pos_has_table(c.model.position);
     if (n_prompt > 1000000) snprintf(msg, sizeof msg, "--prompt: longer than 1000000 bytes");
     for (int i = 0; !msg[0] && i < n_prompt; i++)
         if ((uint8_t)text[i] >= c.model.vocab_size)

@@ -91,7 +91,7 @@ int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, c
     int V = m->cfg.vocab_size;
     if (V > 256) return cf_set_error("sample: vocab_size %d is not byte-level", V);
     if (n_new < 1) return 0;
-    int absolute = !m->has_xl && m->cfg.position != CF_POS_NONE, recurrent = cf_model_is_recurrent(m);
+    int absolute = !m->has_xl && cf_pos_has_table(m->cfg.position), recurrent = cf_model_is_recurrent(m);
     int span = o->span > 0 ? o->span : absolute ? m->cfg.max_seq_len : n_prompt + n_new + 1;
     if (recurrent && o->span < 1) return cf_set_error("sample: a model with xl or infini layers needs its call length (span)");
     if (!recurrent && absolute && span > m->cfg.max_seq_len) span = m->cfg.max_seq_len;

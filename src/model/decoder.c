@@ -126,7 +126,7 @@ cf_tensor *cf_model_logits(cf_model *m, cf_ctx *ctx, const int32_t *ids, int B, 
         return cf_linear(ctx, h, m->lm_head ? m->lm_head : m->tok_emb, NULL);
     }
     /* a position table caps the context; rope and alibi position inside attention, at any length */
-    CF_ASSERT((c->position != CF_POS_LEARNED && c->position != CF_POS_SINUSOIDAL) || T <= c->max_seq_len,
+    CF_ASSERT(!cf_pos_has_table(c->position) || T <= c->max_seq_len,
               "model: %d tokens exceed max_seq_len %d", T, c->max_seq_len);
     int D = c->d_model;
     cf_tensor *h = cf_embedding(ctx, m->tok_emb, ids, 2, (int[]){B, T});            /* (B, T, D) */

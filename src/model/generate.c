@@ -49,7 +49,7 @@ int cf_gen_init(cf_gen *g, cf_model *m, cf_ctx *ctx, int span, int max_rows) {
         return cf_set_error("incremental decoding: an %s model decodes with cformer %s", m->family->title,
                             m->family->generator);
     const cf_model_config *c = &m->cfg;
-    int absolute = !m->has_xl && c->position != CF_POS_NONE;
+    int absolute = !m->has_xl && cf_pos_has_table(c->position);
     if (span < 1 || max_rows < 1) return cf_set_error("incremental decoding: span %d and rows %d must be >= 1", span, max_rows);
     if (absolute && span > c->max_seq_len)
         return cf_set_error("incremental decoding: a context of %d positions exceeds model.max_seq_len %d", span,

@@ -30,7 +30,13 @@ static void mlp_rows(cf_ctx *ctx, const cf_mlp_layer *m, const float *x, int n, 
     float *h = cf_scratch(ctx, sizeof(float) * (size_t)n * F);
     cf_linear_rows(&m->fc, x, n, h);
     cf_tensor *ht = cf_tensor_view(ctx, h, 2, (int[]){n, F});
-    ht = m->act == CF_ACT_GELU ? cf_gelu(ctx, ht) : cf_relu(ctx, ht);
+    if (m->up.w) {                                                  /* gated: act(fc x) * up x */
+        float *u = cf_scratch(ctx, sizeof(float) * (size_t)n * F);
+        cf_linear_rows(&m->up, x, n, u);
+        ht = cf_glu(ctx, ht, cf_tensor_view(ctx, u, 2, (int[]){n, F}), m->act);
+    } else {
+        ht = m->act == CF_ACT_GELU ? cf_gelu(ctx, ht) : m->act == CF_ACT_RELU ? cf_relu(ctx, ht) : cf_silu(ctx, ht);
+    }
     cf_linear_rows(&m->proj, ht->data, n, out);
 }
 
