@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include "test.h"
+#include "cli.h"
 
 static char root[256], bin[1024], cfg[300], valid[300], out_path[300], err_path[300];
 
@@ -38,48 +38,9 @@ static char *read_file(const char *path, size_t *n) {
     return b;
 }
 
-static int count_lines(const char *s) {
-    int n = 0;
-    for (; *s; s++) n += *s == '\n';
-    return n;
-}
-
-/* start `cformer args...` with stdout and stderr into files */
-static pid_t spawn(const char *const *args) {
-    const char *argv[32] = {bin};
-    int n = 1;
-    for (; args[n - 1]; n++) argv[n] = args[n - 1];
-    argv[n] = NULL;
-    fflush(stdout);
-    pid_t p = fork();
-    CF_ASSERT(p >= 0, "fork: %s", strerror(errno));
-    if (p == 0) {
-        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    return p;
-}
-
-/* run to the end; the exit status (or 128 + signal) */
-static int run(const char *const *args) {
-    int st;
-    waitpid(spawn(args), &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-/* exit status 2 and exactly one stderr line "cformer: ...want..." */
-static void expect_bad(const char *what, const char *const *args, const char *want) {
-    int rc = run(args);
-    char *err = t_read_text(err_path);
-    CHECK(rc == 2 && count_lines(err) == 1 && !strncmp(err, "cformer: ", 9) && strstr(err, want),
-          "%s: status %d, stderr \"%s\" (want exit 2 and one line containing \"%s\")", what, rc, err, want);
-    printf("bad input %-22s -> exit %d: %s", what, rc, err);
-    free(err);
-}
-
+static pid_t spawn(const char *const *args) { return t_spawn(args); }
+static int run(const char *const *args) { return t_run(args); }
+static void expect_bad(const char *what, const char *const *args, const char *want) { t_expect_bad(what, args, want, 0); }
 
 /* Bit flips across a checkpoint: every one is refused before HDF5 parses the file (in process, so
  * a crash would end the test), and a few through every loading command, each with one line. */
@@ -137,7 +98,7 @@ static void full_disk(void) {
     /* the run's opening line, then the error: the save fails, the run stops */
     int rc = run((const char *[]){"train", cfg, "--out", run_dir, "--quiet", NULL});
     char *err = t_read_text(err_path), *last = strstr(err, "\ncformer: ");
-    CHECK(rc == 2 && count_lines(err) == 2 && last && strstr(last, "No space left on device"),
+    CHECK(rc == 2 && t_count_lines(err) == 2 && last && strstr(last, "No space left on device"),
           "full disk (%s): status %d, stderr \"%s\" (want exit 2 and one error line)", mounted ? "tmpfs" : "hook", rc, err);
     printf("full disk (%s) -> exit %d:%s", mounted ? "tmpfs" : "hook", rc, last ? last : err);
     free(err);
@@ -243,6 +204,7 @@ int main(int argc, char **argv) {
     CF_ASSERT(mkdtemp(root), "mkdtemp: %s", strerror(errno));
     snprintf(out_path, sizeof out_path, "%s/stdout", root);
     snprintf(err_path, sizeof err_path, "%s/stderr", root);
+    t_cli = (t_cli_paths){.bin = bin, .out = out_path, .err = err_path};
 
     /* data: a repetitive text, and a tiny config */
     char train[300], text[20000];
@@ -345,7 +307,7 @@ int main(int argc, char **argv) {
     int started = 0;
     for (int i = 0; i < 6000 && !started; i++) {
         char *log = t_read_text(slog);
-        started = count_lines(log) >= 2;
+        started = t_count_lines(log) >= 2;
         free(log);
         if (!started) nanosleep(&(struct timespec){0, 10000000}, NULL);
     }

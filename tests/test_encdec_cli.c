@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "test.h"
+#include "cli.h"
 
 static char root[256], bin[1024], out_path[300], err_path[300], in_path[300];
 
@@ -23,46 +23,19 @@ static void write_text(const char *path, const char *text) {
     CF_ASSERT(f && fputs(text, f) >= 0 && fclose(f) == 0, "cannot write %s", path);
 }
 
-static int count_lines(const char *s) {
-    int n = 0;
-    for (; *s; s++) n += *s == '\n';
-    return n;
-}
-
-/* run `cformer args...` with stdin from in_path (when stdin_text is not NULL) and stdout, stderr
- * into files; the exit status */
+/* run `cformer args...` with stdin_text (NULL: none) on its standard input; the exit status */
 static int run_in(const char *stdin_text, const char *const *args) {
-    const char *argv[32] = {bin};
-    int n = 1;
-    for (; args[n - 1]; n++) argv[n] = args[n - 1];
-    argv[n] = NULL;
     if (stdin_text) write_text(in_path, stdin_text);
-    fflush(stdout);
-    pid_t p = fork();
-    CF_ASSERT(p >= 0, "fork: %s", strerror(errno));
-    if (p == 0) {
-        int i = open(stdin_text ? in_path : "/dev/null", O_RDONLY);
-        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(i, 0);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(p, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    t_cli.in = stdin_text ? in_path : NULL;
+    return t_run(args);
 }
 
 static int run(const char *const *args) { return run_in(NULL, args); }
 
 static void expect_bad_in(const char *what, const char *stdin_text, const char *const *args, const char *want) {
-    int rc = run_in(stdin_text, args);
-    char *err = t_read_text(err_path);
-    CHECK(rc == 2 && count_lines(err) == 1 && !strncmp(err, "cformer: ", 9) && strstr(err, want),
-          "%s: status %d, stderr \"%s\" (want exit 2 and one line containing \"%s\")", what, rc, err, want);
-    printf("bad input %-24s -> exit %d: %s", what, rc, err);
-    free(err);
+    if (stdin_text) write_text(in_path, stdin_text);
+    t_cli.in = stdin_text ? in_path : NULL;
+    t_expect_bad(what, args, want, 0);
 }
 
 static void expect_bad(const char *what, const char *const *args, const char *want) {
@@ -96,6 +69,7 @@ int main(int argc, char **argv) {
     snprintf(out_path, sizeof out_path, "%s/stdout", root);
     snprintf(err_path, sizeof err_path, "%s/stderr", root);
     snprintf(in_path, sizeof in_path, "%s/stdin", root);
+    t_cli = (t_cli_paths){.bin = bin, .out = out_path, .err = err_path};
 
     /* a copy task and a tiny encoder-decoder */
     char train[400], valid[400], cfg[400], json[2048];
@@ -140,11 +114,11 @@ int main(int argc, char **argv) {
 
     rc = run((const char *[]){"translate", ckpt, "--input", "ab\\tc", NULL});
     out = t_read_text(out_path);
-    CHECK(rc == 0 && count_lines(out) == 1 && !strchr(out, '\t'), "translate --input: status %d: \"%s\"", rc, out);
+    CHECK(rc == 0 && t_count_lines(out) == 1 && !strchr(out, '\t'), "translate --input: status %d: \"%s\"", rc, out);
     free(out);
     rc = run_in("abc\nhello\n\n", (const char *[]){"translate", ckpt, NULL});
     out = t_read_text(out_path);
-    CHECK(rc == 0 && count_lines(out) == 3, "translate from stdin: status %d: \"%s\"", rc, out);
+    CHECK(rc == 0 && t_count_lines(out) == 3, "translate from stdin: status %d: \"%s\"", rc, out);
     free(out);
     /* K = 1 is greedy decoding; K = 3 runs */
     rc = run((const char *[]){"translate", ckpt, "--input", "hello", NULL});
@@ -154,7 +128,7 @@ int main(int argc, char **argv) {
     CHECK(rc == 0 && !strcmp(greedy, k1), "translate --beam 1 \"%s\" vs greedy \"%s\"", k1, greedy);
     rc = run((const char *[]){"translate", ckpt, "--input", "hello", "--beam", "3", "--max-len", "16", NULL});
     out = t_read_text(out_path);
-    CHECK(rc == 0 && count_lines(out) == 1, "translate --beam 3: status %d: \"%s\"", rc, out);
+    CHECK(rc == 0 && t_count_lines(out) == 1, "translate --beam 3: status %d: \"%s\"", rc, out);
     free(out); free(greedy); free(k1);
 
     rc = run((const char *[]){"bench", cfg, "--steps", "2", NULL});

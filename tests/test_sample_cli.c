@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include "test.h"
+#include "cli.h"
 
 static char root[256], bin[1024], out_path[300], err_path[300];
 
@@ -22,43 +22,9 @@ static void write_bytes(const char *path, const void *data, size_t n) {
     CF_ASSERT(f && fwrite(data, 1, n, f) == n && fclose(f) == 0, "cannot write %s", path);
 }
 
-static int count_lines(const char *s) {
-    int n = 0;
-    for (; *s; s++) n += *s == '\n';
-    return n;
-}
+static int run(const char *const *args) { return t_run(args); }
 
-/* `cformer args...` with stdout and stderr into files; the exit status */
-static int run(const char *const *args) {
-    const char *argv[40] = {bin};
-    int n = 1;
-    for (; args[n - 1]; n++) argv[n] = args[n - 1];
-    argv[n] = NULL;
-    fflush(stdout);
-    pid_t p = fork();
-    CF_ASSERT(p >= 0, "fork: %s", strerror(errno));
-    if (p == 0) {
-        int o = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(o, 1);
-        dup2(e, 2);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(p, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static void expect_bad(const char *what, const char *const *args, const char *want) {
-    int rc = run(args);
-    char *err = t_read_text(err_path), *out = t_read_text(out_path);
-    CHECK(rc == 2 && count_lines(err) == 1 && !strncmp(err, "cformer: ", 9) && strstr(err, want) && !*out,
-          "%s: status %d, stderr \"%s\" (want exit 2 and one line containing \"%s\", nothing on stdout)", what, rc, err,
-          want);
-    printf("bad input %-26s -> exit %d: %s", what, rc, err);
-    free(err);
-    free(out);
-}
+static void expect_bad(const char *what, const char *const *args, const char *want) { t_expect_bad(what, args, want, 1); }
 
 /* the value of key= in a BENCH line (NaN when absent) */
 static double field(const char *line, const char *key) {
@@ -86,6 +52,7 @@ int main(int argc, char **argv) {
     CF_ASSERT(mkdtemp(root), "mkdtemp: %s", strerror(errno));
     snprintf(out_path, sizeof out_path, "%s/stdout", root);
     snprintf(err_path, sizeof err_path, "%s/stderr", root);
+    t_cli = (t_cli_paths){.bin = bin, .out = out_path, .err = err_path};
 
     char train_bin[300], valid[300], text[20000];
     for (size_t i = 0; i < sizeof text; i++) text[i] = "the cat sat on the mat. a dog ran. "[i % 35] ^ (char)(i % 89 == 0);
