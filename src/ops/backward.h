@@ -7,6 +7,12 @@
 
 void cf_matmul_backward(cf_ctx *ctx, cf_node *n);        /* ops/matmul.c */
 void cf_linear_backward(cf_ctx *ctx, cf_node *n);        /* ops/matmul.c */
+/* linear and the ops fused with it (ops/matmul.c): the output [..., out] of x W^T after the shape
+ * checks (op names the caller in messages), and y = x W^T + b through the precision's GEMM, the
+ * bias written by its before hook, then after(arg, ...) on each final block of y (NULL: none) */
+cf_tensor *cf_linear_output(cf_ctx *ctx, const cf_tensor *x, const cf_tensor *w, const cf_tensor *b, const char *op);
+void cf_linear_product(cf_ctx *ctx, const cf_tensor *x, const cf_tensor *w, const cf_tensor *b, float *y,
+                       void (*after)(void *arg, int i0, int j0, int rows, int cols), void *arg);
 void cf_add_backward(cf_ctx *ctx, cf_node *n);           /* ops/elementwise.c */
 void cf_mul_backward(cf_ctx *ctx, cf_node *n);           /* ops/elementwise.c */
 void cf_scale_backward(cf_ctx *ctx, cf_node *n);         /* ops/elementwise.c */

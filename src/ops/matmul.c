@@ -142,38 +142,55 @@ void cf_matmul_backward(cf_ctx *ctx, cf_node *n) {
 /* ---- linear -----------------------------------------------------------------------------------
  * y = x W^T + b. x [..., in] seen as [rows, in]; W [out, in]; b [out] or NULL; y [..., out]. */
 
-typedef struct bias_job { float *y; const float *bias; int ld; } bias_job;
+typedef struct linear_job {
+    float *y;
+    const float *bias;
+    int ld;
+    void (*after)(void *arg, int i0, int j0, int rows, int cols);
+    void *arg;
+} linear_job;
 
 static void bias_block(void *arg, int i0, int j0, int rows, int cols) {
-    const bias_job *j = arg;
+    const linear_job *j = arg;
     for (int r = 0; r < rows; r++) memcpy(j->y + (size_t)(i0 + r) * j->ld + j0, j->bias + j0, (size_t)cols * sizeof(float));
 }
 
-cf_tensor *cf_linear(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b) {
+static void after_block(void *arg, int i0, int j0, int rows, int cols) {
+    const linear_job *j = arg;
+    j->after(j->arg, i0, j0, rows, cols);
+}
+
+cf_tensor *cf_linear_output(cf_ctx *ctx, const cf_tensor *x, const cf_tensor *w, const cf_tensor *b, const char *op) {
     int in = cf_cols(x);
-    CF_ASSERT(w->ndim == 2 && w->shape[1] == in, "linear: x %s and W %s (want [out, %d])",
-              cf_shape_str(x), cf_shape_str(w), in);
+    CF_ASSERT(w->ndim == 2 && w->shape[1] == in, "%s: x %s and W %s (want [out, %d])", op, cf_shape_str(x),
+              cf_shape_str(w), in);
     int out = w->shape[0];
-    CF_ASSERT(!b || (b->ndim == 1 && b->shape[0] == out), "linear: bias %s for W %s (want [%d])",
+    CF_ASSERT(!b || (b->ndim == 1 && b->shape[0] == out), "%s: bias %s for W %s (want [%d])", op,
               b ? cf_shape_str(b) : "", cf_shape_str(w), out);
-    int64_t rows = cf_rows(x);
-    CF_ASSERT(rows <= INT_MAX, "linear: x %s has too many rows for one GEMM", cf_shape_str(x));
+    CF_ASSERT(cf_rows(x) <= INT_MAX, "%s: x %s has too many rows for one GEMM", op, cf_shape_str(x));
     int shape[CF_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out;
-    cf_tensor *y = cf_tensor_new(ctx, x->ndim, shape);
-    float *unused;
-    void *none;
-    if (cf_rc_action(ctx, &unused, &none) == CF_RC_SKIPPED) {   /* a selective replay: nothing reads y */
-        cf_record(ctx, CF_OP_LINEAR, y, b ? 3 : 2, (cf_tensor *[]){x, w, b});
-        return y;
-    }
+    return cf_tensor_new(ctx, x->ndim, shape);
+}
+
+void cf_linear_product(cf_ctx *ctx, const cf_tensor *x, const cf_tensor *w, const cf_tensor *b, float *y,
+                       void (*after)(void *arg, int i0, int j0, int rows, int cols), void *arg) {
+    int in = cf_cols(x), out = w->shape[0];
     /* every row starts from the bias and the GEMM adds x W^T onto it, block by block as the GEMM's
      * tasks reach them: no pass and no parallel region of its own */
-    bias_job job = {y->data, b ? b->data : NULL, out};
-    cf_gemm_hooks hooks = {bias_block, NULL, &job};
-    (ctx->bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 1, (int)rows, out, in, 1.0f, x->data, in, w->data, in,
-                                                 b ? 1.0f : 0.0f, y->data, out, b ? &hooks : NULL);
+    linear_job job = {y, b ? b->data : NULL, out, after, arg};
+    cf_gemm_hooks hooks = {b ? bias_block : NULL, after ? after_block : NULL, &job};
+    (ctx->bf16 ? cf_gemm_bf16_epi : cf_gemm_epi)(0, 1, (int)cf_rows(x), out, in, 1.0f, x->data, in, w->data, in,
+                                                 b ? 1.0f : 0.0f, y, out, b || after ? &hooks : NULL);
+}
+
+cf_tensor *cf_linear(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b) {
+    cf_tensor *y = cf_linear_output(ctx, x, w, b, "linear");
+    float *unused;
+    void *none;
+    if (cf_rc_action(ctx, &unused, &none) != CF_RC_SKIPPED)   /* a selective replay: nothing reads y */
+        cf_linear_product(ctx, x, w, b, y->data, NULL, NULL);
     cf_record(ctx, CF_OP_LINEAR, y, b ? 3 : 2, (cf_tensor *[]){x, w, b});
     return y;
 }
