@@ -13,7 +13,8 @@
  *
  * Tile state is per thread: the drivers call begin on each thread before its first product and
  * end after its last (within one parallel region), so no tile configuration outlives a call of
- * the op. Compiled for AMX by its target attribute; chosen only where cf_gemm_bf16 runs AMX tiles
+ * the op. The configuration is the AMX GEMM's (gemm_bf16_amx.c), of which this kernel uses tiles
+ * 0 (C), 1 (A) and 2 (B). Compiled for AMX by its target attribute; chosen only where cf_gemm_bf16 runs AMX tiles
  * (the CPU has them and Linux granted the permission). */
 #include "attn_bf16.h"
 
@@ -26,20 +27,6 @@
 
 /* A rows wider than this (Dh > 256) go to the avx512bf16 kernel */
 enum { MAXP = 128 };
-
-/* palette 1; tile 0 the C tile, 1 the A tile, 2 the B tile, all 16 rows of 64 bytes */
-static const struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config __attribute__((aligned(64))) = {
-    .palette = 1,
-    .colsb = {64, 64, 64},
-    .rows = {16, 16, 16},
-};
-
-static TARGET void begin(void) { _tile_loadconfig(&tile_config); }
-static TARGET void end(void) { _tile_release(); }
 
 extern const cf_attn_bf16_kernel cf_attn_bf16_avx512;
 
@@ -135,6 +122,7 @@ static TARGET void gemm(int rows, int n, const uint32_t *a, int64_t ars, int64_t
     }
 }
 
-const cf_attn_bf16_kernel cf_attn_bf16_amx = {"amx", gemm, cf_attn_bf16_rows_avx512, cf_attn_bf16_pairs_avx512, begin, end};
+const cf_attn_bf16_kernel cf_attn_bf16_amx = {"amx", gemm, cf_attn_bf16_rows_avx512, cf_attn_bf16_pairs_avx512,
+                                          cf_bf16_amx_begin, cf_bf16_amx_end};
 
 #endif

@@ -39,8 +39,8 @@ static const struct {
     .rows = {16, 16, 16, 16, 16, 16, 16, 16},
 };
 
-static TARGET void begin(void) { _tile_loadconfig(&tile_config); }
-static TARGET void end(void) { _tile_release(); }
+TARGET void cf_bf16_amx_begin(void) { _tile_loadconfig(&tile_config); }
+TARGET void cf_bf16_amx_end(void) { _tile_release(); }
 
 static TARGET void micro(int kcp, const uint16_t *a, const uint16_t *b, float *c, int ldc,
                          float alpha, float beta, int mr, int nr) {
@@ -98,7 +98,7 @@ static TARGET void micro(int kcp, const uint16_t *a, const uint16_t *b, float *c
 const cf_bf16_kernel cf_bf16_amx = {
     .name = "amx", .mr = MR, .nr = NR, .kc = KC, .kstep = 32,
     .pack_a = cf_bf16_pack_a_amx, .pack_b = cf_bf16_pack_b_vnni32, .micro = micro,
-    .begin = begin, .end = end,
+    .begin = cf_bf16_amx_begin, .end = cf_bf16_amx_end,
 };
 #else
 /* not x86-64: cf_cpu() finds no AMX, so the driver never picks this */

@@ -154,6 +154,11 @@ static inline CF_BF16_AVX512 void cf_bf16_transpose16(__m512i r[16]) {
 }
 #endif
 
+/* the AMX kernel's tile configuration, loaded and released per thread (gemm_bf16_amx.c): palette
+ * 1, eight tiles of 16 rows by 64 bytes; the AMX attention kernel shares it */
+void cf_bf16_amx_begin(void);
+void cf_bf16_amx_end(void);
+
 /* the AVX-512 packers, shared by the avx512bf16 and AMX kernels (gemm_bf16_avx512.c) */
 void cf_bf16_pack_b_vnni32(int trans, const float *b, int ldb, int kc, int kcp, int nc,
                            uint16_t *out);
