@@ -115,6 +115,22 @@ static int pair_live(const geom *g, uint64_t keep, int q0, int nq, int k0) {
     return keep && (!g->causal || (int64_t)k0 <= (int64_t)q0 + nq - 1 + g->off);
 }
 
+/* the causal trimming of the pair of the query block at q0 (nq rows) and the key block at k0 (nk
+ * keys); the whole pair when not causal */
+static pair_span span_of(const geom *g, int q0, int nq, int k0, int nk) {
+    pair_span sp;
+    for (int i = 0; i < BQ / 16; i++) {
+        int last = 16 * i + 15 < nq ? 16 * i + 15 : nq - 1;
+        int64_t see = g->causal ? (int64_t)q0 + last + g->off - k0 + 1 : nk;
+        sp.keys[i] = 16 * i >= nq || see <= 0 ? 0 : see > nk ? nk : (int)see;
+    }
+    for (int j = 0; j < BK / 16; j++) {
+        int64_t f = g->causal ? (int64_t)k0 + 16 * j - g->off - q0 : 0;
+        sp.first[j] = f <= 0 ? 0 : f >= nq ? nq : (int)(f & ~1);
+    }
+    return sp;
+}
+
 /* the packed blocks of (b*H + h, block) */
 static float *qblk(const geom *g, float *base, int64_t bh, int qb) {
     return base + (bh * g->nqb + qb) * (int64_t)BQ * g->Dh;
@@ -161,8 +177,7 @@ static void pack_t16(const geom *g, uint32_t *out, const float *x, int64_t strid
     int dh2 = g->Dh / 2;
     uint32_t tmp[BK * dh2];
     g->bk->rows(x, stride, n, g->Dh, tmp, dh2);
-    for (int d = 0; d < dh2; d++)
-        for (int j = 0; j < BK; j++) out[(int64_t)d * BK + j] = j < n ? tmp[j * dh2 + d] : 0;
+    pack_t_block(out, tmp, dh2, n, dh2);
 }
 
 /* bf16: key block kb of head bh, K^T (and V^T backward) by pairs of Dh, and V (forward) or K
@@ -194,12 +209,6 @@ static void pack_q(const geom *g, int64_t bh, int qb, int with_do) {
     }
 }
 
-/* dst[d][j] = row j of src, column d; columns [n, BK) zero */
-static void pack_t(float *dst, const float *src, int64_t stride, int n, int dh) {
-    zero_pad_cols(dst, n, dh);
-    for (int j = 0; j < n; j++) pack_t_col(dst, j, src + j * stride, dh);
-}
-
 /* Key block kb of head bh: K^T, and the rows the output-side product reads (forward V for P V;
  * backward V^T and K for dS K). Rows are copied even though the source rows could be read in
  * place: at a row stride of 3C or C floats (a multiple of 1 KB for C a multiple of 256) the 64 rows
@@ -210,8 +219,8 @@ static void pack_k(const geom *g, int64_t bh, int kb, int backward) {
     int64_t r0 = (int64_t)b * g->Tk + k0, c0 = (int64_t)h * dh;
     const float *k = g->k + r0 * g->sk + c0, *v = g->v + r0 * g->sv + c0, *src = backward ? k : v;
     int64_t stride = backward ? g->sk : g->sv;
-    pack_t(kblk(g, g->kt, bh, kb), k, g->sk, nk, dh);
-    if (backward) pack_t(kblk(g, g->vt, bh, kb), v, g->sv, nk, dh);
+    pack_t_block(kblk(g, g->kt, bh, kb), k, g->sk, nk, dh);
+    if (backward) pack_t_block(kblk(g, g->vt, bh, kb), v, g->sv, nk, dh);
     float *dst = kblk(g, g->rows, bh, kb);
     for (int j = 0; j < nk; j++) memcpy(dst + (int64_t)j * dh, src + j * stride, sizeof(float) * dh);
 }
@@ -259,41 +268,66 @@ static void fwd_softmax_block(const geom *g, attn_bufs *w, int64_t bh, int q0, i
     zero_pad_rows(w->p, nq, rows);
 }
 
-/* bf16: s[0..rows) x BK = the base-2 scores of query block qb against key block kb, and, when dp
- * is not NULL, dP' = dO V^T into dp */
-static void scores16(const geom *g, int64_t bh, int qb, int kb, int rows, float *s, float *dp) {
+/* s[0..rows) x BK = the base-2 scores of query block qb against key block kb, and, when dp is not
+ * NULL, dP' = dO V^T into dp; each group of 16 rows only up to the keys it sees (sp) */
+static void scores(const geom *g, int64_t bh, int qb, int kb, int rows, const pair_span *sp, float *s, float *dp) {
     int dh = g->Dh;
-    const uint32_t *kt = blk16(g, g->kt16, bh, kb, g->nkb);
-    g->bk->gemm(rows, BK, blk16(g, g->q16, bh, qb, g->nqb), dh / 2, 1, dh / 2, kt, BK, s, BK, NULL, g->scale * LOG2E);
-    if (dp)
-        g->bk->gemm(rows, BK, blk16(g, g->do16, bh, qb, g->nqb), dh / 2, 1, dh / 2, blk16(g, g->vt16, bh, kb, g->nkb),
-                    BK, dp, BK, NULL, 1.0f);
+    for (int i = 0; i < BQ / 16; i++) {
+        int rn = group_rows(i, rows), cols = span_cols(sp->keys[i]);
+        if (!rn || !cols) continue;
+        int64_t r0 = 16 * i;
+        if (g->bk) {
+            const uint32_t *q = blk16(g, g->q16, bh, qb, g->nqb) + r0 * dh / 2;
+            g->bk->gemm(rn, cols, q, dh / 2, 1, dh / 2, blk16(g, g->kt16, bh, kb, g->nkb), BK, s + r0 * BK, BK, NULL,
+                        g->scale * LOG2E);
+            if (dp)
+                g->bk->gemm(rn, cols, blk16(g, g->do16, bh, qb, g->nqb) + r0 * dh / 2, dh / 2, 1, dh / 2,
+                            blk16(g, g->vt16, bh, kb, g->nkb), BK, dp + r0 * BK, BK, NULL, 1.0f);
+        } else {
+            nt_block_cols(rn, cols, dh, qblk(g, g->qs, bh, qb) + r0 * dh, dh, kblk(g, g->kt, bh, kb), s + r0 * BK);
+            if (dp) nt_block_cols(rn, cols, dh, qblk(g, g->dos, bh, qb) + r0 * dh, dh, kblk(g, g->vt, bh, kb), dp + r0 * BK);
+        }
+    }
 }
 
 /* bf16: acc[0..rows) x Dh = cs acc + X Y, X the [rows, BK] block x (P or dS) by pairs of keys and
- * Y the nk rows of the key block (V forward, K backward) */
-static void rows_product16(const geom *g, uint32_t *pk, const float *x, int rows, int64_t bh, int kb, int nk,
-                           float *acc, const float *cs) {
+ * Y the rows of the key block (V forward, K backward), each group of 16 rows only up to the keys
+ * it sees (sp); a group that sees none keeps its acc, its cs being 1 */
+static void rows_product16(const geom *g, uint32_t *pk, const float *x, int rows, int64_t bh, int kb,
+                           const pair_span *sp, float *acc, const float *cs) {
+    int dh = g->Dh;
     g->bk->rows(x, BK, rows, BK, pk, BK / 2);
-    g->bk->gemm(rows, g->Dh, pk, BK / 2, 1, (nk + 1) / 2, blk16(g, g->rows16, bh, kb, g->nkb), g->Dh, acc, g->Dh, cs,
-                0.0f);
+    for (int i = 0; i < BQ / 16; i++) {
+        int rn = group_rows(i, rows);
+        if (rn && sp->keys[i])
+            g->bk->gemm(rn, dh, pk + 16 * i * BK / 2, BK / 2, 1, (sp->keys[i] + 1) / 2, blk16(g, g->rows16, bh, kb, g->nkb),
+                        dh, acc + 16 * i * dh, dh, cs ? cs + 16 * i : NULL, 0.0f);
+    }
 }
 
 static void fwd_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, float *out) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     int rows = round4(nq);
-    const float *qs = g->bk ? NULL : qblk(g, g->qs, bh, qb);
     online_start(w, nq, rows, dh);
     for (int kb = 0; kb < g->nkb; kb++) {
         int k0 = kb * BK, nk = blen(g->Tk, k0, BK);
         uint64_t keep = keep_bits(g, b, k0, nk);
         if (!pair_live(g, keep, q0, nq, k0)) continue;
-        if (g->bk) scores16(g, bh, qb, kb, rows, w->p, NULL);
-        else nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
+        pair_span sp = span_of(g, q0, nq, k0, nk);
+        scores(g, bh, qb, kb, rows, &sp, w->p, NULL);
         if (g->alibi) alibi_block(g, w->p, h, q0, nq, k0);
         fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
-        if (g->bk) rows_product16(g, pk, w->p, rows, bh, kb, nk, w->acc, w->alpha);
-        else cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
+        if (g->bk) {
+            rows_product16(g, pk, w->p, rows, bh, kb, &sp, w->acc, w->alpha);
+            continue;
+        }
+        /* a group that sees no key of the block has alpha 1: its acc stays as it is */
+        for (int i = 0; i < BQ / 16; i++) {
+            int rn = group_rows(i, rows);
+            if (rn && sp.keys[i])
+                cf_block_gemm(rn, dh, w->p + 16 * i * BK, BK, 1, sp.keys[i], kblk(g, g->rows, bh, kb), dh,
+                              w->acc + 16 * i * dh, dh, w->alpha + 16 * i);
+        }
     }
     /* a row with no visible key gets L = inf, which makes every recomputed P zero */
     for (int i = 0; i < nq; i++)
@@ -307,40 +341,43 @@ static void fwd_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int
  * into the dV and dK accumulators (want_kv) and dS K into dqacc (when not NULL). */
 /* bf16: bwd_pair_products on bf16 operands, P' and dS packed into pk one after the other */
 static void bwd_products16(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, int kb, int nq, int nk,
-                           int want_kv, float *dqacc) {
+                           const pair_span *sp, int want_kv, float *dqacc) {
     int dh = g->Dh, rows = round4(nq);
     zero_pad_rows(w->p, nq, rows);
     zero_pad_rows(w->ds, nq, rows);
     if (want_kv) {
-        int kr = round4(nk), np = (nq + 1) / 2;
-        g->bk->pairs(w->p, BK, rows, rows, BK, pk, BK);
-        g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->dop16, bh, qb, g->nqb), dh, w->dvacc, dh, NULL, 0.0f);
-        g->bk->pairs(w->ds, BK, rows, rows, BK, pk, BK);
-        g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->qp16, bh, qb, g->nqb), dh, w->dkacc, dh, NULL, 0.0f);
+        int np = (nq + 1) / 2;
+        for (int x = 0; x < 2; x++) {
+            g->bk->pairs(x ? w->ds : w->p, BK, rows, rows, BK, pk, BK);
+            const uint32_t *y = blk16(g, x ? g->qp16 : g->dop16, bh, qb, g->nqb);
+            float *acc = x ? w->dkacc : w->dvacc;
+            for (int j = 0; j < BK / 16; j++) {
+                int kn = group_rows(j, round4(nk)), f = sp->first[j] / 2;
+                if (kn && sp->first[j] < nq)
+                    g->bk->gemm(kn, dh, pk + (int64_t)f * BK + 16 * j, 1, BK, np - f, y + (int64_t)f * dh, dh,
+                                acc + 16 * j * dh, dh, NULL, 0.0f);
+            }
+        }
     }
-    if (dqacc) rows_product16(g, pk, w->ds, rows, bh, kb, nk, dqacc, NULL);
+    if (dqacc) rows_product16(g, pk, w->ds, rows, bh, kb, sp, dqacc, NULL);
 }
 
 static void bwd_pair(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, int kb, uint64_t keep,
                      int want_kv, float *dqacc) {
     int dh = g->Dh;
     int q0 = qb * BQ, nq = blen(g->Tq, q0, BQ), rows = round4(nq), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
-    const float *qs = g->bk ? NULL : qblk(g, g->qs, bh, qb), *dos = g->bk ? NULL : qblk(g, g->dos, bh, qb);
     const float *lse = g->lse + bh * g->Tq + q0, *dd = g->dd + (bh * g->nqb + qb) * BQ;
-    if (g->bk) {
-        scores16(g, bh, qb, kb, rows, w->p, w->ds);
-    } else {
-        nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
-        nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
-    }
+    pair_span sp = span_of(g, q0, nq, k0, nk);
+    scores(g, bh, qb, kb, rows, &sp, w->p, w->ds);
     if (g->alibi) alibi_block(g, w->p, (int)(bh % g->H), q0, nq, k0);
     for (int i = 0; i < nq; i++) {
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
         if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
         ds_row(w->p + (int64_t)i * BK, w->ds + (int64_t)i * BK, vis, lse[i], dd[i], g->drop.on ? w->z : NULL);
     }
-    if (g->bk) bwd_products16(g, w, pk, bh, qb, kb, nq, nk, want_kv, dqacc);
-    else bwd_pair_products(w, nq, rows, nk, dh, qs, dos, kblk(g, g->rows, bh, kb), want_kv, dqacc);
+    if (g->bk) bwd_products16(g, w, pk, bh, qb, kb, nq, nk, &sp, want_kv, dqacc);
+    else bwd_pair_products_span(w, nq, rows, nk, dh, qblk(g, g->qs, bh, qb), qblk(g, g->dos, bh, qb),
+                                kblk(g, g->rows, bh, kb), want_kv, dqacc, &sp);
 }
 
 /* grad rows [r0, r0 + n) of head h += s * acc */
