@@ -58,8 +58,12 @@ typedef struct geom {
     int alibi;                       /* ALiBi biases (query i at key position i + off) */
     float scale;
     attn_dropout drop;
-    /* Packed once per call (arena, given back on return), so that no block is repacked for each
-     * pair it meets. Padding rows of qs, dos, dd and padding columns of kt, vt are zero. */
+    int fresh;                       /* backward: dq, dk, dv are new buffers, written (=), not added to */
+    /* Packed blocks of the heads [bh0, ...): of every head, once per call (arena, given back on
+     * return; the two-pass backward), or of one head at a time in a thread's workspace, packed just
+     * before its blocks are used (forward, per-head backward), so that they are still in that
+     * core's cache. Padding rows of qs, dos, dd and padding columns of kt, vt are zero. */
+    int64_t bh0;
     float *qs, *dos;                 /* [B*H, nqb*BQ, Dh] scale log2(e) Q, and dO (backward) */
     float *dd;                       /* [B*H, nqb*BQ] D = dO . O (backward) */
     float *kt, *vt;                  /* [B*H, nkb, Dh, BK] K^T and V^T (V^T backward) */
@@ -73,19 +77,25 @@ typedef struct geom {
     uint32_t *rows16;                /* [B*H, nkb, BK/2, Dh] V (forward) or K (backward) by pairs of rows */
 } geom;
 
-/* One thread's workspace, the block-pair buffers and with bf16 the block of bf16 pairs that P' or
- * dS is packed into (*pk), carved from base (NULL: only counted); returns its size in floats */
-static size_t ws_layout(attn_bufs *w, uint32_t **pk, float *base, int dh, int acc_rows, int bf16) {
+static void packed_take(ws_carver *c, geom *g, int64_t heads, int backward);
+
+/* One thread's workspace: the block-pair buffers, with bf16 the block of bf16 pairs that P' or dS
+ * is packed into (*pk), and with local the packed blocks of one head, into lg's pointers (lg is the
+ * thread's copy of the geometry); carved from base (NULL: only counted); returns its size in
+ * floats */
+static size_t ws_layout(attn_bufs *w, uint32_t **pk, geom *lg, int local, int backward, float *base, int acc_rows) {
     ws_carver c = {base, 0};
-    attn_bufs_take(&c, w, dh, acc_rows);
-    *pk = bf16 ? ws_take(&c, BQ * BK / 2) : NULL;
+    attn_bufs_take(&c, w, lg->Dh, acc_rows);
+    *pk = lg->bk ? ws_take(&c, BQ * BK / 2) : NULL;
+    if (local) packed_take(&c, lg, 1, backward);
     return c.floats;
 }
 
-static size_t ws_floats(int dh, int acc_rows, int bf16) {
+static size_t ws_floats(const geom *g, int local, int backward, int acc_rows) {
     attn_bufs w;
     uint32_t *pk;
-    return ws_layout(&w, &pk, NULL, dh, acc_rows, bf16);
+    geom lg = *g;
+    return ws_layout(&w, &pk, &lg, local, backward, NULL, acc_rows);
 }
 
 /* ---- masks and packing ------------------------------------------------------------------------ */
@@ -133,14 +143,40 @@ static pair_span span_of(const geom *g, int q0, int nq, int k0, int nk) {
 
 /* the packed blocks of (b*H + h, block) */
 static float *qblk(const geom *g, float *base, int64_t bh, int qb) {
-    return base + (bh * g->nqb + qb) * (int64_t)BQ * g->Dh;
+    return base + ((bh - g->bh0) * g->nqb + qb) * (int64_t)BQ * g->Dh;
 }
 static float *kblk(const geom *g, float *base, int64_t bh, int kb) {
-    return base + (bh * g->nkb + kb) * (int64_t)BK * g->Dh;
+    return base + ((bh - g->bh0) * g->nkb + kb) * (int64_t)BK * g->Dh;
 }
 /* the same for bf16 pairs: block b of nb per head */
 static uint32_t *blk16(const geom *g, uint32_t *base, int64_t bh, int b, int nb) {
-    return base + (bh * nb + b) * (int64_t)BQ * g->Dh / 2;
+    return base + ((bh - g->bh0) * nb + b) * (int64_t)BQ * g->Dh / 2;
+}
+/* D of the query block */
+static float *ddblk(const geom *g, int64_t bh, int qb) { return g->dd + ((bh - g->bh0) * g->nqb + qb) * BQ; }
+
+/* Carve the packed buffers of `heads` heads for forward or backward (backward) from c, into g's
+ * pointers (counting only when c has no base). */
+static void packed_take(ws_carver *c, geom *g, int64_t heads, int backward) {
+    size_t q = (size_t)heads * g->nqb * BQ * g->Dh, k = (size_t)heads * g->nkb * BK * g->Dh;
+    if (g->bk) {
+        g->q16 = ws_take(c, q / 2);
+        g->kt16 = ws_take(c, k / 2);
+        g->rows16 = ws_take(c, k / 2);
+        if (!backward) return;
+        g->qp16 = ws_take(c, q / 2);
+        g->do16 = ws_take(c, q / 2);
+        g->dop16 = ws_take(c, q / 2);
+        g->vt16 = ws_take(c, k / 2);
+    } else {
+        g->qs = ws_take(c, q);
+        g->kt = ws_take(c, k);
+        g->rows = ws_take(c, k);
+        if (!backward) return;
+        g->dos = ws_take(c, q);
+        g->vt = ws_take(c, k);
+    }
+    g->dd = ws_take(c, (size_t)heads * g->nqb * BQ);
 }
 
 /* bf16: query block qb of head bh as rows and by pairs of rows (Q; with dO, dO and D too), padding
@@ -160,7 +196,7 @@ static void pack_q16(const geom *g, int64_t bh, int qb, int with_do) {
     rows = blk16(g, g->do16, bh, qb, g->nqb);
     g->bk->rows(dout, g->so, nq, dh, rows, dh / 2);
     memset(rows + (int64_t)nq * dh / 2, 0, (size_t)(half - (int64_t)nq * dh / 2) * sizeof(uint32_t));
-    float *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    float *dd = ddblk(g, bh, qb);
     memset(dd, 0, sizeof(float) * BQ);
     for (int i = 0; i < nq; i++) {
         const uint32_t *pr = rows + (int64_t)i * dh / 2;
@@ -200,7 +236,7 @@ static void pack_q(const geom *g, int64_t bh, int qb, int with_do) {
     for (int i = 0; i < nq; i++)
         pack_q_row(qs + (int64_t)i * dh, g->q + (r0 + i) * g->sq + (int64_t)h * dh, dh, g->scale);
     if (!with_do) return;
-    float *dos = qblk(g, g->dos, bh, qb), *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    float *dos = qblk(g, g->dos, bh, qb), *dd = ddblk(g, bh, qb);
     memset(dos, 0, sizeof(float) * BQ * dh);
     memset(dd, 0, sizeof(float) * BQ);
     for (int i = 0; i < nq; i++) {
@@ -223,6 +259,12 @@ static void pack_k(const geom *g, int64_t bh, int kb, int backward) {
     if (backward) pack_t_block(kblk(g, g->vt, bh, kb), v, g->sv, nk, dh);
     float *dst = kblk(g, g->rows, bh, kb);
     for (int j = 0; j < nk; j++) memcpy(dst + (int64_t)j * dh, src + j * stride, sizeof(float) * dh);
+}
+
+/* query blocks [qa, qz) and key blocks [0, kz) of head bh, into g's buffers */
+static void pack_head(const geom *g, int64_t bh, int qa, int qz, int kz, int backward) {
+    for (int qb = qa; qb < qz; qb++) (g->bk ? pack_q16 : pack_q)(g, bh, qb, backward);
+    for (int kb = 0; kb < kz; kb++) (g->bk ? pack_k16 : pack_k)(g, bh, kb, backward);
 }
 
 /* every block of every head, inside a parallel region (each item writes its own blocks) */
@@ -366,7 +408,7 @@ static void bwd_pair(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int 
                      int want_kv, float *dqacc) {
     int dh = g->Dh;
     int q0 = qb * BQ, nq = blen(g->Tq, q0, BQ), rows = round4(nq), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
-    const float *lse = g->lse + bh * g->Tq + q0, *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    const float *lse = g->lse + bh * g->Tq + q0, *dd = ddblk(g, bh, qb);
     pair_span sp = span_of(g, q0, nq, k0, nk);
     scores(g, bh, qb, kb, rows, &sp, w->p, w->ds);
     if (g->alibi) alibi_block(g, w->p, (int)(bh % g->H), q0, nq, k0);
@@ -380,18 +422,32 @@ static void bwd_pair(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int 
                                 kblk(g, g->rows, bh, kb), want_kv, dqacc, &sp);
 }
 
-/* grad rows [r0, r0 + n) of head h += s * acc */
-static void add_rows(float *grad, int64_t stride, int64_t r0, int n, int h, int dh, const float *acc, float s) {
+/* grad rows [r0, r0 + n) of head h += s * acc, or = s * acc when the gradient buffer is fresh
+ * (g->fresh: every element is written exactly once, so it need not be zeroed first) */
+static void add_rows(const geom *g, float *grad, int64_t stride, int64_t r0, int n, int h, const float *acc, float s) {
+    int dh = g->Dh;
     for (int i = 0; i < n; i++) {
         float *gr = grad + (r0 + i) * stride + (int64_t)h * dh;
         const float *a = acc + (int64_t)i * dh;
-        for (int d = 0; d < dh; d++) gr[d] += s * a[d];
+        if (g->fresh)
+            for (int d = 0; d < dh; d++) gr[d] = s * a[d];
+        else
+            for (int d = 0; d < dh; d++) gr[d] += s * a[d];
     }
 }
 
 /* the team for the multiply-adds of one of the matrix products, B H Tq Tk Dh */
 static int team(const geom *g) {
     return team_size((double)g->B * g->H * g->Tq * g->Tk * g->Dh, PAR_MIN_WORK);
+}
+
+/* the key blocks [0, n) that query blocks [0, qz) may see */
+static int key_blocks_seen(const geom *g, int qz) {
+    if (!g->causal) return g->nkb;
+    int64_t last = (int64_t)(qz * BQ < g->Tq ? qz * BQ : g->Tq) - 1 + g->off;   /* the last key seen */
+    if (last < 0) return 0;
+    int n = (int)(last / BK) + 1;
+    return n < g->nkb ? n : g->nkb;
 }
 
 /* first query block whose rows may see key k0 (causal), else 0 */
@@ -420,8 +476,8 @@ static void bwd_kv_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, 
     if (!want_kv) return;
     int64_t r0 = (int64_t)b * g->Tk + k0;
     /* dkacc sums dS against Q as packed: scale log2(e) Q in fp32, Q in bf16 */
-    if (g->dk) add_rows(g->dk, g->sk, r0, nk, h, dh, w->dkacc, g->bk ? g->scale : 1.0f / LOG2E);
-    if (g->dv) add_rows(g->dv, g->sv, r0, nk, h, dh, w->dvacc, 1.0f);
+    if (g->dk) add_rows(g, g->dk, g->sk, r0, nk, h, w->dkacc, g->bk ? g->scale : 1.0f / LOG2E);
+    if (g->dv) add_rows(g, g->dv, g->sv, r0, nk, h, w->dvacc, 1.0f);
 }
 
 /* dQ of query block qb: the sum over key blocks in ascending order */
@@ -434,49 +490,44 @@ static void bwd_q_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, i
         if (!pair_live(g, keep, q0, nq, k0)) continue;
         bwd_pair(g, w, pk, bh, qb, kb, keep, 0, w->acc);
     }
-    add_rows(g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, dh, w->acc, g->scale);
+    add_rows(g, g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, w->acc, g->scale);
 }
 
+/* Per head (use_per_item): a thread packs a head's blocks into its workspace and sums the head's
+ * dQ, dK and dV alone. Two passes: every head's blocks are packed first, since the threads share
+ * them, then dK and dV over key blocks, dQ over query blocks. */
 static void backward_run(cf_ctx *ctx, geom *g) {
     int nt = team(g), bh = g->B * g->H, per_head = use_per_item(bh, nt), kv = g->dk || g->dv;
     int acc_rows = per_head ? g->nqb * BQ : BQ;
-    size_t per = ws_floats(g->Dh, acc_rows, g->bk != NULL), mark = cf_arena_mark(&ctx->arena);
-    size_t qn = (size_t)bh * g->nqb * BQ, kn = (size_t)bh * g->nkb * BK;
-    g->dd = cf_scratch(ctx, qn * sizeof(float));
-    if (g->bk) {
-        size_t qw = qn * g->Dh / 2 * sizeof(uint32_t), kw = kn * g->Dh / 2 * sizeof(uint32_t);
-        g->q16 = cf_scratch(ctx, qw);
-        g->qp16 = cf_scratch(ctx, qw);
-        g->do16 = cf_scratch(ctx, qw);
-        g->dop16 = cf_scratch(ctx, qw);
-        g->kt16 = cf_scratch(ctx, kw);
-        g->vt16 = cf_scratch(ctx, kw);
-        g->rows16 = cf_scratch(ctx, kw);
-    } else {
-        g->qs = cf_scratch(ctx, qn * g->Dh * sizeof(float));
-        g->dos = cf_scratch(ctx, qn * g->Dh * sizeof(float));
-        g->kt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-        g->vt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-        g->rows = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+    size_t per = ws_floats(g, per_head, 1, acc_rows), mark = cf_arena_mark(&ctx->arena);
+    if (!per_head) {
+        ws_carver c = {NULL, 0};
+        packed_take(&c, g, bh, 1);
+        c.base = cf_scratch(ctx, c.floats * sizeof(float));
+        c.floats = 0;
+        packed_take(&c, g, bh, 1);
     }
     float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         attn_bufs w;
         uint32_t *pk;
-        ws_layout(&w, &pk, thread_ws(base, per), g->Dh, acc_rows, g->bk != NULL);
+        geom lg = *g;
+        ws_layout(&w, &pk, &lg, per_head, 1, thread_ws(base, per), acc_rows);
         if (g->bk && g->bk->begin) g->bk->begin();
-        pack_all(g, 1);
         if (per_head) {
             /* dynamic: padding can make heads unequal; results do not depend on who runs what */
             #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < bh; i++) {
+                lg.bh0 = i;
+                pack_head(&lg, i, 0, g->nqb, g->nkb, 1);
                 float *dq = g->dq ? w.acc : NULL;
                 if (dq) memset(dq, 0, (size_t)acc_rows * g->Dh * sizeof(float));
-                for (int kb = 0; kb < g->nkb; kb++) bwd_kv_block(g, &w, pk, i, kb, kv, dq);
-                if (dq) add_rows(g->dq, g->sq, (int64_t)(i / g->H) * g->Tq, g->Tq, i % g->H, g->Dh, dq, g->scale);
+                for (int kb = 0; kb < g->nkb; kb++) bwd_kv_block(&lg, &w, pk, i, kb, kv, dq);
+                if (dq) add_rows(g, g->dq, g->sq, (int64_t)(i / g->H) * g->Tq, g->Tq, i % g->H, dq, g->scale);
             }
         } else {
+            pack_all(g, 1);
             if (kv) {
                 #pragma omp for schedule(dynamic, 1)
                 for (int64_t i = 0; i < (int64_t)bh * g->nkb; i++) bwd_kv_block(g, &w, pk, i / g->nkb, (int)(i % g->nkb), 1, NULL);
@@ -565,29 +616,31 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     size_t mark = cf_arena_mark(&ctx->arena);
     g.lse = keep ? lse : cf_scratch(ctx, lse_bytes);
     int nt = team(&g);
-    size_t per = ws_floats(g.Dh, BQ, g.bk != NULL), bh = (size_t)g.B * g.H;
-    size_t qn = bh * g.nqb * BQ * g.Dh, kn = bh * g.nkb * BK * g.Dh;
-    if (g.bk) {
-        g.q16 = cf_scratch(ctx, qn / 2 * sizeof(uint32_t));
-        g.kt16 = cf_scratch(ctx, kn / 2 * sizeof(uint32_t));
-        g.rows16 = cf_scratch(ctx, kn / 2 * sizeof(uint32_t));
-    } else {
-        g.qs = cf_scratch(ctx, qn * sizeof(float));
-        g.kt = cf_scratch(ctx, kn * sizeof(float));
-        g.rows = cf_scratch(ctx, kn * sizeof(float));
-    }
+    size_t per = ws_floats(&g, 1, 0, BQ);
+    int64_t bh = (int64_t)g.B * g.H;
+    /* Work items: runs of query blocks of one head, about four per thread, each packing the blocks
+     * it reads into its thread's workspace (key blocks that several runs of a head see are packed
+     * by each). */
+    int runs = bh >= 4 * nt ? 1 : (int)((4 * nt + bh - 1) / bh);
+    if (runs > g.nqb) runs = g.nqb;
+    int64_t items = bh * runs;
     float *base = team_ws(ctx, nt, per);
-    int64_t items = (int64_t)bh * g.nqb;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         attn_bufs w;
         uint32_t *pk;
-        ws_layout(&w, &pk, thread_ws(base, per), g.Dh, BQ, g.bk != NULL);
+        geom lg = g;
+        ws_layout(&w, &pk, &lg, 1, 0, thread_ws(base, per), BQ);
         if (g.bk && g.bk->begin) g.bk->begin();
-        pack_all(&g, 0);
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
         #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < items; i++) fwd_block(&g, &w, pk, i / g.nqb, (int)(i % g.nqb), out->data);
+        for (int64_t i = 0; i < items; i++) {
+            int64_t hd = i / runs;
+            int r = (int)(i % runs), qa = r * g.nqb / runs, qz = (r + 1) * g.nqb / runs;
+            lg.bh0 = hd;
+            pack_head(&lg, hd, qa, qz, key_blocks_seen(&g, qz), 0);
+            for (int qb = qa; qb < qz; qb++) fwd_block(&lg, &w, pk, hd, qb, out->data);
+        }
         if (g.bk && g.bk->end) g.bk->end();
     }
     cf_arena_rewind(&ctx->arena, mark);
@@ -625,7 +678,7 @@ void cf_attention_backward(cf_ctx *ctx, cf_node *n) {
     g.o = n->out->data;
     g.dout = n->out->grad;
     if (n->n_in == 1) {
-        float *gq = cf_grad(ctx, n->in[0]);
+        float *gq = cf_grad_nozero(ctx, n->in[0], &g.fresh);
         int64_t c = g.so;
         g.dq = gq;
         g.dk = gq + c;
