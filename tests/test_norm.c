@@ -1,6 +1,8 @@
 /* layernorm and rmsnorm: gradient checks (x, w, b), forward and backward against naive double
  * references (including inputs whose mean dwarfs their spread), and bitwise equality of outputs
- * and every gradient at 1 and 2 threads. */
+ * and every gradient at 1 and 2 threads. The residual add fused with a norm (cf_add_norm):
+ * gradient checks, with the sum read by another op too and by the norm alone, and bitwise equality
+ * of outputs and every gradient with cf_add followed by the norm. */
 #include "gradcheck.h"
 
 static cf_tensor *f_ln(cf_ctx *c, cf_tensor **in, void *arg) { (void)arg; return cf_layernorm(c, in[0], in[1], in[2], 1e-5f); }
@@ -10,6 +12,71 @@ static cf_tensor *f_rms(cf_ctx *c, cf_tensor **in, void *arg) { (void)arg; retur
 static cf_tensor *f_both(cf_ctx *c, cf_tensor **in, void *arg) {
     (void)arg;
     return cf_add(c, cf_layernorm(c, in[0], in[1], in[2], 1e-5f), cf_rmsnorm(c, in[0], in[1], 1e-5f));
+}
+
+/* the fused add and norm; arg points to rms (0 or 1). The pre-norm block's use: the sum goes on
+ * down the residual stream too, so its gradient has two sources. */
+static cf_tensor *f_add_norm(cf_ctx *c, cf_tensor **in, void *arg) {
+    cf_tensor *s, *y = cf_add_norm(c, in[0], in[1], in[2], *(int *)arg ? NULL : in[3], *(int *)arg, 1e-5f, &s);
+    return cf_add(c, cf_mul(c, y, y), s);
+}
+/* the post-norm block's use: only the norm reads the sum */
+static cf_tensor *f_add_norm_only(cf_ctx *c, cf_tensor **in, void *arg) {
+    cf_tensor *s;
+    return cf_add_norm(c, in[0], in[1], in[2], *(int *)arg ? NULL : in[3], *(int *)arg, 1e-5f, &s);
+}
+/* the same graph as f_add_norm from the unfused ops */
+static cf_tensor *f_add_then_norm(cf_ctx *c, cf_tensor **in, void *arg) {
+    cf_tensor *s = cf_add(c, in[0], in[1]);
+    cf_tensor *y = *(int *)arg ? cf_rmsnorm(c, s, in[2], 1e-5f) : cf_layernorm(c, s, in[2], in[3], 1e-5f);
+    return cf_add(c, cf_mul(c, y, y), s);
+}
+
+/* outputs and the gradients of x, r, w, b of f, 300 x 200 at 2 threads (every loop threaded) */
+static void run_graph(gc_fn f, int rms, float **xs, float *R, float *got[5]) {
+    enum { ROWS = 300, D = 200 };
+    cf_ctx ctx;
+    CF_ASSERT(cf_ctx_init(&ctx, (size_t)1 << 28, 64) == 0, "%s", cf_error_msg());
+    int saved = cf_num_threads();
+    cf_set_num_threads(2);
+    cf_ctx_begin(&ctx, 0);
+    cf_tensor *t[4];
+    for (int i = 0; i < 4; i++)
+        t[i] = i < 2 ? cf_tensor_leaf(&ctx, xs[i], 2, (int[]){ROWS, D}, 1) : cf_tensor_leaf(&ctx, xs[i], 1, (int[]){D}, 1);
+    cf_tensor *y = f(&ctx, t, &rms);
+    cf_backward(&ctx, y, R);
+    got[0] = malloc(sizeof(float) * ROWS * D);
+    memcpy(got[0], y->data, sizeof(float) * ROWS * D);
+    for (int i = 0; i < 4; i++) {
+        got[i + 1] = calloc((size_t)t[i]->numel, sizeof(float));
+        if (t[i]->grad) memcpy(got[i + 1], t[i]->grad, sizeof(float) * t[i]->numel);
+    }
+    cf_set_num_threads(saved);
+    cf_ctx_free(&ctx);
+}
+
+static void check_add_norm_bits(int rms) {
+    enum { ROWS = 300, D = 200 };
+    static const char *what[5] = {"y", "dx", "dr", "dw", "db"};
+    float *xs[4], *R = malloc(sizeof(float) * ROWS * D), *a[5], *b[5];
+    for (int i = 0; i < 4; i++) {
+        int64_t n = i < 2 ? ROWS * D : D;
+        xs[i] = malloc(sizeof(float) * n);
+        t_fill_uniform(xs[i], n, i == 2 ? 0.5f : -1, i == 2 ? 1.5f : 1, 40 + i);
+    }
+    t_fill_uniform(R, ROWS * D, -1, 1, 45);
+    run_graph(f_add_norm, rms, xs, R, a);
+    run_graph(f_add_then_norm, rms, xs, R, b);
+    for (int i = 0; i < 5; i++) {
+        int64_t n = i < 3 ? ROWS * D : D;
+        if (!(rms && i == 4))
+            CHECK(memcmp(a[i], b[i], sizeof(float) * n) == 0, "add_norm %s: %s differs from add then norm",
+                  rms ? "rmsnorm" : "layernorm", what[i]);
+        free(a[i]);
+        free(b[i]);
+    }
+    for (int i = 0; i < 4; i++) free(xs[i]);
+    free(R);
 }
 
 /* naive double references; rms != 0 selects rmsnorm (b ignored) */
@@ -187,6 +254,16 @@ int main(void) {
     gradcheck("layernorm params only", f_ln, NULL, ln_params, 3, 1e-2f, 1e-3);
     gradcheck("layernorm x only", f_ln, NULL, ln_x, 3, 1e-2f, 1e-3);
     gradcheck("rmsnorm x only", f_rms, NULL, ln_x, 2, 1e-2f, 1e-3);
+
+    float r[78];
+    t_fill_uniform(r, 78, -2, 2, 4);
+    gc_input an[4] = {{x, 3, {3, 2, 13}, 1}, {r, 3, {3, 2, 13}, 1}, {w, 1, {13}, 1}, {b, 1, {13}, 1}};
+    for (int rms = 0; rms <= 1; rms++) {
+        gradcheck(rms ? "add + rmsnorm, sum read twice" : "add + layernorm, sum read twice", f_add_norm, &rms, an,
+                  rms ? 3 : 4, 1e-2f, 1e-3);
+        gradcheck(rms ? "add + rmsnorm" : "add + layernorm", f_add_norm_only, &rms, an, rms ? 3 : 4, 1e-2f, 1e-3);
+        check_add_norm_bits(rms);
+    }
 
     check_standardised();
     for (int rms = 0; rms <= 1; rms++) {

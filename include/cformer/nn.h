@@ -64,6 +64,8 @@ cf_tensor *cf_linear_apply(cf_ctx *ctx, const cf_linear_layer *l, cf_tensor *x);
 /* src/nn/norm.c */
 void       cf_norm_decl(cf_norm_layer *n, cf_params *p, const char *prefix, int d, cf_norm_kind kind, float eps);
 cf_tensor *cf_norm_apply(cf_ctx *ctx, const cf_norm_layer *n, cf_tensor *x);
+/* n(x + r), the sum x + r into *sum, in one pass (cf_add_norm) */
+cf_tensor *cf_norm_add_apply(cf_ctx *ctx, const cf_norm_layer *n, cf_tensor *x, cf_tensor *r, cf_tensor **sum);
 /* src/nn/mlp.c */
 void       cf_mlp_decl(cf_mlp_layer *m, cf_params *p, const char *prefix, int d, int d_ff, cf_act_kind act, int bias);
 /* the same, gated (glu): fc, up [d_ff, d] and proj [d, d_ff] */

@@ -48,6 +48,10 @@ cf_tensor *cf_cross_entropy(cf_ctx *ctx, cf_tensor *logits, const int32_t *targe
 /* ---- src/ops/norm.c ------------------------------------------------------------------------- */
 cf_tensor *cf_layernorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b, float eps);
 cf_tensor *cf_rmsnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, float eps);
+/* y = norm(x + r) (rmsnorm when rms, else layernorm with bias b, which may be NULL) in one pass, the
+ * sum x + r into *sum: what cf_add then the norm compute, with the same bits and nodes */
+cf_tensor *cf_add_norm(cf_ctx *ctx, cf_tensor *x, cf_tensor *r, cf_tensor *w, cf_tensor *b, int rms, float eps,
+                       cf_tensor **sum);
 
 /* ---- src/ops/embedding.c -------------------------------------------------------------------- */
 /* gather rows of table [V, D] by ids (shape ids_shape, ndim <= 3) -> [ids_shape..., D];

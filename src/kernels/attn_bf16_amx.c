@@ -44,7 +44,7 @@ static TARGET void pack_a(uint32_t *abuf, int np16, const uint32_t *a, int64_t a
             __m512i r[16];
             for (int q = 0; q < 16; q++)
                 r[q] = p + q < np ? _mm512_loadu_si512(a + r0 + (p + q) * acs) : _mm512_setzero_si512();
-            cf_bf16_transpose16(r);
+            cf_transpose16(r);
             for (int i = 0; i < 16; i++) _mm512_store_si512(abuf + i * np16 + p, r[i]);
         }
     } else {

@@ -21,6 +21,7 @@
 #include "cformer/core.h"
 #include "attn_geom.h"
 #include "block_gemm.h"
+#include "transpose16.h"
 
 /* 64 x 64 blocks: the packed K^T block (Dh x 64 floats, 16 KB at Dh 64) stays in L1 while the score
  * tile is built, a 64-wide score row is four AVX-512 vectors, and the keys of a row that it may see
@@ -30,42 +31,61 @@
 #define BK 64                        /* keys per block */
 #define LOG2E 1.44269504088896341f
 
-/* S[r][0..BK) = sum_d A[r*lda + d] Bt[d][0..BK) for r < rows (a multiple of 4). Bt is a packed
- * transposed block, so a score row is built from broadcasts of A and vector loads of Bt: the
- * 4 x 64 tile stays in 16 registers for the whole d loop. */
-static inline void nt_block(int rows, int dh, const float *a, int lda, const float *bt, float *s) {
+#ifdef __AVX512F__
+/* 4 rows by nv vectors of a score block (see nt_block_cols); inlined with nv constant, so that the
+ * 4 x nv accumulators stay in registers */
+static inline __attribute__((always_inline)) void nt_tile(int nv, int dh, const float *a, int lda, const float *bt,
+                                                          float *s) {
+    __m512 c[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int v = 0; v < nv; v++) c[i][v] = _mm512_setzero_ps();
+    for (int d = 0; d < dh; d++) {
+        const float *b = bt + (int64_t)d * BK;
+        __m512 bv[4];
+        for (int v = 0; v < nv; v++) bv[v] = _mm512_load_ps(b + 16 * v);
+        for (int i = 0; i < 4; i++) {
+            __m512 x = _mm512_set1_ps(a[(int64_t)i * lda + d]);
+            for (int v = 0; v < nv; v++) c[i][v] = _mm512_fmadd_ps(x, bv[v], c[i][v]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int v = 0; v < nv; v++) _mm512_store_ps(s + (int64_t)i * BK + 16 * v, c[i][v]);
+}
+#endif
+
+/* S[r][0..cols) = sum_d A[r*lda + d] Bt[d][0..cols) for r < rows (a multiple of 4), cols a multiple
+ * of 16 up to BK; columns [cols, BK) of S are left as they were. Bt is a packed transposed block,
+ * so a score row is built from broadcasts of A and vector loads of Bt: the 4 x 64 tile stays in 16
+ * registers for the whole d loop. The causal kernels pass fewer columns for the rows left of the
+ * diagonal, whose other scores are masked anyway. */
+static inline void nt_block_cols(int rows, int cols, int dh, const float *a, int lda, const float *bt, float *s) {
 #ifdef __AVX512F__
     for (int r = 0; r < rows; r += 4) {
-        const float *a0 = a + (int64_t)r * lda;
-        __m512 c[4][4];
-        for (int i = 0; i < 4; i++)
-            for (int v = 0; v < 4; v++) c[i][v] = _mm512_setzero_ps();
-        for (int d = 0; d < dh; d++) {
-            const float *b = bt + (int64_t)d * BK;
-            __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
-            __m512 b2 = _mm512_load_ps(b + 32), b3 = _mm512_load_ps(b + 48);
-            for (int i = 0; i < 4; i++) {
-                __m512 x = _mm512_set1_ps(a0[(int64_t)i * lda + d]);
-                c[i][0] = _mm512_fmadd_ps(x, b0, c[i][0]);
-                c[i][1] = _mm512_fmadd_ps(x, b1, c[i][1]);
-                c[i][2] = _mm512_fmadd_ps(x, b2, c[i][2]);
-                c[i][3] = _mm512_fmadd_ps(x, b3, c[i][3]);
-            }
+        const float *ar = a + (int64_t)r * lda;
+        float *sr = s + (int64_t)r * BK;
+        switch (cols / 16) {
+        case 1: nt_tile(1, dh, ar, lda, bt, sr); break;
+        case 2: nt_tile(2, dh, ar, lda, bt, sr); break;
+        case 3: nt_tile(3, dh, ar, lda, bt, sr); break;
+        default: nt_tile(4, dh, ar, lda, bt, sr); break;
         }
-        for (int i = 0; i < 4; i++)
-            for (int v = 0; v < 4; v++) _mm512_store_ps(s + (int64_t)(r + i) * BK + 16 * v, c[i][v]);
     }
 #else
     for (int r = 0; r < rows; r++) {
         float *sr = s + (int64_t)r * BK;
-        for (int j = 0; j < BK; j++) sr[j] = 0;
+        for (int j = 0; j < cols; j++) sr[j] = 0;
         for (int d = 0; d < dh; d++) {
             float x = a[(int64_t)r * lda + d];
             const float *b = bt + (int64_t)d * BK;
-            for (int j = 0; j < BK; j++) sr[j] += x * b[j];
+            for (int j = 0; j < cols; j++) sr[j] += x * b[j];
         }
     }
 #endif
+}
+
+/* the whole score block, S[r][0..BK) */
+static inline void nt_block(int rows, int dh, const float *a, int lda, const float *bt, float *s) {
+    nt_block_cols(rows, BK, dh, a, lda, bt, s);
 }
 
 #ifdef __AVX512F__
@@ -139,6 +159,30 @@ static inline float pack_do_row(float *dst, const float *dout, const float *o, i
 /* column j of a transposed [dh, BK] block: row j of the source */
 static inline void pack_t_col(float *blk, int j, const float *row, int dh) {
     for (int d = 0; d < dh; d++) blk[(int64_t)d * BK + j] = row[d];
+}
+
+/* dst[c*BK + r] = src[r*lds + c] for c < cols and r < BK, 32-bit elements (floats, or bf16 pairs),
+ * rows r >= n read as zero: a block of BK rows transposed into the [cols, BK] layout of K^T and V^T.
+ * With AVX-512, 16 x 16 pieces are transposed in registers, a scalar scatter otherwise. */
+static inline void pack_t_block(void *dst, const void *src, int64_t lds, int n, int cols) {
+    char *d8 = dst;
+    const char *s8 = src;
+    int c0 = 0;
+#ifdef __AVX512F__
+    for (; c0 + 16 <= cols; c0 += 16)
+        for (int r0 = 0; r0 < BK; r0 += 16) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = r0 + i < n ? _mm512_loadu_si512(s8 + 4 * ((int64_t)(r0 + i) * lds + c0)) : _mm512_setzero_si512();
+            cf_transpose16(r);
+            for (int i = 0; i < 16; i++) _mm512_store_si512(d8 + 4 * ((int64_t)(c0 + i) * BK + r0), r[i]);
+        }
+#endif
+    for (int c = c0; c < cols; c++)
+        for (int r = 0; r < BK; r++) {
+            if (r < n) memcpy(d8 + 4 * ((int64_t)c * BK + r), s8 + 4 * ((int64_t)r * lds + c), 4);
+            else memset(d8 + 4 * ((int64_t)c * BK + r), 0, 4);
+        }
 }
 
 /* zero the padding columns [n, BK) of a transposed [dh, BK] block */
@@ -321,7 +365,8 @@ static inline float out_row(float *o, const float *acc, int dh, float m, float l
 
 /* One row of the attention backward over a 64-key block: P = 2^(S - L) on visible keys (bit j of
  * vis), then dS = P (dP - D), with the dropout mask z (NULL: none) applied as P' = P z and
- * dP = dP' z. On return s holds P' (for dV) and dp holds dS; both zero when vis = 0. */
+ * dP = dP' z. On return s holds P' (for dV) and dp holds dS, both zero on the keys not visible
+ * (whose s and dp need not be finite: the causal kernels leave them unset). */
 static inline void ds_row(float *s, float *dp, uint64_t vis, float lse, float dd, const float *z) {
     if (!vis) {
         memset(s, 0, BK * sizeof(float));
@@ -340,31 +385,71 @@ static inline void ds_row(float *s, float *dp, uint64_t vis, float lse, float dd
             gv = _mm512_mul_ps(gv, zv);
         }
         _mm512_store_ps(s + 16 * v, pd);
-        _mm512_store_ps(dp + 16 * v, _mm512_mul_ps(pv, _mm512_sub_ps(gv, dv)));
+        _mm512_store_ps(dp + 16 * v, _mm512_maskz_mul_ps((__mmask16)(vis >> (16 * v)), pv, _mm512_sub_ps(gv, dv)));
     }
 #else
     for (int j = 0; j < BK; j++) {
         float pj = (vis >> j) & 1 ? exp2f(s[j] - lse) : 0.0f, gj = dp[j], pd = pj;
         if (z) { pd = pj * z[j]; gj *= z[j]; }
         s[j] = pd;
-        dp[j] = pj * (gj - dd);
+        dp[j] = (vis >> j) & 1 ? pj * (gj - dd) : 0.0f;
     }
 #endif
 }
 
+/* ---- causal trimming of a block pair ------------------------------------------------------------
+ * A block pair that the causal diagonal crosses is worked in groups of 16 query rows and of 16
+ * keys: query group i sees keys [0, keys[i]) of the block, and key group j is seen by query rows
+ * [first[j], nq) only. The score tiles then stop at the diagonal (rounded up to 16 columns) and the
+ * products skip the parts of P and dS above it, about 40% of a diagonal block; every term skipped
+ * is an exact zero, so the sums are the same. A pair the diagonal does not cross has keys[i] = nk
+ * for the groups with rows and first[j] = 0. */
+typedef struct pair_span {
+    int keys[BQ / 16];               /* keys of the block that query rows [16 i, 16 i + 16) may see */
+    int first[BK / 16];              /* the first query row (even) that sees keys [16 j, 16 j + 16); nq: none */
+} pair_span;
+
+/* columns of the score tiles that cover `keys` keys */
+static inline int span_cols(int keys) { return (keys + 15) & ~15; }
+
+/* rows of query group i among rows (a multiple of 4): 16, fewer in the last group, 0 past it */
+static inline int group_rows(int i, int rows) {
+    int n = rows - 16 * i;
+    return n < 0 ? 0 : n < 16 ? n : 16;
+}
+
 /* The products of a block pair once rows [0, nq) of P' (w->p) and dS (w->ds) are formed: with
  * want_kv, dV += P'^T dO and dK += dS^T (scale Q) into w->dvacc and w->dkacc; with dqacc,
- * dQ += dS K there. qs and dos are the query block (rows of Dh), krows the key block's K rows. */
-static inline void bwd_pair_products(attn_bufs *w, int nq, int rows, int nk, int dh, const float *qs,
-                                     const float *dos, const float *krows, int want_kv, float *dqacc) {
+ * dQ += dS K there. qs and dos are the query block (rows of Dh), krows the key block's K rows; sp
+ * the parts of the pair that are not zero. */
+static inline void bwd_pair_products_span(attn_bufs *w, int nq, int rows, int nk, int dh, const float *qs,
+                                          const float *dos, const float *krows, int want_kv, float *dqacc,
+                                          const pair_span *sp) {
     zero_pad_rows(w->p, nq, rows);
     zero_pad_rows(w->ds, nq, rows);
-    if (want_kv) {
-        int kr = round4(nk);
-        cf_block_gemm(kr, dh, w->p, 1, BK, nq, dos, dh, w->dvacc, dh, NULL);
-        cf_block_gemm(kr, dh, w->ds, 1, BK, nq, qs, dh, w->dkacc, dh, NULL);
-    }
-    if (dqacc) cf_block_gemm(rows, dh, w->ds, BK, 1, nk, krows, dh, dqacc, dh, NULL);
+    if (want_kv)
+        for (int j = 0; j < BK / 16; j++) {
+            int kn = group_rows(j, round4(nk)), f = sp->first[j];
+            if (!kn || f >= nq) continue;
+            int64_t at = (int64_t)f * BK + 16 * j;
+            cf_block_gemm(kn, dh, w->p + at, 1, BK, nq - f, dos + (int64_t)f * dh, dh, w->dvacc + 16 * j * dh, dh, NULL);
+            cf_block_gemm(kn, dh, w->ds + at, 1, BK, nq - f, qs + (int64_t)f * dh, dh, w->dkacc + 16 * j * dh, dh, NULL);
+        }
+    if (dqacc)
+        for (int i = 0; i < BQ / 16; i++) {
+            int rn = group_rows(i, rows);
+            if (rn && sp->keys[i])
+                cf_block_gemm(rn, dh, w->ds + 16 * i * BK, BK, 1, sp->keys[i], krows, dh, dqacc + 16 * i * dh, dh, NULL);
+        }
+}
+
+/* the same for a whole pair (no causal diagonal through it) */
+static inline void bwd_pair_products(attn_bufs *w, int nq, int rows, int nk, int dh, const float *qs,
+                                     const float *dos, const float *krows, int want_kv, float *dqacc) {
+    pair_span sp;
+    for (int i = 0; i < BQ / 16; i++) sp.keys[i] = 16 * i < nq ? nk : 0;
+    for (int j = 0; j < BK / 16; j++) sp.first[j] = 0;
+    bwd_pair_products_span(w, nq, rows, nk, dh, qs, dos, krows, want_kv, dqacc, &sp);
 }
 
 /* Which backward driver. Per item: one thread owns a whole head (or segment) and sums its dQ, dK

@@ -27,7 +27,7 @@ static inline CF_BF16_AVX512 void rows_to_pairs(const float *x, size_t ld, int r
                                                  __m512i r[16]) {
     for (int u = 0; u < 16; u++)
         r[u] = u < rows ? cf_bf16_pairs_along(x + (size_t)u * ld, n) : _mm512_setzero_si512();
-    cf_bf16_transpose16(r);
+    cf_transpose16(r);
 }
 
 static inline int imin(int x, int y) { return x < y ? x : y; }
@@ -105,7 +105,7 @@ void CF_BF16_AVX512 cf_bf16_pack_a_amx(int trans, const float *a, int lda, int m
                     const float *y = pk + 1 < kc ? x + lda : NULL;
                     v[q] = cf_bf16_pairs_across(x, y, cf_bf16_lanes(mr - 16 * h));
                 }
-                cf_bf16_transpose16(v);
+                cf_transpose16(v);
                 for (int r = 0; r < 16; r++) _mm512_store_si512(tile + 32 * (16 * h + r), v[r]);
             }
         }

@@ -94,6 +94,7 @@ extern const cf_bf16_kernel cf_bf16_portable, cf_bf16_avx512bf16, cf_bf16_amx;
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "transpose16.h"
 
 /* what the avx512bf16 kernel and the AVX-512 parts of the AMX kernel are compiled for */
 #define CF_BF16_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -130,28 +131,6 @@ static inline CF_BF16_AVX512 __m512i cf_bf16_pairs_across(const float *x, const 
     return _mm512_permutexvar_epi16(_mm512_load_si512(interleave), v);
 }
 
-/* r[i] holds row i of a 16 x 16 matrix of 32-bit elements; afterwards r[i] holds column i. Four
- * butterfly stages: stage b exchanges bit b of the row and of the column index, between rows i
- * and i + b, with two two-source permutes per pair of rows. */
-static inline CF_BF16_AVX512 void cf_bf16_transpose16(__m512i r[16]) {
-    const __m512i j = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-#pragma GCC unroll 4
-    for (int b = 8; b >= 1; b /= 2) {
-        __mmask16 upper = _mm512_test_epi32_mask(j, _mm512_set1_epi32(b));
-        /* row i keeps its lanes without bit b and takes the others from row i + b, shifted
-         * down by b; row i + b gives the lanes without bit b, shifted up, and keeps the rest */
-        __m512i lo = _mm512_mask_add_epi32(j, upper, j, _mm512_set1_epi32(16 - b));
-        __m512i hi = _mm512_add_epi32(
-            j, _mm512_mask_blend_epi32(upper, _mm512_set1_epi32(b), _mm512_set1_epi32(16)));
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            if (!(i & b)) {
-                __m512i x = r[i], y = r[i + b];
-                r[i] = _mm512_permutex2var_epi32(x, lo, y);
-                r[i + b] = _mm512_permutex2var_epi32(x, hi, y);
-            }
-    }
-}
 #endif
 
 /* the AMX kernel's tile configuration, loaded and released per thread (gemm_bf16_amx.c): palette

@@ -25,12 +25,14 @@ cf_tensor *cf_block_apply(cf_ctx *ctx, const cf_block *b, cf_tensor *x) {
 }
 
 cf_tensor *cf_block_apply_state(cf_ctx *ctx, const cf_block *b, cf_tensor *x, const cf_attn_state *state) {
+    /* each residual add that a norm reads runs fused with it (cf_norm_add_apply) */
+    cf_tensor *s;
     if (b->norm_position == CF_NORM_PRE) {
         cf_tensor *a = cf_attn_apply_state(ctx, &b->attn, cf_norm_apply(ctx, &b->ln1, x), NULL, state);
-        x = cf_add(ctx, x, cf_dropout(ctx, a, b->dropout));
-        return cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, cf_norm_apply(ctx, &b->ln2, x)), b->dropout));
+        cf_tensor *h = cf_norm_add_apply(ctx, &b->ln2, x, cf_dropout(ctx, a, b->dropout), &s);
+        return cf_add(ctx, s, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, h), b->dropout));
     }
     cf_tensor *a = cf_attn_apply_state(ctx, &b->attn, x, NULL, state);
-    x = cf_norm_apply(ctx, &b->ln1, cf_add(ctx, x, cf_dropout(ctx, a, b->dropout)));
-    return cf_norm_apply(ctx, &b->ln2, cf_add(ctx, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, x), b->dropout)));
+    x = cf_norm_add_apply(ctx, &b->ln1, x, cf_dropout(ctx, a, b->dropout), &s);
+    return cf_norm_add_apply(ctx, &b->ln2, x, cf_dropout(ctx, cf_mlp_apply(ctx, &b->mlp, x), b->dropout), &s);
 }

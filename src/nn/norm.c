@@ -19,3 +19,7 @@ cf_tensor *cf_norm_apply(cf_ctx *ctx, const cf_norm_layer *n, cf_tensor *x) {
     return n->kind == CF_NORM_LAYERNORM ? cf_layernorm(ctx, x, n->w, n->b, n->eps)
                                         : cf_rmsnorm(ctx, x, n->w, n->eps);
 }
+
+cf_tensor *cf_norm_add_apply(cf_ctx *ctx, const cf_norm_layer *n, cf_tensor *x, cf_tensor *r, cf_tensor **sum) {
+    return cf_add_norm(ctx, x, r, n->w, n->b, n->kind != CF_NORM_LAYERNORM, n->eps, sum);
+}

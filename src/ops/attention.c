@@ -58,8 +58,12 @@ typedef struct geom {
     int alibi;                       /* ALiBi biases (query i at key position i + off) */
     float scale;
     attn_dropout drop;
-    /* Packed once per call (arena, given back on return), so that no block is repacked for each
-     * pair it meets. Padding rows of qs, dos, dd and padding columns of kt, vt are zero. */
+    int fresh;                       /* backward: dq, dk, dv are new buffers, written (=), not added to */
+    /* Packed blocks of the heads [bh0, ...): of every head, once per call (arena, given back on
+     * return; the two-pass backward), or of one head at a time in a thread's workspace, packed just
+     * before its blocks are used (forward, per-head backward), so that they are still in that
+     * core's cache. Padding rows of qs, dos, dd and padding columns of kt, vt are zero. */
+    int64_t bh0;
     float *qs, *dos;                 /* [B*H, nqb*BQ, Dh] scale log2(e) Q, and dO (backward) */
     float *dd;                       /* [B*H, nqb*BQ] D = dO . O (backward) */
     float *kt, *vt;                  /* [B*H, nkb, Dh, BK] K^T and V^T (V^T backward) */
@@ -73,19 +77,25 @@ typedef struct geom {
     uint32_t *rows16;                /* [B*H, nkb, BK/2, Dh] V (forward) or K (backward) by pairs of rows */
 } geom;
 
-/* One thread's workspace, the block-pair buffers and with bf16 the block of bf16 pairs that P' or
- * dS is packed into (*pk), carved from base (NULL: only counted); returns its size in floats */
-static size_t ws_layout(attn_bufs *w, uint32_t **pk, float *base, int dh, int acc_rows, int bf16) {
+static void packed_take(ws_carver *c, geom *g, int64_t heads, int backward);
+
+/* One thread's workspace: the block-pair buffers, with bf16 the block of bf16 pairs that P' or dS
+ * is packed into (*pk), and with local the packed blocks of one head, into lg's pointers (lg is the
+ * thread's copy of the geometry); carved from base (NULL: only counted); returns its size in
+ * floats */
+static size_t ws_layout(attn_bufs *w, uint32_t **pk, geom *lg, int local, int backward, float *base, int acc_rows) {
     ws_carver c = {base, 0};
-    attn_bufs_take(&c, w, dh, acc_rows);
-    *pk = bf16 ? ws_take(&c, BQ * BK / 2) : NULL;
+    attn_bufs_take(&c, w, lg->Dh, acc_rows);
+    *pk = lg->bk ? ws_take(&c, BQ * BK / 2) : NULL;
+    if (local) packed_take(&c, lg, 1, backward);
     return c.floats;
 }
 
-static size_t ws_floats(int dh, int acc_rows, int bf16) {
+static size_t ws_floats(const geom *g, int local, int backward, int acc_rows) {
     attn_bufs w;
     uint32_t *pk;
-    return ws_layout(&w, &pk, NULL, dh, acc_rows, bf16);
+    geom lg = *g;
+    return ws_layout(&w, &pk, &lg, local, backward, NULL, acc_rows);
 }
 
 /* ---- masks and packing ------------------------------------------------------------------------ */
@@ -115,16 +125,58 @@ static int pair_live(const geom *g, uint64_t keep, int q0, int nq, int k0) {
     return keep && (!g->causal || (int64_t)k0 <= (int64_t)q0 + nq - 1 + g->off);
 }
 
+/* the causal trimming of the pair of the query block at q0 (nq rows) and the key block at k0 (nk
+ * keys); the whole pair when not causal */
+static pair_span span_of(const geom *g, int q0, int nq, int k0, int nk) {
+    pair_span sp;
+    for (int i = 0; i < BQ / 16; i++) {
+        int last = 16 * i + 15 < nq ? 16 * i + 15 : nq - 1;
+        int64_t see = g->causal ? (int64_t)q0 + last + g->off - k0 + 1 : nk;
+        sp.keys[i] = 16 * i >= nq || see <= 0 ? 0 : see > nk ? nk : (int)see;
+    }
+    for (int j = 0; j < BK / 16; j++) {
+        int64_t f = g->causal ? (int64_t)k0 + 16 * j - g->off - q0 : 0;
+        sp.first[j] = f <= 0 ? 0 : f >= nq ? nq : (int)(f & ~1);
+    }
+    return sp;
+}
+
 /* the packed blocks of (b*H + h, block) */
 static float *qblk(const geom *g, float *base, int64_t bh, int qb) {
-    return base + (bh * g->nqb + qb) * (int64_t)BQ * g->Dh;
+    return base + ((bh - g->bh0) * g->nqb + qb) * (int64_t)BQ * g->Dh;
 }
 static float *kblk(const geom *g, float *base, int64_t bh, int kb) {
-    return base + (bh * g->nkb + kb) * (int64_t)BK * g->Dh;
+    return base + ((bh - g->bh0) * g->nkb + kb) * (int64_t)BK * g->Dh;
 }
 /* the same for bf16 pairs: block b of nb per head */
 static uint32_t *blk16(const geom *g, uint32_t *base, int64_t bh, int b, int nb) {
-    return base + (bh * nb + b) * (int64_t)BQ * g->Dh / 2;
+    return base + ((bh - g->bh0) * nb + b) * (int64_t)BQ * g->Dh / 2;
+}
+/* D of the query block */
+static float *ddblk(const geom *g, int64_t bh, int qb) { return g->dd + ((bh - g->bh0) * g->nqb + qb) * BQ; }
+
+/* Carve the packed buffers of `heads` heads for forward or backward (backward) from c, into g's
+ * pointers (counting only when c has no base). */
+static void packed_take(ws_carver *c, geom *g, int64_t heads, int backward) {
+    size_t q = (size_t)heads * g->nqb * BQ * g->Dh, k = (size_t)heads * g->nkb * BK * g->Dh;
+    if (g->bk) {
+        g->q16 = ws_take(c, q / 2);
+        g->kt16 = ws_take(c, k / 2);
+        g->rows16 = ws_take(c, k / 2);
+        if (!backward) return;
+        g->qp16 = ws_take(c, q / 2);
+        g->do16 = ws_take(c, q / 2);
+        g->dop16 = ws_take(c, q / 2);
+        g->vt16 = ws_take(c, k / 2);
+    } else {
+        g->qs = ws_take(c, q);
+        g->kt = ws_take(c, k);
+        g->rows = ws_take(c, k);
+        if (!backward) return;
+        g->dos = ws_take(c, q);
+        g->vt = ws_take(c, k);
+    }
+    g->dd = ws_take(c, (size_t)heads * g->nqb * BQ);
 }
 
 /* bf16: query block qb of head bh as rows and by pairs of rows (Q; with dO, dO and D too), padding
@@ -144,7 +196,7 @@ static void pack_q16(const geom *g, int64_t bh, int qb, int with_do) {
     rows = blk16(g, g->do16, bh, qb, g->nqb);
     g->bk->rows(dout, g->so, nq, dh, rows, dh / 2);
     memset(rows + (int64_t)nq * dh / 2, 0, (size_t)(half - (int64_t)nq * dh / 2) * sizeof(uint32_t));
-    float *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    float *dd = ddblk(g, bh, qb);
     memset(dd, 0, sizeof(float) * BQ);
     for (int i = 0; i < nq; i++) {
         const uint32_t *pr = rows + (int64_t)i * dh / 2;
@@ -161,8 +213,7 @@ static void pack_t16(const geom *g, uint32_t *out, const float *x, int64_t strid
     int dh2 = g->Dh / 2;
     uint32_t tmp[BK * dh2];
     g->bk->rows(x, stride, n, g->Dh, tmp, dh2);
-    for (int d = 0; d < dh2; d++)
-        for (int j = 0; j < BK; j++) out[(int64_t)d * BK + j] = j < n ? tmp[j * dh2 + d] : 0;
+    pack_t_block(out, tmp, dh2, n, dh2);
 }
 
 /* bf16: key block kb of head bh, K^T (and V^T backward) by pairs of Dh, and V (forward) or K
@@ -185,19 +236,13 @@ static void pack_q(const geom *g, int64_t bh, int qb, int with_do) {
     for (int i = 0; i < nq; i++)
         pack_q_row(qs + (int64_t)i * dh, g->q + (r0 + i) * g->sq + (int64_t)h * dh, dh, g->scale);
     if (!with_do) return;
-    float *dos = qblk(g, g->dos, bh, qb), *dd = g->dd + (bh * g->nqb + qb) * BQ;
+    float *dos = qblk(g, g->dos, bh, qb), *dd = ddblk(g, bh, qb);
     memset(dos, 0, sizeof(float) * BQ * dh);
     memset(dd, 0, sizeof(float) * BQ);
     for (int i = 0; i < nq; i++) {
         int64_t at = (r0 + i) * g->so + (int64_t)h * dh;
         dd[i] = pack_do_row(dos + (int64_t)i * dh, g->dout + at, g->o + at, dh);
     }
-}
-
-/* dst[d][j] = row j of src, column d; columns [n, BK) zero */
-static void pack_t(float *dst, const float *src, int64_t stride, int n, int dh) {
-    zero_pad_cols(dst, n, dh);
-    for (int j = 0; j < n; j++) pack_t_col(dst, j, src + j * stride, dh);
 }
 
 /* Key block kb of head bh: K^T, and the rows the output-side product reads (forward V for P V;
@@ -210,10 +255,16 @@ static void pack_k(const geom *g, int64_t bh, int kb, int backward) {
     int64_t r0 = (int64_t)b * g->Tk + k0, c0 = (int64_t)h * dh;
     const float *k = g->k + r0 * g->sk + c0, *v = g->v + r0 * g->sv + c0, *src = backward ? k : v;
     int64_t stride = backward ? g->sk : g->sv;
-    pack_t(kblk(g, g->kt, bh, kb), k, g->sk, nk, dh);
-    if (backward) pack_t(kblk(g, g->vt, bh, kb), v, g->sv, nk, dh);
+    pack_t_block(kblk(g, g->kt, bh, kb), k, g->sk, nk, dh);
+    if (backward) pack_t_block(kblk(g, g->vt, bh, kb), v, g->sv, nk, dh);
     float *dst = kblk(g, g->rows, bh, kb);
     for (int j = 0; j < nk; j++) memcpy(dst + (int64_t)j * dh, src + j * stride, sizeof(float) * dh);
+}
+
+/* query blocks [qa, qz) and key blocks [0, kz) of head bh, into g's buffers */
+static void pack_head(const geom *g, int64_t bh, int qa, int qz, int kz, int backward) {
+    for (int qb = qa; qb < qz; qb++) (g->bk ? pack_q16 : pack_q)(g, bh, qb, backward);
+    for (int kb = 0; kb < kz; kb++) (g->bk ? pack_k16 : pack_k)(g, bh, kb, backward);
 }
 
 /* every block of every head, inside a parallel region (each item writes its own blocks) */
@@ -259,41 +310,66 @@ static void fwd_softmax_block(const geom *g, attn_bufs *w, int64_t bh, int q0, i
     zero_pad_rows(w->p, nq, rows);
 }
 
-/* bf16: s[0..rows) x BK = the base-2 scores of query block qb against key block kb, and, when dp
- * is not NULL, dP' = dO V^T into dp */
-static void scores16(const geom *g, int64_t bh, int qb, int kb, int rows, float *s, float *dp) {
+/* s[0..rows) x BK = the base-2 scores of query block qb against key block kb, and, when dp is not
+ * NULL, dP' = dO V^T into dp; each group of 16 rows only up to the keys it sees (sp) */
+static void scores(const geom *g, int64_t bh, int qb, int kb, int rows, const pair_span *sp, float *s, float *dp) {
     int dh = g->Dh;
-    const uint32_t *kt = blk16(g, g->kt16, bh, kb, g->nkb);
-    g->bk->gemm(rows, BK, blk16(g, g->q16, bh, qb, g->nqb), dh / 2, 1, dh / 2, kt, BK, s, BK, NULL, g->scale * LOG2E);
-    if (dp)
-        g->bk->gemm(rows, BK, blk16(g, g->do16, bh, qb, g->nqb), dh / 2, 1, dh / 2, blk16(g, g->vt16, bh, kb, g->nkb),
-                    BK, dp, BK, NULL, 1.0f);
+    for (int i = 0; i < BQ / 16; i++) {
+        int rn = group_rows(i, rows), cols = span_cols(sp->keys[i]);
+        if (!rn || !cols) continue;
+        int64_t r0 = 16 * i;
+        if (g->bk) {
+            const uint32_t *q = blk16(g, g->q16, bh, qb, g->nqb) + r0 * dh / 2;
+            g->bk->gemm(rn, cols, q, dh / 2, 1, dh / 2, blk16(g, g->kt16, bh, kb, g->nkb), BK, s + r0 * BK, BK, NULL,
+                        g->scale * LOG2E);
+            if (dp)
+                g->bk->gemm(rn, cols, blk16(g, g->do16, bh, qb, g->nqb) + r0 * dh / 2, dh / 2, 1, dh / 2,
+                            blk16(g, g->vt16, bh, kb, g->nkb), BK, dp + r0 * BK, BK, NULL, 1.0f);
+        } else {
+            nt_block_cols(rn, cols, dh, qblk(g, g->qs, bh, qb) + r0 * dh, dh, kblk(g, g->kt, bh, kb), s + r0 * BK);
+            if (dp) nt_block_cols(rn, cols, dh, qblk(g, g->dos, bh, qb) + r0 * dh, dh, kblk(g, g->vt, bh, kb), dp + r0 * BK);
+        }
+    }
 }
 
 /* bf16: acc[0..rows) x Dh = cs acc + X Y, X the [rows, BK] block x (P or dS) by pairs of keys and
- * Y the nk rows of the key block (V forward, K backward) */
-static void rows_product16(const geom *g, uint32_t *pk, const float *x, int rows, int64_t bh, int kb, int nk,
-                           float *acc, const float *cs) {
+ * Y the rows of the key block (V forward, K backward), each group of 16 rows only up to the keys
+ * it sees (sp); a group that sees none keeps its acc, its cs being 1 */
+static void rows_product16(const geom *g, uint32_t *pk, const float *x, int rows, int64_t bh, int kb,
+                           const pair_span *sp, float *acc, const float *cs) {
+    int dh = g->Dh;
     g->bk->rows(x, BK, rows, BK, pk, BK / 2);
-    g->bk->gemm(rows, g->Dh, pk, BK / 2, 1, (nk + 1) / 2, blk16(g, g->rows16, bh, kb, g->nkb), g->Dh, acc, g->Dh, cs,
-                0.0f);
+    for (int i = 0; i < BQ / 16; i++) {
+        int rn = group_rows(i, rows);
+        if (rn && sp->keys[i])
+            g->bk->gemm(rn, dh, pk + 16 * i * BK / 2, BK / 2, 1, (sp->keys[i] + 1) / 2, blk16(g, g->rows16, bh, kb, g->nkb),
+                        dh, acc + 16 * i * dh, dh, cs ? cs + 16 * i : NULL, 0.0f);
+    }
 }
 
 static void fwd_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, float *out) {
     int dh = g->Dh, b = (int)(bh / g->H), h = (int)(bh % g->H), q0 = qb * BQ, nq = blen(g->Tq, q0, BQ);
     int rows = round4(nq);
-    const float *qs = g->bk ? NULL : qblk(g, g->qs, bh, qb);
     online_start(w, nq, rows, dh);
     for (int kb = 0; kb < g->nkb; kb++) {
         int k0 = kb * BK, nk = blen(g->Tk, k0, BK);
         uint64_t keep = keep_bits(g, b, k0, nk);
         if (!pair_live(g, keep, q0, nq, k0)) continue;
-        if (g->bk) scores16(g, bh, qb, kb, rows, w->p, NULL);
-        else nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
+        pair_span sp = span_of(g, q0, nq, k0, nk);
+        scores(g, bh, qb, kb, rows, &sp, w->p, NULL);
         if (g->alibi) alibi_block(g, w->p, h, q0, nq, k0);
         fwd_softmax_block(g, w, bh, q0, nq, rows, k0, keep);
-        if (g->bk) rows_product16(g, pk, w->p, rows, bh, kb, nk, w->acc, w->alpha);
-        else cf_block_gemm(rows, dh, w->p, BK, 1, nk, kblk(g, g->rows, bh, kb), dh, w->acc, dh, w->alpha);
+        if (g->bk) {
+            rows_product16(g, pk, w->p, rows, bh, kb, &sp, w->acc, w->alpha);
+            continue;
+        }
+        /* a group that sees no key of the block has alpha 1: its acc stays as it is */
+        for (int i = 0; i < BQ / 16; i++) {
+            int rn = group_rows(i, rows);
+            if (rn && sp.keys[i])
+                cf_block_gemm(rn, dh, w->p + 16 * i * BK, BK, 1, sp.keys[i], kblk(g, g->rows, bh, kb), dh,
+                              w->acc + 16 * i * dh, dh, w->alpha + 16 * i);
+        }
     }
     /* a row with no visible key gets L = inf, which makes every recomputed P zero */
     for (int i = 0; i < nq; i++)
@@ -307,54 +383,71 @@ static void fwd_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int
  * into the dV and dK accumulators (want_kv) and dS K into dqacc (when not NULL). */
 /* bf16: bwd_pair_products on bf16 operands, P' and dS packed into pk one after the other */
 static void bwd_products16(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, int kb, int nq, int nk,
-                           int want_kv, float *dqacc) {
+                           const pair_span *sp, int want_kv, float *dqacc) {
     int dh = g->Dh, rows = round4(nq);
     zero_pad_rows(w->p, nq, rows);
     zero_pad_rows(w->ds, nq, rows);
     if (want_kv) {
-        int kr = round4(nk), np = (nq + 1) / 2;
-        g->bk->pairs(w->p, BK, rows, rows, BK, pk, BK);
-        g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->dop16, bh, qb, g->nqb), dh, w->dvacc, dh, NULL, 0.0f);
-        g->bk->pairs(w->ds, BK, rows, rows, BK, pk, BK);
-        g->bk->gemm(kr, dh, pk, 1, BK, np, blk16(g, g->qp16, bh, qb, g->nqb), dh, w->dkacc, dh, NULL, 0.0f);
+        int np = (nq + 1) / 2;
+        for (int x = 0; x < 2; x++) {
+            g->bk->pairs(x ? w->ds : w->p, BK, rows, rows, BK, pk, BK);
+            const uint32_t *y = blk16(g, x ? g->qp16 : g->dop16, bh, qb, g->nqb);
+            float *acc = x ? w->dkacc : w->dvacc;
+            for (int j = 0; j < BK / 16; j++) {
+                int kn = group_rows(j, round4(nk)), f = sp->first[j] / 2;
+                if (kn && sp->first[j] < nq)
+                    g->bk->gemm(kn, dh, pk + (int64_t)f * BK + 16 * j, 1, BK, np - f, y + (int64_t)f * dh, dh,
+                                acc + 16 * j * dh, dh, NULL, 0.0f);
+            }
+        }
     }
-    if (dqacc) rows_product16(g, pk, w->ds, rows, bh, kb, nk, dqacc, NULL);
+    if (dqacc) rows_product16(g, pk, w->ds, rows, bh, kb, sp, dqacc, NULL);
 }
 
 static void bwd_pair(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, int qb, int kb, uint64_t keep,
                      int want_kv, float *dqacc) {
     int dh = g->Dh;
     int q0 = qb * BQ, nq = blen(g->Tq, q0, BQ), rows = round4(nq), k0 = kb * BK, nk = blen(g->Tk, k0, BK);
-    const float *qs = g->bk ? NULL : qblk(g, g->qs, bh, qb), *dos = g->bk ? NULL : qblk(g, g->dos, bh, qb);
-    const float *lse = g->lse + bh * g->Tq + q0, *dd = g->dd + (bh * g->nqb + qb) * BQ;
-    if (g->bk) {
-        scores16(g, bh, qb, kb, rows, w->p, w->ds);
-    } else {
-        nt_block(rows, dh, qs, dh, kblk(g, g->kt, bh, kb), w->p);
-        nt_block(rows, dh, dos, dh, kblk(g, g->vt, bh, kb), w->ds);
-    }
+    const float *lse = g->lse + bh * g->Tq + q0, *dd = ddblk(g, bh, qb);
+    pair_span sp = span_of(g, q0, nq, k0, nk);
+    scores(g, bh, qb, kb, rows, &sp, w->p, w->ds);
     if (g->alibi) alibi_block(g, w->p, (int)(bh % g->H), q0, nq, k0);
     for (int i = 0; i < nq; i++) {
         uint64_t vis = row_bits(g, keep, q0 + i, k0);
         if (vis && g->drop.on) dropout_row(g, w->z, bh, q0 + i, k0);
         ds_row(w->p + (int64_t)i * BK, w->ds + (int64_t)i * BK, vis, lse[i], dd[i], g->drop.on ? w->z : NULL);
     }
-    if (g->bk) bwd_products16(g, w, pk, bh, qb, kb, nq, nk, want_kv, dqacc);
-    else bwd_pair_products(w, nq, rows, nk, dh, qs, dos, kblk(g, g->rows, bh, kb), want_kv, dqacc);
+    if (g->bk) bwd_products16(g, w, pk, bh, qb, kb, nq, nk, &sp, want_kv, dqacc);
+    else bwd_pair_products_span(w, nq, rows, nk, dh, qblk(g, g->qs, bh, qb), qblk(g, g->dos, bh, qb),
+                                kblk(g, g->rows, bh, kb), want_kv, dqacc, &sp);
 }
 
-/* grad rows [r0, r0 + n) of head h += s * acc */
-static void add_rows(float *grad, int64_t stride, int64_t r0, int n, int h, int dh, const float *acc, float s) {
+/* grad rows [r0, r0 + n) of head h += s * acc, or = s * acc when the gradient buffer is fresh
+ * (g->fresh: every element is written exactly once, so it need not be zeroed first) */
+static void add_rows(const geom *g, float *grad, int64_t stride, int64_t r0, int n, int h, const float *acc, float s) {
+    int dh = g->Dh;
     for (int i = 0; i < n; i++) {
         float *gr = grad + (r0 + i) * stride + (int64_t)h * dh;
         const float *a = acc + (int64_t)i * dh;
-        for (int d = 0; d < dh; d++) gr[d] += s * a[d];
+        if (g->fresh)
+            for (int d = 0; d < dh; d++) gr[d] = s * a[d];
+        else
+            for (int d = 0; d < dh; d++) gr[d] += s * a[d];
     }
 }
 
 /* the team for the multiply-adds of one of the matrix products, B H Tq Tk Dh */
 static int team(const geom *g) {
     return team_size((double)g->B * g->H * g->Tq * g->Tk * g->Dh, PAR_MIN_WORK);
+}
+
+/* the key blocks [0, n) that query blocks [0, qz) may see */
+static int key_blocks_seen(const geom *g, int qz) {
+    if (!g->causal) return g->nkb;
+    int64_t last = (int64_t)(qz * BQ < g->Tq ? qz * BQ : g->Tq) - 1 + g->off;   /* the last key seen */
+    if (last < 0) return 0;
+    int n = (int)(last / BK) + 1;
+    return n < g->nkb ? n : g->nkb;
 }
 
 /* first query block whose rows may see key k0 (causal), else 0 */
@@ -383,8 +476,8 @@ static void bwd_kv_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, 
     if (!want_kv) return;
     int64_t r0 = (int64_t)b * g->Tk + k0;
     /* dkacc sums dS against Q as packed: scale log2(e) Q in fp32, Q in bf16 */
-    if (g->dk) add_rows(g->dk, g->sk, r0, nk, h, dh, w->dkacc, g->bk ? g->scale : 1.0f / LOG2E);
-    if (g->dv) add_rows(g->dv, g->sv, r0, nk, h, dh, w->dvacc, 1.0f);
+    if (g->dk) add_rows(g, g->dk, g->sk, r0, nk, h, w->dkacc, g->bk ? g->scale : 1.0f / LOG2E);
+    if (g->dv) add_rows(g, g->dv, g->sv, r0, nk, h, w->dvacc, 1.0f);
 }
 
 /* dQ of query block qb: the sum over key blocks in ascending order */
@@ -397,49 +490,44 @@ static void bwd_q_block(const geom *g, attn_bufs *w, uint32_t *pk, int64_t bh, i
         if (!pair_live(g, keep, q0, nq, k0)) continue;
         bwd_pair(g, w, pk, bh, qb, kb, keep, 0, w->acc);
     }
-    add_rows(g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, dh, w->acc, g->scale);
+    add_rows(g, g->dq, g->sq, (int64_t)b * g->Tq + q0, nq, h, w->acc, g->scale);
 }
 
+/* Per head (use_per_item): a thread packs a head's blocks into its workspace and sums the head's
+ * dQ, dK and dV alone. Two passes: every head's blocks are packed first, since the threads share
+ * them, then dK and dV over key blocks, dQ over query blocks. */
 static void backward_run(cf_ctx *ctx, geom *g) {
     int nt = team(g), bh = g->B * g->H, per_head = use_per_item(bh, nt), kv = g->dk || g->dv;
     int acc_rows = per_head ? g->nqb * BQ : BQ;
-    size_t per = ws_floats(g->Dh, acc_rows, g->bk != NULL), mark = cf_arena_mark(&ctx->arena);
-    size_t qn = (size_t)bh * g->nqb * BQ, kn = (size_t)bh * g->nkb * BK;
-    g->dd = cf_scratch(ctx, qn * sizeof(float));
-    if (g->bk) {
-        size_t qw = qn * g->Dh / 2 * sizeof(uint32_t), kw = kn * g->Dh / 2 * sizeof(uint32_t);
-        g->q16 = cf_scratch(ctx, qw);
-        g->qp16 = cf_scratch(ctx, qw);
-        g->do16 = cf_scratch(ctx, qw);
-        g->dop16 = cf_scratch(ctx, qw);
-        g->kt16 = cf_scratch(ctx, kw);
-        g->vt16 = cf_scratch(ctx, kw);
-        g->rows16 = cf_scratch(ctx, kw);
-    } else {
-        g->qs = cf_scratch(ctx, qn * g->Dh * sizeof(float));
-        g->dos = cf_scratch(ctx, qn * g->Dh * sizeof(float));
-        g->kt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-        g->vt = cf_scratch(ctx, kn * g->Dh * sizeof(float));
-        g->rows = cf_scratch(ctx, kn * g->Dh * sizeof(float));
+    size_t per = ws_floats(g, per_head, 1, acc_rows), mark = cf_arena_mark(&ctx->arena);
+    if (!per_head) {
+        ws_carver c = {NULL, 0};
+        packed_take(&c, g, bh, 1);
+        c.base = cf_scratch(ctx, c.floats * sizeof(float));
+        c.floats = 0;
+        packed_take(&c, g, bh, 1);
     }
     float *base = team_ws(ctx, nt, per);
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         attn_bufs w;
         uint32_t *pk;
-        ws_layout(&w, &pk, thread_ws(base, per), g->Dh, acc_rows, g->bk != NULL);
+        geom lg = *g;
+        ws_layout(&w, &pk, &lg, per_head, 1, thread_ws(base, per), acc_rows);
         if (g->bk && g->bk->begin) g->bk->begin();
-        pack_all(g, 1);
         if (per_head) {
             /* dynamic: padding can make heads unequal; results do not depend on who runs what */
             #pragma omp for schedule(dynamic, 1)
             for (int i = 0; i < bh; i++) {
+                lg.bh0 = i;
+                pack_head(&lg, i, 0, g->nqb, g->nkb, 1);
                 float *dq = g->dq ? w.acc : NULL;
                 if (dq) memset(dq, 0, (size_t)acc_rows * g->Dh * sizeof(float));
-                for (int kb = 0; kb < g->nkb; kb++) bwd_kv_block(g, &w, pk, i, kb, kv, dq);
-                if (dq) add_rows(g->dq, g->sq, (int64_t)(i / g->H) * g->Tq, g->Tq, i % g->H, g->Dh, dq, g->scale);
+                for (int kb = 0; kb < g->nkb; kb++) bwd_kv_block(&lg, &w, pk, i, kb, kv, dq);
+                if (dq) add_rows(g, g->dq, g->sq, (int64_t)(i / g->H) * g->Tq, g->Tq, i % g->H, dq, g->scale);
             }
         } else {
+            pack_all(g, 1);
             if (kv) {
                 #pragma omp for schedule(dynamic, 1)
                 for (int64_t i = 0; i < (int64_t)bh * g->nkb; i++) bwd_kv_block(g, &w, pk, i / g->nkb, (int)(i % g->nkb), 1, NULL);
@@ -528,29 +616,31 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
     size_t mark = cf_arena_mark(&ctx->arena);
     g.lse = keep ? lse : cf_scratch(ctx, lse_bytes);
     int nt = team(&g);
-    size_t per = ws_floats(g.Dh, BQ, g.bk != NULL), bh = (size_t)g.B * g.H;
-    size_t qn = bh * g.nqb * BQ * g.Dh, kn = bh * g.nkb * BK * g.Dh;
-    if (g.bk) {
-        g.q16 = cf_scratch(ctx, qn / 2 * sizeof(uint32_t));
-        g.kt16 = cf_scratch(ctx, kn / 2 * sizeof(uint32_t));
-        g.rows16 = cf_scratch(ctx, kn / 2 * sizeof(uint32_t));
-    } else {
-        g.qs = cf_scratch(ctx, qn * sizeof(float));
-        g.kt = cf_scratch(ctx, kn * sizeof(float));
-        g.rows = cf_scratch(ctx, kn * sizeof(float));
-    }
+    size_t per = ws_floats(&g, 1, 0, BQ);
+    int64_t bh = (int64_t)g.B * g.H;
+    /* Work items: runs of query blocks of one head, about four per thread, each packing the blocks
+     * it reads into its thread's workspace (key blocks that several runs of a head see are packed
+     * by each). */
+    int runs = bh >= 4 * nt ? 1 : (int)((4 * nt + bh - 1) / bh);
+    if (runs > g.nqb) runs = g.nqb;
+    int64_t items = bh * runs;
     float *base = team_ws(ctx, nt, per);
-    int64_t items = (int64_t)bh * g.nqb;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         attn_bufs w;
         uint32_t *pk;
-        ws_layout(&w, &pk, thread_ws(base, per), g.Dh, BQ, g.bk != NULL);
+        geom lg = g;
+        ws_layout(&w, &pk, &lg, 1, 0, thread_ws(base, per), BQ);
         if (g.bk && g.bk->begin) g.bk->begin();
-        pack_all(&g, 0);
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
         #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < items; i++) fwd_block(&g, &w, pk, i / g.nqb, (int)(i % g.nqb), out->data);
+        for (int64_t i = 0; i < items; i++) {
+            int64_t hd = i / runs;
+            int r = (int)(i % runs), qa = r * g.nqb / runs, qz = (r + 1) * g.nqb / runs;
+            lg.bh0 = hd;
+            pack_head(&lg, hd, qa, qz, key_blocks_seen(&g, qz), 0);
+            for (int qb = qa; qb < qz; qb++) fwd_block(&lg, &w, pk, hd, qb, out->data);
+        }
         if (g.bk && g.bk->end) g.bk->end();
     }
     cf_arena_rewind(&ctx->arena, mark);
@@ -588,7 +678,7 @@ void cf_attention_backward(cf_ctx *ctx, cf_node *n) {
     g.o = n->out->data;
     g.dout = n->out->grad;
     if (n->n_in == 1) {
-        float *gq = cf_grad(ctx, n->in[0]);
+        float *gq = cf_grad_nozero(ctx, n->in[0], &g.fresh);
         int64_t c = g.so;
         g.dq = gq;
         g.dk = gq + c;

@@ -7,7 +7,15 @@
  *
  * Threads: outputs and input gradients are parallel over rows (each row is independent); the
  * parameter gradients dw, db are parallel over blocks of columns, each column summed over all rows
- * in row order by one thread, so they are the same bits for any thread count. */
+ * in row order by one thread, so they are the same bits for any thread count.
+ *
+ * Residual add and norm fused (cf_add_norm): s = x + r and y = norm(s) in one pass over each row,
+ * recorded as the add's node and the norm's node, as cf_add then the norm would record them (the
+ * same bits, tape, replays and checkpoints). The norm's node, marked fused, runs the add's backward
+ * too, row by row while the row is in cache: s's gradient (from its other consumers, which ran
+ * first) gains the norm's, then goes into x's and r's, and is released, so that the tape walk
+ * skips the add's node. The profiler charges the fused forward to add and the fused backward to
+ * the norm. */
 #include <math.h>
 #include "cformer/ops.h"
 #include "backward.h"
@@ -67,7 +75,76 @@ static void norm_param_grads(const float *x, const float *dy, const float *mean,
     }
 }
 
+/* ---- the fused residual add's backward ---------------------------------------------------------
+ * A norm node whose iarg[0] is 1 was recorded by cf_add_norm right after the node of the add that
+ * made its input s = x + r (same shapes); n->ptr is that node. */
+
+typedef struct fused_add {
+    float *dx, *dr;                  /* gradients of x and r; NULL: not wanted (or not fused) */
+    int on;
+} fused_add;
+
+static fused_add fused_add_of(cf_ctx *ctx, const cf_node *n) {
+    fused_add fa = {NULL, NULL, 0};
+    const cf_node *add = n->ptr;
+    if (!n->iarg[0] || !add) return fa;
+    fa.on = 1;
+    if (add->in[0]->requires_grad) fa.dx = cf_grad(ctx, add->in[0]);
+    if (add->in[1]->requires_grad) fa.dr = cf_grad(ctx, add->in[1]);
+    return fa;
+}
+
+/* row r of s's gradient, complete now, into x's and r's: the add's backward, one row */
+static void fused_add_row(const fused_add *fa, const float *ds, int64_t r, int D) {
+    if (!fa->on) return;
+    const float *g = ds + r * D;
+    if (fa->dx) for (int j = 0; j < D; j++) fa->dx[r * D + j] += g[j];
+    if (fa->dr) for (int j = 0; j < D; j++) fa->dr[r * D + j] += g[j];
+}
+
+/* s's gradient has gone on: release it, so that the tape walk skips the add's node */
+static void fused_add_done(cf_ctx *ctx, const fused_add *fa, cf_tensor *s) {
+    if (!fa->on) return;
+    cf_grad_release(ctx, s);
+    s->grad = NULL;
+}
+
 /* ---- layernorm: y = w * (x - mean) * rstd + b, rstd = 1/sqrt(var + eps), biased var ---------- */
+
+/* one row of layernorm's forward; its mean and rstd into *m and *rs */
+static void layernorm_row(const float *xr, float *yr, int D, const float *pw, const float *pb, float eps, float *m,
+                          float *rs) {
+    double mu = row_sum(xr, D) / D;
+    double var = row_sq_dev(xr, D, mu) / D;
+    float mf = (float)mu, r = (float)(1.0 / sqrt(var + eps));
+    if (pb) for (int j = 0; j < D; j++) yr[j] = (xr[j] - mf) * r * pw[j] + pb[j];
+    else    for (int j = 0; j < D; j++) yr[j] = (xr[j] - mf) * r * pw[j];
+    *m = mf;
+    *rs = r;
+}
+
+/* one row of layernorm's input gradient: dxr += rstd (g - mean(g) - x̂ mean(g x̂)), g = dy w */
+static void layernorm_row_grad(const float *xr, const float *gr, float *dxr, int D, const float *pw, float mu,
+                               float rs) {
+    double sg[8] = {0}, sgx[8] = {0};
+    int j = 0;
+    for (; j + 8 <= D; j += 8)
+        for (int k = 0; k < 8; k++) {
+            float g = gr[j + k] * pw[j + k];
+            sg[k] += g;
+            sgx[k] += (double)g * ((xr[j + k] - mu) * rs);
+        }
+    for (; j < D; j++) {
+        float g = gr[j] * pw[j];
+        sg[j & 7] += g;
+        sgx[j & 7] += (double)g * ((xr[j] - mu) * rs);
+    }
+    float mg = (float)(lanes_sum(sg) / D), mgx = (float)(lanes_sum(sgx) / D);
+    for (j = 0; j < D; j++) {
+        float xh = (xr[j] - mu) * rs;
+        dxr[j] += rs * (gr[j] * pw[j] - mg - xh * mgx);
+    }
+}
 
 cf_tensor *cf_layernorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b, float eps) {
     CF_ASSERT(w, "layernorm: the weight is required (x %s)", cf_shape_str(x));
@@ -83,13 +160,8 @@ cf_tensor *cf_layernorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, cf_tensor *b, f
     const float *pw = w->data, *pb = b ? b->data : NULL;
     #pragma omp parallel for schedule(static) if (x->numel > NORM_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x->data + r * D;
-        float *yr = y->data + r * D;
-        double mu = row_sum(xr, D) / D;
-        double var = row_sq_dev(xr, D, mu) / D;
-        float m = (float)mu, rs = (float)(1.0 / sqrt(var + eps));
-        if (pb) for (int j = 0; j < D; j++) yr[j] = (xr[j] - m) * rs * pw[j] + pb[j];
-        else    for (int j = 0; j < D; j++) yr[j] = (xr[j] - m) * rs * pw[j];
+        float m, rs;
+        layernorm_row(x->data + r * D, y->data + r * D, D, pw, pb, eps, &m, &rs);
         if (stats) { stats[r] = m; stats[rows + r] = rs; }
     }
     cf_node *n = cf_record(ctx, CF_OP_LAYERNORM, y, n_in, in);
@@ -105,29 +177,13 @@ void cf_layernorm_backward(cf_ctx *ctx, cf_node *n) {
     const float *dy = n->out->grad, *mean = n->saved, *rstd = mean + rows, *pw = w->data;
     if (x->requires_grad) {
         float *dx = cf_grad(ctx, x);
+        fused_add fa = fused_add_of(ctx, n);
         #pragma omp parallel for schedule(static) if (x->numel > NORM_PAR_MIN)
         for (int64_t r = 0; r < rows; r++) {
-            const float *xr = x->data + r * D, *gr = dy + r * D;
-            float *dxr = dx + r * D, mu = mean[r], rs = rstd[r];
-            double sg[8] = {0}, sgx[8] = {0};
-            int j = 0;
-            for (; j + 8 <= D; j += 8)
-                for (int k = 0; k < 8; k++) {
-                    float g = gr[j + k] * pw[j + k];
-                    sg[k] += g;
-                    sgx[k] += (double)g * ((xr[j + k] - mu) * rs);
-                }
-            for (; j < D; j++) {
-                float g = gr[j] * pw[j];
-                sg[j & 7] += g;
-                sgx[j & 7] += (double)g * ((xr[j] - mu) * rs);
-            }
-            float mg = (float)(lanes_sum(sg) / D), mgx = (float)(lanes_sum(sgx) / D);
-            for (j = 0; j < D; j++) {
-                float xh = (xr[j] - mu) * rs;
-                dxr[j] += rs * (gr[j] * pw[j] - mg - xh * mgx);
-            }
+            layernorm_row_grad(x->data + r * D, dy + r * D, dx + r * D, D, pw, mean[r], rstd[r]);
+            fused_add_row(&fa, dx, r, D);
         }
+        fused_add_done(ctx, &fa, x);
     }
     float *dw = w->requires_grad ? cf_grad(ctx, w) : NULL;
     float *db = b && b->requires_grad ? cf_grad(ctx, b) : NULL;
@@ -135,6 +191,13 @@ void cf_layernorm_backward(cf_ctx *ctx, cf_node *n) {
 }
 
 /* ---- rmsnorm: y = w * x * rstd, rstd = 1/sqrt(mean(x^2) + eps) ----------------------------- */
+
+/* one row of rmsnorm's forward; returns its rstd */
+static float rmsnorm_row(const float *xr, float *yr, int D, const float *pw, float eps) {
+    float rs = (float)(1.0 / sqrt(row_sq_dev(xr, D, 0.0) / D + eps));
+    for (int j = 0; j < D; j++) yr[j] = xr[j] * rs * pw[j];
+    return rs;
+}
 
 cf_tensor *cf_rmsnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, float eps) {
     CF_ASSERT(w, "rmsnorm: the weight is required (x %s)", cf_shape_str(x));
@@ -148,10 +211,7 @@ cf_tensor *cf_rmsnorm(cf_ctx *ctx, cf_tensor *x, cf_tensor *w, float eps) {
     const float *pw = w->data;
     #pragma omp parallel for schedule(static) if (x->numel > NORM_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x->data + r * D;
-        float *yr = y->data + r * D;
-        float rs = (float)(1.0 / sqrt(row_sq_dev(xr, D, 0.0) / D + eps));
-        for (int j = 0; j < D; j++) yr[j] = xr[j] * rs * pw[j];
+        float rs = rmsnorm_row(x->data + r * D, y->data + r * D, D, pw, eps);
         if (rstd) rstd[r] = rs;
     }
     cf_node *n = cf_record(ctx, CF_OP_RMSNORM, y, 2, in);
@@ -168,6 +228,7 @@ void cf_rmsnorm_backward(cf_ctx *ctx, cf_node *n) {
     const float *dy = n->out->grad, *rstd = n->saved, *pw = w->data;
     if (x->requires_grad) {
         float *dx = cf_grad(ctx, x);
+        fused_add fa = fused_add_of(ctx, n);
         #pragma omp parallel for schedule(static) if (x->numel > NORM_PAR_MIN)
         for (int64_t r = 0; r < rows; r++) {
             const float *xr = x->data + r * D, *gr = dy + r * D;
@@ -179,7 +240,63 @@ void cf_rmsnorm_backward(cf_ctx *ctx, cf_node *n) {
             for (; j < D; j++) sgx[j & 7] += (double)(gr[j] * pw[j]) * (xr[j] * rs);
             float mgx = (float)(lanes_sum(sgx) / D);
             for (j = 0; j < D; j++) dxr[j] += rs * (gr[j] * pw[j] - xr[j] * rs * mgx);
+            fused_add_row(&fa, dx, r, D);
         }
+        fused_add_done(ctx, &fa, x);
     }
     if (w->requires_grad) norm_param_grads(x->data, dy, NULL, rstd, rows, D, cf_grad(ctx, w), NULL);
+}
+
+/* ---- residual add and norm in one pass --------------------------------------------------------- */
+
+cf_tensor *cf_add_norm(cf_ctx *ctx, cf_tensor *x, cf_tensor *r, cf_tensor *w, cf_tensor *b, int rms, float eps,
+                       cf_tensor **sum) {
+    CF_ASSERT(x->ndim == r->ndim && x->numel == r->numel, "add_norm: x %s and r %s differ", cf_shape_str(x),
+              cf_shape_str(r));
+    for (int i = 0; i < x->ndim; i++)
+        CF_ASSERT(x->shape[i] == r->shape[i], "add_norm: x %s and r %s differ", cf_shape_str(x), cf_shape_str(r));
+    CF_ASSERT(w, "add_norm: the weight is required (x %s)", cf_shape_str(x));
+    check_param("add_norm", "weight", x, w);
+    if (b) check_param("add_norm", "bias", x, b);
+    CF_ASSERT(eps >= 0, "add_norm: eps %g is negative", eps);
+    float *kept;
+    void *unused;
+    if (cf_rc_action(ctx, &kept, &unused) == CF_RC_KEPT) {
+        /* a selective replay kept the sum: only the norm is computed */
+        *sum = cf_tensor_view(ctx, kept, x->ndim, x->shape);
+        cf_record(ctx, CF_OP_ADD, *sum, 2, (cf_tensor *[]){x, r});
+        return rms ? cf_rmsnorm(ctx, *sum, w, eps) : cf_layernorm(ctx, *sum, w, b, eps);
+    }
+    int D = cf_cols(x);
+    int64_t rows = cf_rows(x);
+    cf_tensor *s = cf_tensor_new(ctx, x->ndim, x->shape), *y = cf_tensor_new(ctx, x->ndim, x->shape);
+    cf_tensor *in[3] = {s, w, b};
+    int n_in = rms ? 2 : b ? 3 : 2;
+    int grad = cf_needs_grad(ctx, 2, (cf_tensor *[]){x, r}) || cf_needs_grad(ctx, n_in, (cf_tensor *[]){w, b});
+    float *stats = grad ? cf_scratch(ctx, (rms ? 1 : 2) * (size_t)rows * sizeof(float)) : NULL;
+    const float *pw = w->data, *pb = b && !rms ? b->data : NULL;
+    #pragma omp parallel for schedule(static) if (x->numel > NORM_PAR_MIN)
+    for (int64_t i = 0; i < rows; i++) {
+        const float *xr = x->data + i * D, *rr = r->data + i * D;
+        float *sr = s->data + i * D, *yr = y->data + i * D;
+        for (int j = 0; j < D; j++) sr[j] = xr[j] + rr[j];
+        if (rms) {
+            float rs = rmsnorm_row(sr, yr, D, pw, eps);
+            if (stats) stats[i] = rs;
+        } else {
+            float m, rs;
+            layernorm_row(sr, yr, D, pw, pb, eps, &m, &rs);
+            if (stats) { stats[i] = m; stats[rows + i] = rs; }
+        }
+    }
+    cf_node *add = cf_record(ctx, CF_OP_ADD, s, 2, (cf_tensor *[]){x, r});
+    cf_node *n = cf_record(ctx, rms ? CF_OP_RMSNORM : CF_OP_LAYERNORM, y, n_in, in);
+    if (n) {
+        n->saved = stats;
+        n->farg[0] = eps;
+        n->iarg[0] = add != NULL;
+        n->ptr = add;
+    }
+    *sum = s;
+    return y;
 }
