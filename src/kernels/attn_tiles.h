@@ -90,8 +90,12 @@ static inline void nt_block(int rows, int dh, const float *a, int lda, const flo
 
 #ifdef __AVX512F__
 /* 2^t on 16 lanes: t = n + f with n = round(t) and |f| <= 1/2, 2^f by a degree-6 polynomial fitted
- * for relative error on [-1/2, 1/2] (about 1e-7 in float), times 2^n by vscalefps, which goes
- * smoothly to 0 far below -126. t must not be infinite: callers mask or clamp. */
+ * for relative error on [-1/2, 1/2] (about 1e-7 in float), times 2^n by vscalefps. Where n < -125
+ * (t below about -125.5) the result is 0, not a subnormal: softmax weights of far keys (ALiBi's
+ * distant positions put whole bands of them there) would otherwise reach the products as
+ * subnormals, which Intel cores handle by microcode assists, each costing as much as a hundred
+ * vector instructions; a weight below 2^-125 changes no sum it is added to. t must not be
+ * infinite: callers mask or clamp. */
 static inline __m512 exp2_16(__m512 t) {
     __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(t, n);
@@ -102,9 +106,13 @@ static inline __m512 exp2_16(__m512 t) {
     y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022647738e-1f));
     y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718246e-1f));
     y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(y, n);
+    __mmask16 normal = _mm512_cmp_ps_mask(n, _mm512_set1_ps(-125.0f), _CMP_GE_OQ);
+    return _mm512_maskz_scalef_ps(normal, y, n);
 }
 #endif
+
+/* 2^t in one float, 0 where exp2_16 gives 0 (below -125.5) */
+static inline float exp2_flush(float t) { return t < -125.5f ? 0.0f : exp2f(t); }
 
 /* ---- per-thread buffers ------------------------------------------------------------------- */
 
@@ -306,7 +314,7 @@ static inline void online_alpha(attn_bufs *w, int nq, int rows) {
         _mm512_mask_storeu_ps(alpha + i, live, exp2_16(t));
     }
 #else
-    for (int i = 0; i < nq; i++) alpha[i] = mnew[i] == -INFINITY ? 1.0f : exp2f(m[i] - mnew[i]);
+    for (int i = 0; i < nq; i++) alpha[i] = mnew[i] == -INFINITY ? 1.0f : exp2_flush(m[i] - mnew[i]);
 #endif
 }
 
@@ -326,7 +334,7 @@ static inline float prob_row(float *s, uint64_t vis, float m, const float *z) {
 #else
     float rowsum = 0;
     for (int j = 0; j < 64; j++) {
-        float pj = (vis >> j) & 1 ? exp2f(s[j] - m) : 0.0f;
+        float pj = (vis >> j) & 1 ? exp2_flush(s[j] - m) : 0.0f;
         rowsum += pj;
         s[j] = z ? pj * z[j] : pj;
     }
@@ -389,7 +397,7 @@ static inline void ds_row(float *s, float *dp, uint64_t vis, float lse, float dd
     }
 #else
     for (int j = 0; j < BK; j++) {
-        float pj = (vis >> j) & 1 ? exp2f(s[j] - lse) : 0.0f, gj = dp[j], pd = pj;
+        float pj = (vis >> j) & 1 ? exp2_flush(s[j] - lse) : 0.0f, gj = dp[j], pd = pj;
         if (z) { pd = pj * z[j]; gj *= z[j]; }
         s[j] = pd;
         dp[j] = (vis >> j) & 1 ? pj * (gj - dd) : 0.0f;
