@@ -120,13 +120,15 @@ cf_tensor *cf_rope(cf_ctx *ctx, cf_tensor *qkv, int n_heads, int n_kv_heads, int
     return y;
 }
 
-/* the rotation is orthogonal: dx = R^T dy, the turn by the opposite angle */
+/* the rotation is orthogonal: dx = R^T dy, the turn by the opposite angle, written into a fresh
+ * gradient buffer (no zeroing pass) and added into one that other consumers already filled */
 void cf_rope_backward(cf_ctx *ctx, cf_node *n) {
     cf_tensor *x = n->in[0];
     int H = (int)n->iarg[0], Hkv = (int)n->iarg[1], rot = (int)n->iarg[2], dh = head_dim(x, H, Hkv, "rope");
-    float *dx = cf_grad(ctx, x);
+    int fresh;
+    float *dx = cf_grad_nozero(ctx, x, &fresh);
     rope_apply(dx, n->out->grad, (int64_t)x->shape[0] * x->shape[1], x->shape[1], x->shape[2], H + Hkv, dh, rot,
-               n->saved, -1.0f, 1);
+               n->saved, -1.0f, !fresh);
 }
 
 /* ---- QK-norm (Dehghani et al. 2023) -----------------------------------------------------------
