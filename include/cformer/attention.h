@@ -228,7 +228,7 @@ void cf_attn_cache_attend(const cf_attn_cache *c, int h, const float *q, float s
                           float *scores, float *out);
 
 /* floats of workspace one thread of a step needs for a cache of `rows` key rows and heads of d_head */
-static inline size_t cf_attn_cache_ws_floats(int rows, int d_head) { return 2 * (size_t)rows + 2 * (size_t)d_head + 64; }
+static inline size_t cf_attn_cache_ws_floats(int rows, int d_head) { return 3 * (size_t)rows + 2 * (size_t)d_head + 64; }
 
 /* One row of the table: what the layer, the models and the config check know of a variant. */
 typedef struct cf_attn_variant {

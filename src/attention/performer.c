@@ -333,8 +333,11 @@ static void performer_start(cf_ctx *ctx, const cf_attn_call *call, cf_attn_cache
 
 /* u = alpha W x [m] and h = |alpha x|^2 / 2 */
 static float perf_project(const float *W, const float *x, int m, int d, float alpha, float *u) {
-    for (int r = 0; r < m; r++) u[r] = alpha * cf_cache_dot(W + (size_t)r * d, x, d);
-    return 0.5f * alpha * alpha * cf_cache_dot(x, x, d);
+    cf_dot_rows(m, d, W, d, NULL, x, u);
+    for (int r = 0; r < m; r++) u[r] *= alpha;
+    float xx;
+    cf_dot_rows(1, d, x, d, NULL, x, &xx);
+    return 0.5f * alpha * alpha * xx;
 }
 
 static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k,
