@@ -78,7 +78,7 @@ void cf_cache_softmax_step(const cf_attn_call *call, cf_attn_cache *c, const flo
         int64_t p = c->pos;
         cf_cache_put(c, p, k + (int64_t)r * ld, v + (int64_t)r * ld);
         int64_t seen = p + 1 < c->rows ? p + 1 : c->rows;
-        #pragma omp parallel for schedule(static) if (seen * H * Dh >= (1 << 16))
+        #pragma omp parallel for schedule(static) if (seen * H * Dh >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
             float *w = c->ws + (size_t)omp_get_thread_num() * wsf;
             int32_t *list = (int32_t *)(w + c->rows);

@@ -7,6 +7,13 @@
 #include <stdint.h>
 #include "cformer/attention.h"
 
+/* A step's heads run in parallel when its work (about the multiply-adds of all heads) reaches
+ * this: a cached step is short, and between the model's parallel products the other threads
+ * would otherwise wait through the attention of every layer. */
+#ifndef CF_CACHE_PAR_MIN
+#define CF_CACHE_PAR_MIN (1 << 12)
+#endif
+
 /* the ring row of position p */
 static inline int cf_cache_row(const cf_attn_cache *c, int64_t p) { return (int)(p % c->rows); }
 

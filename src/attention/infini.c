@@ -477,7 +477,7 @@ static size_t infini_aux(const cf_attn_config *c, int n_heads, int d_head, int s
  * z += sum_t sigma(k_t). The cache's value rows are not needed again and take U. */
 static void infini_close(const cf_attn_call *call, cf_attn_cache *c, int len) {
     int H = c->H, d = c->Dh, delta = call->cfg->update == CF_UPDATE_DELTA && c->has_mem;
-    #pragma omp parallel for schedule(static) if (H * len * d * d >= (1 << 16))
+    #pragma omp parallel for schedule(static) if (H * len * d * d >= CF_CACHE_PAR_MIN)
     for (int h = 0; h < H; h++) {
         float *M = c->aux + (size_t)h * ((size_t)d * d + 3 * d), *z = M + (size_t)d * d, *sk = z + d, *rr = sk + d;
         float *K = c->k + (int64_t)h * c->rows * d, *V = c->v + (int64_t)h * c->rows * d;
@@ -513,7 +513,7 @@ static void infini_step(const cf_attn_call *call, cf_attn_cache *c, const float 
         int t = (int)(p - s0);
         CF_ASSERT(t < c->rows, "infini decoding: row %d of a segment past the cache's %d rows", t, c->rows);
         cf_cache_put(c, t, k + (int64_t)r * ld, v + (int64_t)r * ld);
-        #pragma omp parallel for schedule(static) if ((t + 1 + d) * H * d >= (1 << 16))
+        #pragma omp parallel for schedule(static) if ((t + 1 + d) * H * d >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
             float *w = c->ws + (size_t)omp_get_thread_num() * wsf;
             int32_t *list = (int32_t *)(w + c->rows);

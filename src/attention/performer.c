@@ -347,7 +347,7 @@ static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const flo
     const float *W = c->aux;
     for (int r = 0; r < n; r++) {
         double count = (double)(c->pos + 1);                      /* keys so far, this one included */
-        #pragma omp parallel for schedule(static) if (H * m * d >= (1 << 15))
+        #pragma omp parallel for schedule(static) if (H * m * d >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
             float *E = c->aux + (size_t)m * d + (size_t)h * perf_head_floats(m, d), *e = E + (size_t)m * d;
             float *vsum = e + m, *M = vsum + d, *u = M + 1, *f = u + m;

@@ -434,7 +434,7 @@ static void xl_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, 
                   (long long)p, (long long)c->call0, c->rows);
         cf_cache_put(c, p, k + (int64_t)r * ld, v + (int64_t)r * ld);
         int nk = (int)(p - j0 + 1), r0 = cf_cache_row(c, j0);
-        #pragma omp parallel for schedule(static) if ((int64_t)nk * H * Dh >= (1 << 16))
+        #pragma omp parallel for schedule(static) if ((int64_t)nk * H * Dh >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
             float *s = c->ws + (size_t)omp_get_thread_num() * wsf, *bd = s + c->rows, *qu = bd + c->rows, *qv = qu + Dh;
             int32_t *rows = (int32_t *)(qv + Dh);
