@@ -12,7 +12,7 @@
 
 void cf_cache_put(cf_attn_cache *c, int64_t p, const float *k, const float *v) {
     int r = cf_cache_row(c, p), Dh = c->Dh;
-    for (int h = 0; h < c->H; h++) {
+    for (int h = 0; h < c->Hkv; h++) {
         memcpy(c->k + ((int64_t)h * c->rows + r) * Dh, k + (int64_t)h * Dh, sizeof(float) * Dh);
         memcpy(c->v + ((int64_t)h * c->rows + r) * Dh, v + (int64_t)h * Dh, sizeof(float) * Dh);
     }
@@ -51,7 +51,8 @@ void cf_cache_mix(float *s, int n, const float *V, int ldv, const int32_t *rows,
 static void attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,
                    float *scores, float *out, float slope, int64_t p) {
     int Dh = c->Dh;
-    const float *K = c->k + (int64_t)h * c->rows * Dh, *V = c->v + (int64_t)h * c->rows * Dh;
+    int64_t head = (int64_t)cf_attn_cache_kv_head(c, h) * c->rows * Dh;
+    const float *K = c->k + head, *V = c->v + head;
     cf_dot_rows(n, Dh, K, Dh, rows, q, scores);
     int pr = cf_cache_row(c, p);
     for (int j = 0; j < n; j++) {

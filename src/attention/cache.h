@@ -17,7 +17,7 @@
 /* the ring row of position p */
 static inline int cf_cache_row(const cf_attn_cache *c, int64_t p) { return (int)(p % c->rows); }
 
-/* keys and values of one new row (k, v: [H*Dh], head h at h*Dh) into the ring row of position p */
+/* keys and values of one new row (k, v: [Hkv*Dh], head h at h*Dh) into the ring row of position p */
 void cf_cache_put(cf_attn_cache *c, int64_t p, const float *k, const float *v);
 
 /* out [Dh] = sum_j softmax(s)_j V[rows[j]] over n scores s (rows NULL: row j), rows of V ldv

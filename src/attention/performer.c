@@ -351,7 +351,8 @@ static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const flo
         for (int h = 0; h < H; h++) {
             float *E = c->aux + (size_t)m * d + (size_t)h * perf_head_floats(m, d), *e = E + (size_t)m * d;
             float *vsum = e + m, *M = vsum + d, *u = M + 1, *f = u + m;
-            const float *kr = k + (int64_t)r * ld + h * d, *vr = v + (int64_t)r * ld + h * d;
+            int g = cf_attn_cache_kv_head(c, h);
+            const float *kr = k + (int64_t)r * ld + g * d, *vr = v + (int64_t)r * ld + g * d;
             const float *qr = q + (int64_t)r * ld + h * d;
             float *o = out + ((int64_t)r * H + h) * d;
             /* the key */
