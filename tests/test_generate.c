@@ -68,6 +68,11 @@ static const tcase CASES[] = {
     {"infini rope gqa silu",
      {"model.attention={\"type\":\"infini\",\"segment_len\":4}", "model.position=\"rope\"", "model.n_kv_heads=2",
       "model.activation=\"silu\""}, 10},
+    {"infini delta multi-query", {"model.attention={\"type\":\"infini\",\"segment_len\":3,\"update\":\"delta\"}",
+                                  "model.n_kv_heads=1"}, 12},
+    {"performer gqa", {"model.attention={\"type\":\"performer\",\"features\":12}", "model.init_std=0.02",
+                       "model.n_kv_heads=2"}, 48},
+    {"sparse_fixed gqa", {"model.attention={\"type\":\"sparse_fixed\",\"stride\":5,\"c\":2}", "model.n_kv_heads=2"}, 48},
     {"infini and linear sinusoidal",
      {"model.attention=[{\"type\":\"infini\",\"segment_len\":5,\"update\":\"delta\"},{\"type\":\"linear\"}]",
       "model.position=\"sinusoidal\""}, 11},
@@ -167,6 +172,11 @@ static void equivalence(const tcase *t) {
         CHECK(worst <= TOL, "%s (%s): logits differ from the full forward by %.2e relative at position %d", t->name,
               mode ? "pieces" : "bytes", worst, at);
         if (!g.recurrent) CHECK(cf_gen_room(&g) == (g.bounded ? 0 : INT64_MAX), "%s: room", t->name);
+        /* shared key/value heads are cached once: n_kv_heads of n_heads */
+        for (int l = 0; l < m.n_blocks; l++)
+            CHECK(g.cache[l].Hkv == m.blocks[l].attn.heads.n_kv_heads &&
+                  g.cache[l].v - g.cache[l].k == (ptrdiff_t)g.cache[l].Hkv * g.cache[l].rows * g.cache[l].Dh,
+                  "%s: layer %d caches %d key/value heads", t->name, l, g.cache[l].Hkv);
         cf_gen_free(&g);
     }
     /* greedy: every sampled byte is the full forward's first choice after the bytes before it */

@@ -93,6 +93,21 @@ int main(int argc, char **argv) {
     char *ref = t_read_text(out_path);
     CHECK(rc == 0 && !strcmp(cached, ref), "greedy bytes: cached \"%s\", uncached \"%s\"", cached, ref);
     free(ref);
+    /* --precision bf16 decodes through the cache, whose products stay fp32: the fp32 bytes */
+    rc = run((const char *[]){"sample", ck, "--prompt", "the ", "--tokens", "80", "--temperature", "0", "--slide", "1",
+                              "--precision", "bf16", NULL});
+    ref = t_read_text(out_path);
+    err = t_read_text(err_path);
+    CHECK(rc == 0 && !strcmp(cached, ref) && field(err, "cached=") == 1,
+          "--precision bf16: cached=%g, bytes \"%s\" (fp32: \"%s\")", field(err, "cached="), ref, cached);
+    free(ref);
+    free(err);
+    rc = run((const char *[]){"sample", ck, "--prompt", "the ", "--tokens", "80", "--temperature", "0", "--uncached",
+                              "--precision", "bf16", NULL});
+    ref = t_read_text(out_path);
+    CHECK(rc == 0 && strlen(ref) == strlen(cached), "--precision bf16 --uncached: status %d: \"%s\"", rc, ref);
+    printf("greedy, bf16 full forward: %s", ref);
+    free(ref);
 
     /* --prompt-file gives what --prompt gives; --n repeats the prompt per sample */
     char pfile[300];

@@ -40,6 +40,9 @@ void cf_gemm_ref(int trans_a, int trans_b, int m, int n, int k, float alpha,
  * Each y[i] is summed by one thread in a fixed order: the result does not depend on the thread
  * count. */
 void cf_gemv(int m, int k, const float *w, int ldw, const float *x, const float *b, float *y);
+/* y[j] = W[idx[j]] . x over k for j < n (idx NULL: rows 0..n-1), rows ldw apart, in cf_gemv's order
+ * and on the calling thread: the scores of one query against cached keys. */
+void cf_dot_rows(int n, int k, const float *w, int ldw, const int32_t *idx, const float *x, float *y);
 
 /* which micro-kernel cf_gemm runs: "avx512", "avx2" or "portable" */
 const char *cf_gemm_isa(void);

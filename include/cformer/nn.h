@@ -108,9 +108,10 @@ void cf_linear_rows(const cf_linear_layer *l, const float *x, int n, float *y);
 /* fill a layer's cache (sized and zeroed by the model) with what its variant computes once
  * (cf_attn_variant.cache_start); state as for cf_attn_apply_state (xl: u and v) */
 void cf_attn_cache_start(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c);
-/* q, k, v [n, 3D] of n new rows x [n, D] at positions pos [n]: the one place they are made (with
- * the layer's head options; scratch from ctx, given back) */
-void cf_attn_step_qkv(cf_ctx *ctx, const cf_attn_layer *a, const int64_t *pos, const float *x, int n, float *qkv);
+/* q, k, v of n new rows x [n, D] at positions pos [n] into qkv [n, (H + 2 Hkv) Dh] (the query
+ * heads, the key heads, the value heads): the one place they are made, with the layer's head
+ * options */
+void cf_attn_step_qkv(const cf_attn_layer *a, const int64_t *pos, const float *x, int n, float *qkv);
 /* the attention layer on n new rows x [n, D] -> out [n, D], appending them to the cache */
 void cf_attn_step(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c, const float *x,
                   int n, float *out);

@@ -7,24 +7,22 @@
 #include <stdint.h>
 #include "cformer/attention.h"
 
-/* a . b over n, in 16 lanes summed in a fixed order: a single running sum would serialise on the
- * adder (the compiler may not reassociate it), and this is the inner loop of every decoding step */
-static inline float cf_cache_dot(const float *a, const float *b, int n) {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
-    float s = 0;
-    for (int l = 0; l < 16; l++) s += acc[l];
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
+/* A step's heads run in parallel when its work (about the multiply-adds of all heads) reaches
+ * this: a cached step is short, and between the model's parallel products the other threads
+ * would otherwise wait through the attention of every layer. */
+#ifndef CF_CACHE_PAR_MIN
+#define CF_CACHE_PAR_MIN (1 << 12)
+#endif
 
 /* the ring row of position p */
 static inline int cf_cache_row(const cf_attn_cache *c, int64_t p) { return (int)(p % c->rows); }
 
-/* keys and values of one new row (k, v: [H*Dh], head h at h*Dh) into the ring row of position p */
+/* keys and values of one new row (k, v: [Hkv*Dh], head h at h*Dh) into the ring row of position p */
 void cf_cache_put(cf_attn_cache *c, int64_t p, const float *k, const float *v);
+
+/* out [Dh] = sum_j softmax(s)_j V[rows[j]] over n scores s (rows NULL: row j), rows of V ldv
+ * apart; s is overwritten. The softmax and weighted sum of every cached step. */
+void cf_cache_mix(float *s, int n, const float *V, int ldv, const int32_t *rows, int Dh, float *out);
 
 /* Which cached positions query position p of head h sees, as ring rows into rows_out (at most
  * c->rows of them, ascending positions); returns how many. */

@@ -466,37 +466,45 @@ static cf_tensor *infini_core(cf_ctx *ctx, const cf_attn_call *c, cf_tensor *qkv
  * are free again. Memory and cost per byte are constant however long the text. */
 
 static int infini_rows(const cf_attn_config *c, int span) { return c->segment_len < span ? c->segment_len : span; }
-/* aux: per head M [d, d], z [d], a workspace of 2 d floats */
+/* aux: per head M [d, d], z [d], a workspace of 2 d floats, and M as the segment found it [d, d] */
+static size_t infini_head_floats(int d) { return 2 * (size_t)d * d + 3 * (size_t)d; }
 static size_t infini_aux(const cf_attn_config *c, int n_heads, int d_head, int span) {
     (void)c, (void)span;
-    return (size_t)n_heads * ((size_t)d_head * d_head + 3 * (size_t)d_head);
+    return (size_t)n_heads * infini_head_floats(d_head);
 }
 
 /* the segment [s0, s0 + len) ends: M += sigma(K)^T V (linear; also the first segment of the
  * stream) or sigma(K)^T (V - sigma(K) M / (sigma(K) z)) (delta, with M and z before the segment),
- * z += sum_t sigma(k_t). The cache's value rows are not needed again and take U. */
+ * z += sum_t sigma(k_t). The query heads of a group read the same key and value rows, which
+ * therefore stay as they are: each row's delta term is formed against a copy of M as the segment
+ * found it and added at once. */
 static void infini_close(const cf_attn_call *call, cf_attn_cache *c, int len) {
     int H = c->H, d = c->Dh, delta = call->cfg->update == CF_UPDATE_DELTA && c->has_mem;
-    #pragma omp parallel for schedule(static) if (H * len * d * d >= (1 << 16))
+    #pragma omp parallel for schedule(static) if (H * len * d * d >= CF_CACHE_PAR_MIN)
     for (int h = 0; h < H; h++) {
-        float *M = c->aux + (size_t)h * ((size_t)d * d + 3 * d), *z = M + (size_t)d * d, *sk = z + d, *rr = sk + d;
-        float *K = c->k + (int64_t)h * c->rows * d, *V = c->v + (int64_t)h * c->rows * d;
-        if (delta)
-            for (int t = 0; t < len; t++) {
-                sigma_row(K + (int64_t)t * d, sk, d);
+        float *M = c->aux + (size_t)h * infini_head_floats(d), *z = M + (size_t)d * d, *sk = z + d, *u = sk + d;
+        float *M0 = u + d;
+        int64_t head = (int64_t)cf_attn_cache_kv_head(c, h) * c->rows * d;
+        const float *K = c->k + head, *V = c->v + head;
+        if (delta) memcpy(M0, M, sizeof(float) * (size_t)d * d);
+        for (int t = 0; t < len; t++) {
+            const float *vt = V + (int64_t)t * d;
+            sigma_row(K + (int64_t)t * d, sk, d);
+            if (delta) {
                 float den = 0;
                 for (int a = 0; a < d; a++) den += sk[a] * z[a];
-                memset(rr, 0, sizeof(float) * d);
+                memset(u, 0, sizeof(float) * d);
                 for (int a = 0; a < d; a++)
-                    for (int b = 0; b < d; b++) rr[b] += sk[a] * M[(size_t)a * d + b];
-                for (int b = 0; b < d; b++) V[(int64_t)t * d + b] -= rr[b] / den;
+                    for (int b = 0; b < d; b++) u[b] += sk[a] * M0[(size_t)a * d + b];
+                for (int b = 0; b < d; b++) u[b] = vt[b] - u[b] / den;
+                vt = u;
             }
-        for (int t = 0; t < len; t++) {
+            for (int a = 0; a < d; a++)
+                for (int b = 0; b < d; b++) M[(size_t)a * d + b] += sk[a] * vt[b];
+        }
+        for (int t = 0; t < len; t++) {            /* z after every row's den has read it */
             sigma_row(K + (int64_t)t * d, sk, d);
-            for (int a = 0; a < d; a++) {
-                for (int b = 0; b < d; b++) M[(size_t)a * d + b] += sk[a] * V[(int64_t)t * d + b];
-                z[a] += sk[a];
-            }
+            for (int a = 0; a < d; a++) z[a] += sk[a];
         }
     }
     c->has_mem = 1;
@@ -513,7 +521,7 @@ static void infini_step(const cf_attn_call *call, cf_attn_cache *c, const float 
         int t = (int)(p - s0);
         CF_ASSERT(t < c->rows, "infini decoding: row %d of a segment past the cache's %d rows", t, c->rows);
         cf_cache_put(c, t, k + (int64_t)r * ld, v + (int64_t)r * ld);
-        #pragma omp parallel for schedule(static) if ((t + 1 + d) * H * d >= (1 << 16))
+        #pragma omp parallel for schedule(static) if ((t + 1 + d) * H * d >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
             float *w = c->ws + (size_t)omp_get_thread_num() * wsf;
             int32_t *list = (int32_t *)(w + c->rows);
@@ -523,7 +531,7 @@ static void infini_step(const cf_attn_call *call, cf_attn_cache *c, const float 
             float *o = out + ((int64_t)r * H + h) * d;
             cf_attn_cache_attend(c, h, qr, scale, list, t + 1, w, o);            /* the local part */
             if (!mem || !c->has_mem) continue;
-            const float *M = c->aux + (size_t)h * ((size_t)d * d + 3 * d), *z = M + (size_t)d * d;
+            const float *M = c->aux + (size_t)h * infini_head_floats(d), *z = M + (size_t)d * d;
             sigma_row(qr, sq, d);
             float den = 0;
             memset(am, 0, sizeof(float) * d);

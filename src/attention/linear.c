@@ -34,6 +34,7 @@
 #include "../ops/backward.h"
 #include "../kernels/attn_geom.h"
 #include "../kernels/block_gemm.h"
+#include "cache.h"
 
 #define TC 64
 
@@ -468,10 +469,11 @@ static void linear_step(const cf_attn_call *call, cf_attn_cache *c, const float 
     (void)call;
     int H = c->H, d = c->Dh;
     for (int r = 0; r < n; r++) {
-        #pragma omp parallel for schedule(static) if (H * d * d >= (1 << 16))
+        #pragma omp parallel for schedule(static) if (H * d * d >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
             float *S = c->aux + (size_t)h * d * (d + 1), *z = S + (size_t)d * d;
-            const float *kr = k + (int64_t)r * ld + h * d, *vr = v + (int64_t)r * ld + h * d;
+            int g = cf_attn_cache_kv_head(c, h);
+            const float *kr = k + (int64_t)r * ld + g * d, *vr = v + (int64_t)r * ld + g * d;
             const float *qr = q + (int64_t)r * ld + h * d;
             float *o = out + ((int64_t)r * H + h) * d;
             for (int a = 0; a < d; a++) {

@@ -333,8 +333,11 @@ static void performer_start(cf_ctx *ctx, const cf_attn_call *call, cf_attn_cache
 
 /* u = alpha W x [m] and h = |alpha x|^2 / 2 */
 static float perf_project(const float *W, const float *x, int m, int d, float alpha, float *u) {
-    for (int r = 0; r < m; r++) u[r] = alpha * cf_cache_dot(W + (size_t)r * d, x, d);
-    return 0.5f * alpha * alpha * cf_cache_dot(x, x, d);
+    cf_dot_rows(m, d, W, d, NULL, x, u);
+    for (int r = 0; r < m; r++) u[r] *= alpha;
+    float xx;
+    cf_dot_rows(1, d, x, d, NULL, x, &xx);
+    return 0.5f * alpha * alpha * xx;
 }
 
 static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k,
@@ -344,11 +347,12 @@ static void performer_step(const cf_attn_call *call, cf_attn_cache *c, const flo
     const float *W = c->aux;
     for (int r = 0; r < n; r++) {
         double count = (double)(c->pos + 1);                      /* keys so far, this one included */
-        #pragma omp parallel for schedule(static) if (H * m * d >= (1 << 15))
+        #pragma omp parallel for schedule(static) if (H * m * d >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
             float *E = c->aux + (size_t)m * d + (size_t)h * perf_head_floats(m, d), *e = E + (size_t)m * d;
             float *vsum = e + m, *M = vsum + d, *u = M + 1, *f = u + m;
-            const float *kr = k + (int64_t)r * ld + h * d, *vr = v + (int64_t)r * ld + h * d;
+            int g = cf_attn_cache_kv_head(c, h);
+            const float *kr = k + (int64_t)r * ld + g * d, *vr = v + (int64_t)r * ld + g * d;
             const float *qr = q + (int64_t)r * ld + h * d;
             float *o = out + ((int64_t)r * H + h) * d;
             /* the key */

@@ -419,6 +419,9 @@ static void xl_start(cf_ctx *ctx, const cf_attn_call *call, cf_attn_cache *c) {
     cf_arena_rewind(&ctx->arena, mark);
 }
 
+/* Per head, the scores of the query against the keys (q + u) and against the projected distances
+ * (q + v) are two runs of dot products (cf_dot_rows): the keys by ring row, the distances 0..nk-1
+ * in one run, read back to front (key position j0 + j is distance nk - 1 - j from p). */
 static void xl_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, const float *k, const float *v, int ld,
                     int n, float *out) {
     int H = c->H, Dh = c->Dh, D = H * Dh, M = call->cfg->mem_len;
@@ -430,29 +433,19 @@ static void xl_step(const cf_attn_call *call, cf_attn_cache *c, const float *q, 
         CF_ASSERT(p - j0 < c->rows, "xl decoding: position %lld of the call at %lld past the cache's %d rows",
                   (long long)p, (long long)c->call0, c->rows);
         cf_cache_put(c, p, k + (int64_t)r * ld, v + (int64_t)r * ld);
-        int nk = (int)(p - j0 + 1);
-        #pragma omp parallel for schedule(static) if ((int64_t)nk * H * Dh >= (1 << 16))
+        int nk = (int)(p - j0 + 1), r0 = cf_cache_row(c, j0);
+        #pragma omp parallel for schedule(static) if ((int64_t)nk * H * Dh >= CF_CACHE_PAR_MIN)
         for (int h = 0; h < H; h++) {
-            float *s = c->ws + (size_t)omp_get_thread_num() * wsf, *qu = s + c->rows, *qv = qu + Dh;
+            float *s = c->ws + (size_t)omp_get_thread_num() * wsf, *bd = s + c->rows, *qu = bd + c->rows, *qv = qu + Dh;
+            int32_t *rows = (int32_t *)(qv + Dh);
             const float *qr = q + (int64_t)r * ld + h * Dh;
             for (int i = 0; i < Dh; i++) { qu[i] = qr[i] + u[h * Dh + i]; qv[i] = qr[i] + vb[h * Dh + i]; }
+            for (int j = 0; j < nk; j++) rows[j] = r0 + j < c->rows ? r0 + j : r0 + j - c->rows;
             const float *K = c->k + (int64_t)h * c->rows * Dh, *V = c->v + (int64_t)h * c->rows * Dh;
-            float mx = -INFINITY;
-            for (int j = 0; j < nk; j++) {
-                int64_t pos = j0 + j;
-                const float *kr = K + (int64_t)cf_cache_row(c, pos) * Dh, *rr = rk + (p - pos) * D + h * Dh;
-                s[j] = (cf_cache_dot(qu, kr, Dh) + cf_cache_dot(qv, rr, Dh)) * scale;
-                mx = s[j] > mx ? s[j] : mx;
-            }
-            float sum = 0;
-            for (int j = 0; j < nk; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-            float *o = out + ((int64_t)r * H + h) * Dh;
-            memset(o, 0, sizeof(float) * Dh);
-            for (int j = 0; j < nk; j++) {
-                const float *vr = V + (int64_t)cf_cache_row(c, j0 + j) * Dh;
-                for (int i = 0; i < Dh; i++) o[i] += s[j] * vr[i];
-            }
-            for (int i = 0; i < Dh; i++) o[i] /= sum;
+            cf_dot_rows(nk, Dh, K, Dh, rows, qu, s);
+            cf_dot_rows(nk, Dh, rk + h * Dh, D, NULL, qv, bd);
+            for (int j = 0; j < nk; j++) s[j] = (s[j] + bd[nk - 1 - j]) * scale;
+            cf_cache_mix(s, nk, V, Dh, rows, Dh, out + ((int64_t)r * H + h) * Dh);
         }
         c->pos = p + 1;
     }

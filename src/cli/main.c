@@ -438,12 +438,10 @@ static int cmd_sample(int argc, char **argv) {
         free(file_text);
         return fail(cf_error_msg());
     }
-    /* cached decoding computes in fp32; bf16 products exist in the full forward only */
-    if (precision == CF_PRECISION_BF16) {
-        ctx.bf16 = 1;
-        if (!uncached) fprintf(stderr, "cformer: sample: --precision bf16 runs the uncached full forward for every byte\n");
-        uncached = 1;
-    }
+    /* bf16 rounds the operands of the full forward's products (--uncached); the cached step's
+     * products are matrix-vector products, which read each weight once and stay fp32 at either
+     * precision, so a cached bf16 sample is the fp32 sample (docs/architecture.md section 20) */
+    if (precision == CF_PRECISION_BF16) ctx.bf16 = 1;
     uint8_t *out = cf_xmalloc((size_t)n_prompt + (size_t)tokens + 1);
     char types[128];
     attn_types(&c.model, types, sizeof types);

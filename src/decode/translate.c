@@ -58,15 +58,16 @@ int cf_dec_cache_init(cf_dec_cache *c, cf_model *m, cf_ctx *ctx, const int32_t *
         const float *kv = cf_cross_attn_kv(ctx, &ed->dec[l].cross, mem)->data;   /* (n_src, S, 2D) */
         for (int r = 0; r < rows; r++) {
             cf_attn_cache *sc = &c->self[(size_t)l * rows + r], *cc = &c->cross[(size_t)l * rows + r];
-            *sc = (cf_attn_cache){.H = H, .Dh = Dh, .rows = kr, .span = max_T};
-            sc->k = cf_scratch(ctx, sizeof(float) * (size_t)H * kr * Dh);
-            sc->v = cf_scratch(ctx, sizeof(float) * (size_t)H * kr * Dh);
+            int Hkv = a->heads.n_kv_heads;
+            *sc = (cf_attn_cache){.H = H, .Hkv = Hkv, .Dh = Dh, .rows = kr, .span = max_T};
+            sc->k = cf_scratch(ctx, sizeof(float) * (size_t)Hkv * kr * Dh);
+            sc->v = cf_scratch(ctx, sizeof(float) * (size_t)Hkv * kr * Dh);
             sc->aux = aux ? cf_scratch(ctx, sizeof(float) * aux) : NULL;
             if (aux) memset(sc->aux, 0, sizeof(float) * aux);
             sc->ws = cf_scratch(ctx, sizeof(float) * threads * cf_attn_cache_ws_floats(kr, Dh));
             cf_attn_cache_start(ctx, a, NULL, sc);
             /* the source's keys and values, head by head */
-            *cc = (cf_attn_cache){.H = H, .Dh = Dh, .rows = S, .span = S, .pos = S};
+            *cc = (cf_attn_cache){.H = H, .Hkv = H, .Dh = Dh, .rows = S, .span = S, .pos = S};
             cc->k = cf_scratch(ctx, sizeof(float) * (size_t)H * S * Dh);
             cc->v = cf_scratch(ctx, sizeof(float) * (size_t)H * S * Dh);
             for (int j = 0; j < S; j++) {
@@ -155,18 +156,19 @@ void cf_dec_cache_reorder(cf_dec_cache *c, const int *parent) {
     size_t mark = cf_arena_mark(&c->ctx->arena);
     for (int l = 0; l < L; l++) {
         cf_attn_cache *sc = c->self + (size_t)l * B;
-        /* a cache's keys (values) are [H, rows, Dh]: the filled part is t rows of each head */
-        size_t head = (size_t)sc[0].rows * sc[0].Dh, used = (size_t)c->t * sc[0].Dh, per = sc[0].H * used;
+        /* a cache's keys (values) are [Hkv, rows, Dh]: the filled part is t rows of each head */
+        int Hkv = sc[0].Hkv;
+        size_t head = (size_t)sc[0].rows * sc[0].Dh, used = (size_t)c->t * sc[0].Dh, per = Hkv * used;
         float *tmp = cf_scratch(c->ctx, 2 * (size_t)B * per * sizeof(float));
         for (int r = 0; r < B; r++)
-            for (int h = 0; h < sc[0].H; h++) {
-                memcpy(tmp + (2 * (size_t)r * sc[0].H + h) * used, sc[parent[r]].k + h * head, used * sizeof(float));
-                memcpy(tmp + ((2 * (size_t)r + 1) * sc[0].H + h) * used, sc[parent[r]].v + h * head, used * sizeof(float));
+            for (int h = 0; h < Hkv; h++) {
+                memcpy(tmp + (2 * (size_t)r * Hkv + h) * used, sc[parent[r]].k + h * head, used * sizeof(float));
+                memcpy(tmp + ((2 * (size_t)r + 1) * Hkv + h) * used, sc[parent[r]].v + h * head, used * sizeof(float));
             }
         for (int r = 0; r < B; r++)
-            for (int h = 0; h < sc[0].H; h++) {
-                memcpy(sc[r].k + h * head, tmp + (2 * (size_t)r * sc[0].H + h) * used, used * sizeof(float));
-                memcpy(sc[r].v + h * head, tmp + ((2 * (size_t)r + 1) * sc[0].H + h) * used, used * sizeof(float));
+            for (int h = 0; h < Hkv; h++) {
+                memcpy(sc[r].k + h * head, tmp + (2 * (size_t)r * Hkv + h) * used, used * sizeof(float));
+                memcpy(sc[r].v + h * head, tmp + ((2 * (size_t)r + 1) * Hkv + h) * used, used * sizeof(float));
             }
     }
     cf_arena_rewind(&c->ctx->arena, mark);

@@ -17,10 +17,11 @@ static void lay_out(cf_gen *g, int l, float *slab, size_t *at) {
     const cf_model *m = g->m;
     const cf_attn_config *c = &m->blocks[l].attn.cfg;
     const cf_attn_variant *v = variant_of(m, l);
-    int H = m->cfg.n_heads, Dh = m->cfg.d_model / H, rows = v->cache_rows(c, g->span);
+    int H = m->cfg.n_heads, Hkv = m->blocks[l].attn.heads.n_kv_heads, Dh = m->cfg.d_model / H;
+    int rows = v->cache_rows(c, g->span);
     cf_attn_cache *k = &g->cache[l];
-    *k = (cf_attn_cache){.H = H, .Dh = Dh, .rows = rows, .span = g->span};
-    size_t kv = (size_t)H * rows * Dh, aux = v->cache_aux(c, H, Dh, g->span);
+    *k = (cf_attn_cache){.H = H, .Hkv = Hkv, .Dh = Dh, .rows = rows, .span = g->span};
+    size_t kv = (size_t)Hkv * rows * Dh, aux = v->cache_aux(c, H, Dh, g->span);
     size_t ws = (size_t)cf_num_threads() * cf_attn_cache_ws_floats(rows, Dh);
     if (slab) {
         k->k = slab + *at;

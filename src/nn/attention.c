@@ -129,49 +129,40 @@ void cf_attn_cache_start(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_stat
 }
 
 /* The one place where the new rows' queries, keys and values are made, as cf_attn_heads_apply
- * makes them for the full forward: the projection, QK-norm, the rotation of queries and keys by
- * the rows' positions pos, and shared key/value heads repeated for every query head. */
-void cf_attn_step_qkv(cf_ctx *ctx, const cf_attn_layer *a, const int64_t *pos, const float *x, int n, float *qkv) {
+ * makes them for the full forward: the projection, QK-norm and the rotation of queries and keys by
+ * the rows' positions pos. The layout is the projection's, [n, (H + 2 Hkv) Dh]: the query heads,
+ * then the key heads, then the value heads; a cache keeps the Hkv key and value heads once, and
+ * the H / Hkv query heads of a group read the same one. */
+void cf_attn_step_qkv(const cf_attn_layer *a, const int64_t *pos, const float *x, int n, float *qkv) {
     const cf_attn_heads *h = &a->heads;
     int H = a->n_heads, Hkv = h->n_kv_heads, D = a->proj.w->shape[0], dh = D / H, W = (H + 2 * Hkv) * dh;
-    if (Hkv == H && !h->qk_norm && !h->rope_dims) {
-        cf_linear_rows(&a->qkv, x, n, qkv);
-        return;
-    }
-    size_t mark = cf_arena_mark(&ctx->arena);
-    float *raw = Hkv == H ? qkv : cf_scratch(ctx, sizeof(float) * (size_t)n * W);   /* [n, (H + 2 Hkv) dh] */
-    cf_linear_rows(&a->qkv, x, n, raw);
-    if (h->qk_norm) cf_qk_norm_rows(raw, n, W, H, Hkv, dh, a->q_norm->data, a->k_norm->data, h->qk_eps);
+    cf_linear_rows(&a->qkv, x, n, qkv);
+    if (h->qk_norm) cf_qk_norm_rows(qkv, n, W, H, Hkv, dh, a->q_norm->data, a->k_norm->data, h->qk_eps);
     for (int r = 0; h->rope_dims && r < n; r++)   /* the key heads follow the query heads */
-        cf_rope_rows(raw + (size_t)r * W, 1, W, H + Hkv, dh, h->rope_dims, h->rope_theta, pos[r]);
-    if (Hkv != H) {
-        int group = H / Hkv;
-        for (int r = 0; r < n; r++) {
-            const float *src = raw + (size_t)r * W;
-            float *dst = qkv + (size_t)r * 3 * D;
-            memcpy(dst, src, sizeof(float) * (size_t)D);
-            for (int j = 0; j < H; j++) {
-                memcpy(dst + D + (size_t)j * dh, src + D + (size_t)(j / group) * dh, sizeof(float) * (size_t)dh);
-                memcpy(dst + 2 * D + (size_t)j * dh, src + D + (size_t)(Hkv + j / group) * dh, sizeof(float) * (size_t)dh);
-            }
-        }
-    }
-    cf_arena_rewind(&ctx->arena, mark);
+        cf_rope_rows(qkv + (size_t)r * W, 1, W, H + Hkv, dh, h->rope_dims, h->rope_theta, pos[r]);
+}
+
+/* the width of a step's qkv rows, and where its keys and values start in a row */
+static int step_width(const cf_attn_layer *a, int *k_at, int *v_at) {
+    int H = a->n_heads, Hkv = a->heads.n_kv_heads, dh = a->proj.w->shape[0] / H;
+    *k_at = H * dh;
+    *v_at = (H + Hkv) * dh;
+    return (H + 2 * Hkv) * dh;
 }
 
 void cf_attn_step(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *c, const float *x,
                   int n, float *out) {
     const cf_attn_variant *v = cf_attn_variant_of(a->cfg.type);
-    int D = a->proj.w->shape[0];
+    int D = a->proj.w->shape[0], ka, va, W = step_width(a, &ka, &va);
     size_t mark = cf_arena_mark(&ctx->arena);
-    float *qkv = cf_scratch(ctx, sizeof(float) * (size_t)n * 3 * D), *y = cf_scratch(ctx, sizeof(float) * (size_t)n * D);
+    float *qkv = cf_scratch(ctx, sizeof(float) * (size_t)n * W), *y = cf_scratch(ctx, sizeof(float) * (size_t)n * D);
     int64_t *pos = cf_scratch(ctx, sizeof(int64_t) * (size_t)n);
     /* positions within the current call, as the full forward numbers a call's rows from 0 (for
      * every variant but the recurrent ones the stream is one call) */
     for (int r = 0; r < n; r++) pos[r] = c->pos - c->call0 + r;
-    cf_attn_step_qkv(ctx, a, pos, x, n, qkv);                            /* (n, 3D) */
+    cf_attn_step_qkv(a, pos, x, n, qkv);                            /* (n, W) */
     cf_attn_call call = call_of(a, NULL, state);
-    v->step(&call, c, qkv, qkv + D, qkv + 2 * D, 3 * D, n, y);          /* (n, D) */
+    v->step(&call, c, qkv, qkv + ka, qkv + va, W, n, y);                 /* (n, D) */
     cf_linear_rows(&a->proj, y, n, out);
     cf_arena_rewind(&ctx->arena, mark);
 }
@@ -179,19 +170,19 @@ void cf_attn_step(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *stat
 void cf_attn_step_streams(cf_ctx *ctx, const cf_attn_layer *a, const cf_attn_state *state, cf_attn_cache *caches,
                           const float *x, int n, float *out) {
     const cf_attn_variant *v = cf_attn_variant_of(a->cfg.type);
-    int D = a->proj.w->shape[0];
+    int D = a->proj.w->shape[0], ka, va, W = step_width(a, &ka, &va);
     size_t mark = cf_arena_mark(&ctx->arena);
-    float *qkv = cf_scratch(ctx, sizeof(float) * (size_t)n * 3 * D), *y = cf_scratch(ctx, sizeof(float) * (size_t)n * D);
+    float *qkv = cf_scratch(ctx, sizeof(float) * (size_t)n * W), *y = cf_scratch(ctx, sizeof(float) * (size_t)n * D);
     int64_t *pos = cf_scratch(ctx, sizeof(int64_t) * (size_t)n);
     for (int r = 0; r < n; r++) pos[r] = caches[r].pos;
-    cf_attn_step_qkv(ctx, a, pos, x, n, qkv);                            /* (n, 3D) */
+    cf_attn_step_qkv(a, pos, x, n, qkv);                            /* (n, W) */
     cf_attn_call call = call_of(a, NULL, state);
     /* each stream's step writes only its own cache (and its own workspace, which a step in a
      * nested, inactive parallel region reads as thread 0's) and its own output row */
     #pragma omp parallel for schedule(static) if (n > 1 && (int64_t)n * caches[0].pos * D >= (1 << 16))
     for (int r = 0; r < n; r++) {
-        const float *row = qkv + (size_t)r * 3 * D;
-        v->step(&call, &caches[r], row, row + D, row + 2 * D, 3 * D, 1, y + (size_t)r * D);
+        const float *row = qkv + (size_t)r * W;
+        v->step(&call, &caches[r], row, row + ka, row + va, W, 1, y + (size_t)r * D);
     }
     cf_linear_rows(&a->proj, y, n, out);
     cf_arena_rewind(&ctx->arena, mark);

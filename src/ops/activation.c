@@ -13,7 +13,9 @@ cf_tensor *cf_gelu(cf_ctx *ctx, cf_tensor *x) {
     const float *px = x->data;
     float *py = y->data;
     int64_t n = x->numel;
-    #pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    /* no simd clause: with it gcc runs this loop scalar when the region is serial (below PAR_MIN,
+     * as for a decoding step's row: 5.3 us for 1,024 values against 0.8 without it) */
+    #pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
         py[i] = cf_gelu_value(px[i]);
     }
