@@ -63,6 +63,7 @@ static inline int64_t cf_rows(const cf_tensor *t) { return t->numel / t->shape[t
 typedef struct cf_arena {
     char  *base;
     size_t cap, used, peak;
+    size_t touched;                /* bytes from base whose pages were first touched (cf_zero_parallel) */
 } cf_arena;
 
 int    cf_arena_init(cf_arena *a, size_t cap_bytes);   /* 0, or -1 with cf_error_msg() */
@@ -70,6 +71,11 @@ void   cf_arena_free(cf_arena *a);
 void  *cf_arena_alloc(cf_arena *a, size_t nbytes);     /* dies naming the capacity when full */
 static inline size_t cf_arena_mark(const cf_arena *a) { return a->used; }
 static inline void   cf_arena_rewind(cf_arena *a, size_t mark) { a->used = mark; }
+/* Zero n bytes, large spans by all threads in equal contiguous parts: the static schedule of the
+ * ops' row loops and of the optimizer's slab pass. Memory touched first here (the arena as it
+ * grows, the parameter, gradient and optimizer slabs) lands on the NUMA node of the thread that
+ * will use it (docs/perf/README.md, "First touch"). */
+void   cf_zero_parallel(void *p, size_t n);
 static inline void   cf_arena_reset(cf_arena *a) { a->used = 0; }
 
 /* ---- tape ---------------------------------------------------------------------------------- */
