@@ -21,6 +21,45 @@ static void fill_off_kink(float *x, int n, uint64_t seed) {
     for (int i = 0; i < n; i++) x[i] = x[i] < 0 ? x[i] - 0.1f : x[i] + 0.1f;
 }
 
+/* one op's output and input gradients (dy = 1 + i / n) on the n values of x (and b for glu) */
+static void run_op(cf_ctx *ctx, int op, const float *x, const float *b, int n, float *y, float *dx, float *db) {
+    cf_ctx_begin(ctx, 0);
+    cf_tensor *X = cf_tensor_leaf(ctx, (float *)x, 1, (int[]){n}, 1);
+    cf_tensor *Bt = cf_tensor_leaf(ctx, (float *)b, 1, (int[]){n}, 1);
+    cf_tensor *Y = op == 0 ? cf_gelu(ctx, X) : op == 1 ? cf_relu(ctx, X) : op == 2 ? cf_elu(ctx, X, 1.0f)
+                 : op == 3 ? cf_silu(ctx, X) : cf_glu(ctx, X, Bt, (cf_act_kind)(op - 4));
+    float *seed = malloc((size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++) seed[i] = 1.0f + (float)(i % 97) / 97.0f;
+    X->grad = NULL;
+    Bt->grad = NULL;
+    cf_backward(ctx, Y, seed);
+    memcpy(y, Y->data, (size_t)n * sizeof(float));
+    memcpy(dx, X->grad, (size_t)n * sizeof(float));
+    if (op >= 4) memcpy(db, Bt->grad, (size_t)n * sizeof(float));
+    free(seed);
+}
+
+/* Below the parallel threshold the loops run in a serial region: they must stay vectorised
+ * (`if (parallel: ...)`) and give the bits of the threaded path on the same values. */
+static void check_serial_path(cf_ctx *ctx) {
+    int big = 1 << 17, small = 1000;
+    float *x = malloc((size_t)big * sizeof(float)), *b = malloc((size_t)big * sizeof(float));
+    float *y1 = malloc((size_t)big * 3 * sizeof(float)), *y2 = malloc((size_t)small * 3 * sizeof(float));
+    fill_off_kink(x, big, 41);
+    t_fill_uniform(b, big, -2, 2, 43);
+    for (int i = 0; i < small; i++) x[i] = (float)(i - 500) / 40.0f;   /* both sides of every branch */
+    const char *names[] = {"gelu", "relu", "elu", "silu", "glu-gelu", "glu-relu", "glu-silu"};
+    for (int op = 0; op < 7; op++) {
+        run_op(ctx, op, x, b, big, y1, y1 + big, y1 + 2 * big);
+        run_op(ctx, op, x, b, small, y2, y2 + small, y2 + 2 * small);
+        int same = 1;
+        for (int k = 0; k < (op >= 4 ? 3 : 2); k++)
+            same &= !memcmp(y1 + (size_t)k * big, y2 + (size_t)k * small, (size_t)small * sizeof(float));
+        CHECK(same, "%s: the serial region's values or gradients differ from the threaded path's", names[op]);
+    }
+    free(x); free(b); free(y1); free(y2);
+}
+
 int main(void) {
     cf_ctx ctx;
     CF_ASSERT(cf_ctx_init(&ctx, (size_t)1 << 28, 1 << 10) == 0, "%s", cf_error_msg());
@@ -109,6 +148,7 @@ int main(void) {
         gradcheck("elu alpha=0.7", f_elu, &alpha2, &shapes[s], 1, 1e-2f, 1e-2);
     }
 
+    check_serial_path(&ctx);
     cf_ctx_free(&ctx);
     TEST_MAIN_END();
 }

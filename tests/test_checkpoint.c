@@ -18,7 +18,7 @@
  *
  * Training runs in forked children (as the CLI would run them), so a kill or abort hits only the
  * child, and the parent never starts OpenMP threads before a fork (libgomp's pool does not survive
- * fork). Everything lives in a fresh directory under /tmp, removed when every check passed. */
+ * fork): it runs its own work at one thread, and each child takes back the thread count. Everything lives in a fresh directory under /tmp, removed when every check passed. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +30,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <omp.h>
 #include "test.h"
 #include "cformer/checkpoint.h"
 #include "cformer/h5io.h"
@@ -37,6 +38,7 @@
 
 static char root[256];      /* the test's scratch directory */
 static char err_path[300];  /* children's stderr and stdout */
+static int child_threads;    /* the thread count the test runs at: the children's (the parent's is 1) */
 
 /* ---- files ------------------------------------------------------------------------------------ */
 static void write_bytes(const char *path, const void *data, size_t n) {
@@ -154,6 +156,7 @@ static pid_t spawn_train(const cf_config *c, const char *out, const char *resume
     pid_t p = fork();
     CF_ASSERT(p >= 0, "fork: %s", strerror(errno));
     if (p == 0) {
+        omp_set_num_threads(child_threads);
         int fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         dup2(fd, 2);
         dup2(fd, 1);
@@ -942,6 +945,8 @@ static void test_bad_input(const char *good_run) {
 }
 
 int main(void) {
+    child_threads = omp_get_max_threads();
+    omp_set_num_threads(1);
     cf_h5_quiet();
     snprintf(root, sizeof root, "/tmp/cf_test_ckpt_XXXXXX");
     CF_ASSERT(mkdtemp(root), "mkdtemp: %s", strerror(errno));

@@ -7,7 +7,8 @@
 
 enum { L = 3, D = 64, F = 256, B = 4, T = 48, V = 256 };
 
-typedef struct result { float loss; float *grads; int64_t numel; double wall; } result;
+/* par: the parallel regions the step started (counted when profiled) */
+typedef struct result { float loss; float *grads; int64_t numel; double wall; cf_prof_par par; } result;
 
 static result run(int ckpt, cf_prof *prof) {
     char layers[32], width[32], ff[32], seq[32], len[32], batch[32];
@@ -32,13 +33,19 @@ static result run(int ckpt, cf_prof *prof) {
     cf_ctx_begin(&ctx, 5);
     cf_params_zero_grad(&m.params);
     ctx.prof = prof;
+    cf_prof_par par0, par;
+    cf_prof_par_count(prof != NULL);
+    cf_prof_par_read(&par0);
     double t0 = cf_prof_now();
     if (prof) cf_prof_start(prof);
     cf_tensor *loss = cf_model_loss(&m, &ctx, x, y, B, T, NULL);
     cf_backward(&ctx, loss, NULL);
     double wall = cf_prof_now() - t0;
+    cf_prof_par_read(&par);
+    cf_prof_par_count(0);
+    cf_prof_par_sub(&par, &par0);
     if (prof) cf_prof_flush(prof);
-    result r = {loss->data[0], malloc(sizeof(float) * m.params.numel), m.params.numel, wall};
+    result r = {loss->data[0], malloc(sizeof(float) * m.params.numel), m.params.numel, wall, par};
     memcpy(r.grads, m.params.grads, sizeof(float) * m.params.numel);
     cf_ctx_free(&ctx);
     cf_model_free(&m);
@@ -53,8 +60,29 @@ static double total(const cf_prof *p) {
     return s;
 }
 
+/* every region the step started is charged to one op, inside that op's time */
+static void check_regions(const cf_prof *p, const result *r, int ckpt) {
+    cf_prof_par sum = {0};
+    int inside = 1;
+    for (int op = 0; op < CF_OP_COUNT; op++)
+        for (int d = 0; d < CF_PROF_DIRS; d++) {
+            const cf_prof_cell *c = &p->cell[op][d];
+            cf_prof_par_add(&sum, &c->par);
+            inside &= c->par.wall + c->par.solo <= c->sec * 1.0001 + 1e-6 && c->par.busy <= c->par.team * 1.0001 + 1e-6;
+        }
+    CHECK(r->par.regions > 0 && sum.regions == r->par.regions && sum.solo_regions == r->par.solo_regions,
+          "ckpt=%d: %.0f + %.0f regions charged of %.0f + %.0f", ckpt, sum.regions, sum.solo_regions, r->par.regions,
+          r->par.solo_regions);
+    CHECK(inside, "ckpt=%d: an op's regions take more than its time, or their threads more than the team's", ckpt);
+    const cf_prof_par *ln = &p->cell[CF_OP_LAYERNORM][CF_PROF_FORWARD].par;
+    CHECK(ln->regions + ln->solo_regions > 0, "ckpt=%d: no layernorm regions", ckpt);
+    printf("ckpt=%d: %.0f regions (%.0f solo), %.3f ms of the step in them\n", ckpt, r->par.regions,
+           r->par.solo_regions, (r->par.wall + r->par.solo) * 1e3);
+}
+
 static void check_step(int ckpt) {
     result off = run(ckpt, NULL);
+    CHECK(off.par.regions == 0, "ckpt=%d: regions counted with counting off", ckpt);
     cf_prof p;
     cf_prof_clear(&p);
     result on = run(ckpt, &p);
@@ -64,6 +92,7 @@ static void check_step(int ckpt) {
     CHECK(sum <= on.wall * 1.0001 && sum >= 0.8 * on.wall, "ckpt=%d: parts sum to %.3f ms of a %.3f ms step", ckpt,
           sum * 1e3, on.wall * 1e3);
     printf("ckpt=%d: parts %.3f ms of %.3f ms (%.1f%%)\n", ckpt, sum * 1e3, on.wall * 1e3, 100 * sum / on.wall);
+    check_regions(&p, &on, ckpt);
 
     /* per layer: qkv, attention proj, mlp proj, and fc as linear_gelu; then the output head */
     const cf_prof_cell *lf = &p.cell[CF_OP_LINEAR][CF_PROF_FORWARD], *lb = &p.cell[CF_OP_LINEAR][CF_PROF_BACKWARD];

@@ -63,6 +63,7 @@ static inline int64_t cf_rows(const cf_tensor *t) { return t->numel / t->shape[t
 typedef struct cf_arena {
     char  *base;
     size_t cap, used, peak;
+    size_t touched;                /* bytes from base whose pages were first touched (cf_zero_parallel) */
 } cf_arena;
 
 int    cf_arena_init(cf_arena *a, size_t cap_bytes);   /* 0, or -1 with cf_error_msg() */
@@ -70,6 +71,11 @@ void   cf_arena_free(cf_arena *a);
 void  *cf_arena_alloc(cf_arena *a, size_t nbytes);     /* dies naming the capacity when full */
 static inline size_t cf_arena_mark(const cf_arena *a) { return a->used; }
 static inline void   cf_arena_rewind(cf_arena *a, size_t mark) { a->used = mark; }
+/* Zero n bytes, large spans by all threads in equal contiguous parts: the static schedule of the
+ * ops' row loops and of the optimizer's slab pass. Memory touched first here (the arena as it
+ * grows, the parameter, gradient and optimizer slabs) lands on the NUMA node of the thread that
+ * will use it (docs/perf/README.md, "First touch"). */
+void   cf_zero_parallel(void *p, size_t n);
 static inline void   cf_arena_reset(cf_arena *a) { a->used = 0; }
 
 /* ---- tape ---------------------------------------------------------------------------------- */
@@ -266,11 +272,26 @@ void cf_rc_counts(const cf_ctx *ctx, int64_t counts[3]);
 typedef enum cf_prof_dir { CF_PROF_FORWARD, CF_PROF_BACKWARD, CF_PROF_RECOMPUTE, CF_PROF_DIRS } cf_prof_dir;
 extern const char *const cf_prof_dir_names[CF_PROF_DIRS];   /* "forward", "backward", "recompute" */
 
+/* The OpenMP parallel regions the main thread started while cf_prof_par_count(1) is in force:
+ * profile.c stands in for libgomp's GOMP_parallel (the call gcc makes for every `#pragma omp
+ * parallel`), times each region and its threads' work, and hands the call on. An `if` clause that
+ * is false, or num_threads(1), reaches GOMP_parallel as a team of 1 asked for: a "solo" region.
+ * Step time outside all regions plus solo time is the serial part that more threads cannot cut. */
+typedef struct cf_prof_par {
+    double regions;                /* regions run by a team (of any size, 1 at OMP_NUM_THREADS=1) */
+    double wall;                   /* ... the time inside them */
+    double team;                   /* ... that time times the team's size: the thread time they held */
+    double busy;                   /* ... the threads' time in the region's body (the rest: waiting at its end) */
+    double solo_regions;           /* regions asked for one thread (an `if` that was false) */
+    double solo;                   /* ... the time inside them */
+} cf_prof_par;
+
 typedef struct cf_prof_cell {
     double  sec;                   /* time charged */
     int64_t calls;
     double  flops;                 /* FLOPs of the calls whose count is known ... */
     double  flop_sec;              /* ... and their time, so GFLOP/s = flops / flop_sec / 1e9 */
+    cf_prof_par par;               /* the parallel regions inside that time */
 } cf_prof_cell;
 
 typedef struct cf_prof {
@@ -278,20 +299,33 @@ typedef struct cf_prof {
     cf_prof_dir  dir;              /* what a forward op is charged to now; backward ignores ops */
     double       last;             /* when the previous forward op ended */
     double       charged;          /* all time charged so far (for exclusive backward times) */
+    cf_prof_par  par_last;         /* the region counts when the previous forward op ended */
+    cf_prof_par  par_charged;      /* all region counts charged so far */
     const struct cf_node *pend;    /* a recorded forward node whose FLOPs wait for its attributes */
     int          idle_op;          /* the op now ending computed nothing (a selective replay) */
     cf_prof_dir  pend_dir;
     double       pend_sec;
 } cf_prof;
 
+/* where a node's backward began: the clock, the charged time and the region counts then */
+typedef struct cf_prof_mark { double t, charged; cf_prof_par par, par_charged; } cf_prof_mark;
+
 double cf_prof_now(void);                  /* monotonic seconds */
 void   cf_prof_clear(cf_prof *p);
 void   cf_prof_start(cf_prof *p);          /* a forward pass starts now */
+void   cf_prof_resume(cf_prof *p, cf_prof_dir dir);   /* forward ops run from now on, charged to dir */
 void   cf_prof_flush(cf_prof *p);          /* settle pending counts (before reading the cells) */
 /* the tape's calls: an op's forward has ended (n: its node, NULL when not recorded); a node's
- * backward ran from t0, when p->charged was c0 */
+ * backward begins (m is filled) and has ended */
 void   cf_prof_forward(cf_prof *p, cf_op_kind op, cf_tensor *out, int n_in, cf_tensor **in, const struct cf_node *n);
-void   cf_prof_backward(cf_prof *p, const struct cf_node *n, double t0, double c0);
+void   cf_prof_begin(const cf_prof *p, cf_prof_mark *m);
+void   cf_prof_backward(cf_prof *p, const struct cf_node *n, const cf_prof_mark *m);
+/* parallel regions: counting on or off (off, the stand-in costs one branch per region); the
+ * counts so far; a += b; a -= b */
+void   cf_prof_par_count(int on);
+void   cf_prof_par_read(cf_prof_par *out);
+void   cf_prof_par_add(cf_prof_par *a, const cf_prof_par *b);
+void   cf_prof_par_sub(cf_prof_par *a, const cf_prof_par *b);
 
 /* ---- counter-based RNG ------------------------------------------------------------------------
  * Dropout masks and random windows are pure functions of (key, index): independent of thread

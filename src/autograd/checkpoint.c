@@ -255,10 +255,7 @@ void cf_checkpoint_backward(cf_ctx *ctx, cf_node *n) {
     size_t mark = cf_arena_mark(&ctx->arena);
     int first = ctx->n_nodes;
     ctx->rng_calls = r->rng_calls;
-    if (ctx->prof) {
-        ctx->prof->dir = CF_PROF_RECOMPUTE;
-        ctx->prof->last = cf_prof_now();
-    }
+    if (ctx->prof) cf_prof_resume(ctx->prof, CF_PROF_RECOMPUTE);
     struct cf_rc *rc = r->plan ? ctx->rc : NULL;
     if (rc) {
         rc->mode = RC_REPLAY;

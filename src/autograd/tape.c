@@ -75,10 +75,11 @@ void cf_backward_range(cf_ctx *ctx, int from, int to) {
         if (ctx->hook) ctx->hook->node(ctx->hook, n, i, 0);
         if (ctx->prof) {
             cf_prof *p = ctx->prof;
-            double t0 = cf_prof_now(), c0 = p->charged;
+            cf_prof_mark m;
+            cf_prof_begin(p, &m);
             p->dir = CF_PROF_BACKWARD;
             cf_op_table[n->op].backward(ctx, n);
-            cf_prof_backward(p, n, t0, c0);
+            cf_prof_backward(p, n, &m);
         } else {
             cf_op_table[n->op].backward(ctx, n);
         }

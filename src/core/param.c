@@ -69,8 +69,8 @@ int cf_params_finalize(cf_params *p) {
         return cf_set_error("cannot allocate %zu MB for %lld parameters and their gradients", 2 * bytes >> 20,
                             (long long)p->numel);
     }
-    memset(p->values, 0, bytes);
-    memset(p->grads, 0, bytes);
+    cf_zero_parallel(p->values, bytes);
+    cf_zero_parallel(p->grads, bytes);
     for (int i = 0; i < p->n; i++) {
         p->t[i]->data = p->values + p->offset[i];
         p->t[i]->grad = p->grads + p->offset[i];
@@ -79,7 +79,7 @@ int cf_params_finalize(cf_params *p) {
     return 0;
 }
 
-void cf_params_zero_grad(cf_params *p) { memset(p->grads, 0, (size_t)p->numel * sizeof(float)); }
+void cf_params_zero_grad(cf_params *p) { cf_zero_parallel(p->grads, (size_t)p->numel * sizeof(float)); }
 
 cf_tensor *cf_params_find(const cf_params *p, const char *name) {
     if (!p->index_cap) return NULL;

@@ -64,7 +64,7 @@ float *cf_grad_nozero(cf_ctx *ctx, cf_tensor *t, int *fresh) {
 float *cf_grad(cf_ctx *ctx, cf_tensor *t) {
     int fresh;
     float *g = cf_grad_nozero(ctx, t, &fresh);
-    if (fresh) memset(g, 0, (size_t)t->numel * sizeof(float));
+    if (fresh) cf_zero_parallel(g, (size_t)t->numel * sizeof(float));
     return g;
 }
 

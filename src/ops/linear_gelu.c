@@ -39,7 +39,8 @@ void cf_linear_gelu_backward(cf_ctx *ctx, cf_node *n) {
     float *dh = cf_grad_nozero(ctx, h, &fresh);
     int64_t cnt = h->numel;
     /* 0 + v, not v: the unfused gelu adds into a zeroed buffer, which turns -0 into +0 */
-    #pragma omp parallel for simd schedule(static) if (cnt > 32768)
+    /* `parallel:`, so that a serial region stays vectorised (activation.c says why) */
+    #pragma omp parallel for simd schedule(static) if (parallel: cnt > 32768)
     for (int64_t i = 0; i < cnt; i++) dh[i] = (fresh ? 0.0f : dh[i]) + dy[i] * cf_gelu_slope(ph[i]);
     cf_node lin = *n;
     lin.out = h;

@@ -29,7 +29,8 @@ cf_tensor *cf_sum(cf_ctx *ctx, cf_tensor *x) {
 }
 
 static void add_constant(float *dx, int64_t n, float v) {
-    #pragma omp parallel for simd schedule(static) if (n > 32768)
+    /* `parallel:`, so that a serial region stays vectorised (activation.c says why) */
+    #pragma omp parallel for simd schedule(static) if (parallel: n > 32768)
     for (int64_t i = 0; i < n; i++) dx[i] += v;
 }
 

@@ -25,7 +25,8 @@ void cf_reshape_backward(cf_ctx *ctx, cf_node *n) {
     const float *g = n->out->grad;
     float *dx = cf_grad(ctx, n->in[0]);
     int64_t cnt = n->out->numel;
-    #pragma omp parallel for simd schedule(static) if (cnt > PAR_MIN)
+    /* `parallel:`, so that a serial region stays vectorised (activation.c says why) */
+    #pragma omp parallel for simd schedule(static) if (parallel: cnt > PAR_MIN)
     for (int64_t i = 0; i < cnt; i++) dx[i] += g[i];
 }
 

@@ -43,7 +43,9 @@ void cf_optim_init(cf_optim *o, cf_optim_kind k, const cf_params *p) {
                         (!p->n || !memcmp(sl->offset, p->offset, sizeof(int64_t) * (size_t)p->n));
         CF_ASSERT(rows[k].state_shape || as_params, "optimizer %s: state and parameter slabs differ in layout",
                   cf_optim_name(k));
-        sl->data = cf_xcalloc((size_t)(sl->numel ? sl->numel : 1), sizeof(float));
+        size_t bytes = (size_t)(sl->numel ? sl->numel : 1) * sizeof(float);
+        sl->data = cf_xmalloc(bytes);
+        cf_zero_parallel(sl->data, bytes);   /* placed as the optimizer's pass over the slab reads it */
     }
 }
 
