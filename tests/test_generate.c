@@ -4,6 +4,7 @@
  * and with several bytes fed at once; greedy sampling through the cache picks at each step the
  * byte the full forward ranks first, and gives the same bytes as the uncached sampler. */
 #include <string.h>
+#include <omp.h>
 #include "test.h"
 #include "cformer/decode.h"
 
@@ -205,6 +206,44 @@ static void equivalence(const tcase *t) {
     cf_model_free(&m);
 }
 
+/* The sampler may change the thread count between steps (src/decode/sample.c), so a step's
+ * logits must not depend on it: at d_model 256 every parallel region of a step runs (the
+ * matrix-vector products, the cached attention's heads), and one thread gives the team's logits
+ * bit for bit. */
+static void thread_invariance(const char *name, const char *attn, int span) {
+    int team = omp_get_max_threads();
+    if (team < 2) return;
+    const char *sets[] = {"model.d_model=256", "model.n_heads=4", "model.n_layers=1", "model.d_ff=512",
+                          "model.max_seq_len=128", "train.seq_len=64", "eval.ctx=64", attn};
+    cf_config c;
+    cf_model m;
+    CF_ASSERT(cf_config_parse(&c, "{}", sets, 8, 0) == 0, "%s: %s", name, cf_error_msg());
+    CF_ASSERT(cf_model_init(&m, &c.model, 7) == 0, "%s: %s", name, cf_error_msg());
+    cf_model_set_step(&m, 5, 40);
+    cf_ctx ctx;
+    CF_ASSERT(cf_ctx_init(&ctx, cf_model_arena_bytes(&m.cfg, 1, 128), 1 << 12) == 0, "%s", cf_error_msg());
+    int V = m.cfg.vocab_size, N = 96;
+    float *z[2];
+    for (int run = 0; run < 2; run++) {
+        omp_set_num_threads(run ? 1 : team);
+        z[run] = malloc(sizeof(float) * (size_t)N * V);
+        cf_gen g;
+        CHECK(cf_gen_init(&g, &m, &ctx, span, 8) == 0, "%s: %s", name, cf_error_msg());
+        for (int i = 0; i < N; i++) {
+            int32_t id = (uint8_t)TEXT[i % (int)strlen(TEXT)];
+            memcpy(z[run] + (size_t)i * V, cf_gen_feed(&g, &id, 1), sizeof(float) * V);
+        }
+        cf_gen_free(&g);
+    }
+    omp_set_num_threads(team);
+    CHECK(!memcmp(z[0], z[1], sizeof(float) * (size_t)N * V), "%s: logits at %d threads differ from 1 thread's", name,
+          team);
+    free(z[0]);
+    free(z[1]);
+    cf_ctx_free(&ctx);
+    cf_model_free(&m);
+}
+
 /* the cuts of the distribution: top-k 1 and a tiny top-p keep only the most likely byte, so they
  * sample the greedy bytes whatever the seed; without a cut a seed repeats its bytes and another
  * seed draws others; a stop string ends the sample before itself */
@@ -257,5 +296,12 @@ static void sampling(void) {
 int main(void) {
     for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++) equivalence(&CASES[i]);
     sampling();
+    thread_invariance("full", "model.attention={\"type\":\"full\"}", 128);
+    thread_invariance("window", "model.attention={\"type\":\"window\",\"window\":32}", 128);
+    thread_invariance("sparse_strided", "model.attention={\"type\":\"sparse_strided\",\"stride\":8}", 128);
+    thread_invariance("linear", "model.attention={\"type\":\"linear\"}", 128);
+    thread_invariance("performer", "model.attention={\"type\":\"performer\",\"features\":32}", 128);
+    thread_invariance("xl", "model.attention={\"type\":\"xl\",\"mem_len\":32}", 32);
+    thread_invariance("infini", "model.attention={\"type\":\"infini\",\"segment_len\":32}", 32);
     TEST_MAIN_END();
 }

@@ -3,6 +3,7 @@
  * stop string and bytes handed to the caller as they are produced. The uncached reference re-runs
  * the full forward on the last max_seq_len bytes for every byte. */
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,69 @@ static const float *uncached_logits(cf_model *m, cf_ctx *ctx, const uint8_t *out
     return cf_model_logits(m, ctx, ids, 1, T)->data + (size_t)(T - 1) * m->cfg.vocab_size;
 }
 
+/* ---- the thread count of the one-byte steps --------------------------------------------------
+ * A step is a few dozen short parallel regions. On a machine whose cores other processes keep
+ * busy, every region waits for a descheduled thread, and two threads run several times slower
+ * than one (docs/perf/README.md, "A busy machine"). So the sampler times its steps, and now and
+ * then runs PROBE of them at the other thread count (the team or 1); it keeps the count whose
+ * median step was shorter. A probe that confirms the count doubles the wait before the next one
+ * (from PERIOD0 up to PERIOD_MAX steps), and a step four times the running median brings the next
+ * probe forward. The bytes do not depend on the count: every sum of a step is made by one thread
+ * in one order (tests/test_generate.c compares the team's logits with one thread's). */
+#define PROBE 8
+#define PERIOD0 64
+#define PERIOD_MAX 2048
+
+typedef struct pace {
+    int team, home, cur;          /* the team (omp_get_max_threads at start), the chosen count, the one in use */
+    int left, period;             /* steps until the next probe or the end of this one; the wait between probes */
+    double t[2][PROBE];           /* the last PROBE step times at the team [0] and at one thread [1] */
+    int n[2];
+} pace;
+
+static void pace_init(pace *p) {
+    *p = (pace){.team = omp_get_max_threads(), .period = PERIOD0, .left = PERIOD0};
+    p->home = p->cur = p->team;
+}
+
+static double median_of(const double *t, int n) {
+    double a[PROBE];
+    memcpy(a, t, sizeof(double) * (size_t)n);
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && a[j - 1] > a[j]; j--) { double x = a[j]; a[j] = a[j - 1]; a[j - 1] = x; }
+    return a[n / 2];
+}
+
+static void pace_set(pace *p, int count) {
+    if (count != p->cur) omp_set_num_threads(count);
+    p->cur = count;
+}
+
+/* after a step of `sec` seconds at p->cur threads: record it, and start or end a probe */
+static void pace_step(pace *p, double sec) {
+    if (p->team < 2) return;
+    int slot = p->cur == p->team ? 0 : 1;
+    int have = p->n[slot] < PROBE ? p->n[slot] : PROBE;
+    if (p->cur == p->home && have == PROBE && sec > 4 * median_of(p->t[slot], PROBE)) p->left = 0;
+    p->t[slot][p->n[slot]++ % PROBE] = sec;
+    if (--p->left > 0) return;
+    if (p->cur == p->home) {                      /* probe the other count */
+        int other = p->home == p->team ? 1 : p->team;
+        p->n[other == p->team ? 0 : 1] = 0;
+        pace_set(p, other);
+        p->left = PROBE;
+        return;
+    }
+    int h = p->home == p->team ? 0 : 1;           /* the probe is over: keep the faster count */
+    int keep = p->n[h] >= PROBE && median_of(p->t[h], PROBE) <= median_of(p->t[1 - h], PROBE);
+    if (keep) p->period = p->period * 2 < PERIOD_MAX ? p->period * 2 : PERIOD_MAX;
+    else p->home = p->cur, p->period = PERIOD0;
+    pace_set(p, p->home);
+    p->left = p->period;
+}
+
+static double now_sec(void) { return omp_get_wtime(); }
+
 #define ROWS 64   /* bytes fed at once while encoding a prompt */
 
 /* feed out[from, n) and return the logits after the last */
@@ -118,6 +182,8 @@ int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, c
         emitted = emit_ready(out + n_prompt, made, emitted, o, &stopped);
     }
     const float *z = NULL;
+    pace pc;
+    pace_init(&pc);
     if (!o->uncached) {
         int from = g.bounded && n > span ? n - span : 0;      /* a longer prompt: its last span bytes */
         z = feed_all(&g, out, from, n, ids);
@@ -130,7 +196,9 @@ int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, c
         if (stopped || made == n_new || o->uncached) continue;
         if (cf_gen_room(&g) > 0) {
             int32_t id = out[n - 1];
+            double t0 = now_sec();
             z = cf_gen_feed(&g, &id, 1);
+            pace_step(&pc, now_sec() - t0);
             continue;
         }
         /* the context is full: drop its oldest `slide` bytes, re-encode the rest and the new byte
@@ -146,6 +214,7 @@ int cf_sample(cf_model *m, cf_ctx *ctx, uint8_t *out, int n_prompt, int n_new, c
     else if (o->emit && emitted < made)      /* held back as a possible start of the stop string */
         o->emit(o->emit_arg, out + n_prompt + emitted, made - emitted);
     rc = made;
+    pace_set(&pc, pc.team);
     if (!o->uncached) cf_gen_free(&g);
 done:
     ctx->grad_enabled = saved_grad;
