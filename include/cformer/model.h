@@ -81,7 +81,10 @@ extern const cf_model_family *const cf_model_families[CF_ARCH_COUNT];
 
 /* Build the model of config c: every parameter declared and initialised (normal(0, init_std),
  * residual output projections scaled by 1/sqrt(2 n_layers), zero biases, unit norm weights).
+ * Seed CF_SEED_NONE declares them and leaves them zero, for a checkpoint to fill (drawing a
+ * few million normals is most of the start of `cformer sample` and `eval`).
  * -1 with cf_error_msg() for a configuration the model cannot build. */
+#define CF_SEED_NONE UINT64_MAX
 int  cf_model_init(cf_model *m, const cf_model_config *c, uint64_t seed);
 void cf_model_free(cf_model *m);
 /* the loss of a batch of the model's own kind */

@@ -532,7 +532,7 @@ int cf_ckpt_read_config(const char *path, cf_config *c) {
 int cf_ckpt_load_model(const char *path, cf_config *c, cf_model *m, cf_train_state *s) {
     memset(m, 0, sizeof *m);
     if (cf_ckpt_read_config(path, c)) return -1;
-    if (cf_model_init(m, &c->model, c->train.seed)) {
+    if (cf_model_init(m, &c->model, CF_SEED_NONE)) {        /* every parameter comes from the file */
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", cf_error_msg());
         cf_model_free(m);

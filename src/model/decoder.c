@@ -66,7 +66,7 @@ static int decoder_init(cf_model *m, const cf_model_config *c, uint64_t seed) {
     if (c->norm_position == CF_NORM_PRE) cf_norm_decl(&m->ln_f, &m->params, "ln_f", D, c->norm, c->norm_eps);
     if (!c->tie_embeddings) m->lm_head = cf_param_add(&m->params, "lm_head.weight", 2, (int[]){c->vocab_size, D});
     if (cf_params_finalize(&m->params)) return -1;
-    init_weights(m, seed);
+    if (seed != CF_SEED_NONE) init_weights(m, seed);
     if (!has_xl && c->position == CF_POS_SINUSOIDAL) {
         /* Vaswani et al. 2017: PE(p, 2i) = sin(p / 10000^(2i/D)), PE(p, 2i+1) = cos(...) */
         m->pos_table = cf_xmalloc((size_t)c->max_seq_len * D * sizeof(float));
