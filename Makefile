@@ -88,7 +88,7 @@ BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || (test -e /usr/lib
 ifneq ($(strip $(BLAS_LIBS)),)
   BENCH_BLAS := -DCF_HAVE_OPENBLAS $(shell pkg-config --cflags openblas 2>/dev/null)
 endif
-$(BUILD)/bench/%: tools/bench/%.c $(LIB_OBJ)
+$(BUILD)/bench/%: tools/bench/%.c tools/bench/bench.h $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(CC) $(CFLAGS) $(BENCH_BLAS) $< $(LIB_OBJ) -o $@ $(LDLIBS) $(BLAS_LIBS)

@@ -17,20 +17,9 @@
 #include <string.h>
 #include <time.h>
 #include "cformer/cformer.h"
+#include "bench.h"
 
 enum { H = 4, DH = 64, C = H * DH };
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static void fill(float *x, size_t n, float lo, float hi, uint64_t seed) {
-    cf_rng r;
-    cf_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * cf_rng_float(&r);
-}
 
 /* one step of the fused op in fp32 or bf16; returns fwd+bwd ms and sets *fwd and *peak */
 static double fused_step(cf_ctx *ctx, int bf16, int n, const float *src, const float *dout, double *fwd,
@@ -97,11 +86,6 @@ static double naive_step(cf_ctx *ctx, int n, const float *src, const float *dout
     *peak = ctx->arena.peak;
     *tt = (H + 1) * nn * sizeof(float);
     return t1 - t0;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 int main(void) {

@@ -13,25 +13,9 @@
 #include <string.h>
 #include <time.h>
 #include "cformer/cformer.h"
+#include "bench.h"
 
 enum { DH = 64, MAX_ROUNDS = 31 };
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static void fill(float *x, size_t n, uint64_t seed) {
-    cf_rng r;
-    cf_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = 2 * cf_rng_float(&r) - 1;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* one forward and backward; the times go to *fwd and *bwd */
 static void step(cf_ctx *ctx, int bf16, int B, int T, int H, const float *src, const float *dout, double *fwd,
@@ -75,8 +59,8 @@ int main(int argc, char **argv) {
         int B = shapes[s].B, T = shapes[s].T, H = shapes[s].H, c = H * DH;
         size_t n = (size_t)B * T;
         float *src = malloc(sizeof(float) * n * 3 * c), *dout = malloc(sizeof(float) * n * c);
-        fill(src, n * 3 * c, 1);
-        fill(dout, n * c, 2);
+        fill(src, n * 3 * c, -1, 1, 1);
+        fill(dout, n * c, -1, 1, 2);
         double fwd[2][MAX_ROUNDS], bwd[2][MAX_ROUNDS], w0, w1;
         for (int p = p0; p < p1; p++) step(&ctx, p, B, T, H, src, dout, &w0, &w1);   /* warm-up */
         for (int r = 0; r < rounds; r++)

@@ -21,21 +21,10 @@
 #include <string.h>
 #include <time.h>
 #include "cformer/cformer.h"
+#include "bench.h"
 #include "cformer/attention.h"
 
 enum { H = 4, DH = 64, C = H * DH, NMAX = 16384 };
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static void fill(float *x, size_t n, float lo, float hi, uint64_t seed) {
-    cf_rng r;
-    cf_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * cf_rng_float(&r);
-}
 
 /* one forward + backward of layer a's core; returns its ms and sets *fwd and *peak */
 static double step(cf_ctx *ctx, const cf_attn_layer *a, int n, const float *src, const float *dout, double *fwd,

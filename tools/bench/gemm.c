@@ -15,6 +15,7 @@
 #include <time.h>
 #include <omp.h>
 #include "cformer/cformer.h"
+#include "bench.h"
 #ifdef CF_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
@@ -23,16 +24,6 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static int cmp_double(const void *x, const void *y) {
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-static double median(double *v, int n) {
-    qsort(v, n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 typedef struct { int ta, tb; float beta; } layout;

@@ -11,27 +11,11 @@
 #include <string.h>
 #include <time.h>
 #include "cformer/cformer.h"
+#include "bench.h"
 
 enum { D = 256, DFF = 1024, MAX_ROUNDS = 31 };
 enum { LINEAR_GELU, LINEAR, GELU, LAYERNORM, N_OPS };
 static const char *const NAMES[N_OPS] = {"linear_gelu", "linear", "gelu", "layernorm"};
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
-}
-
-static void fill(float *x, size_t n, uint64_t seed) {
-    cf_rng r;
-    cf_rng_seed(&r, seed);
-    for (size_t i = 0; i < n; i++) x[i] = 2 * cf_rng_float(&r) - 1;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef struct inputs { float *x, *h, *w, *b, *g, *gb, *dy; } inputs;
 
@@ -72,13 +56,13 @@ int main(int argc, char **argv) {
     in.g = malloc(D * sizeof(float));
     in.gb = malloc(D * sizeof(float));
     in.dy = malloc(nh * sizeof(float));
-    fill(in.x, nx, 1);
-    fill(in.h, nh, 2);
-    fill(in.w, (size_t)DFF * D, 3);
-    fill(in.b, DFF, 4);
-    fill(in.g, D, 5);
-    fill(in.gb, D, 6);
-    fill(in.dy, nh, 7);
+    fill(in.x, nx, -1, 1, 1);
+    fill(in.h, nh, -1, 1, 2);
+    fill(in.w, (size_t)DFF * D, -1, 1, 3);
+    fill(in.b, DFF, -1, 1, 4);
+    fill(in.g, D, -1, 1, 5);
+    fill(in.gb, D, -1, 1, 6);
+    fill(in.dy, nh, -1, 1, 7);
     for (size_t i = 0; i < (size_t)DFF * D; i++) in.w[i] *= 0.06f;
     cf_ctx ctx;
     if (cf_ctx_init(&ctx, ((size_t)64 << 20) + (nh + nx) * 24, 1 << 10)) {
