@@ -82,25 +82,34 @@ static void norm_param_grads(const float *x, const float *dy, const float *mean,
 
 typedef struct fused_add {
     float *dx, *dr;                  /* gradients of x and r; NULL: not wanted (or not fused) */
+    int fresh_x, fresh_r;            /* the buffer is fresh: written, not added to */
     int on;
 } fused_add;
 
 static fused_add fused_add_of(cf_ctx *ctx, const cf_node *n) {
-    fused_add fa = {NULL, NULL, 0};
+    fused_add fa = {NULL, NULL, 0, 0, 0};
     const cf_node *add = n->ptr;
     if (!n->iarg[0] || !add) return fa;
     fa.on = 1;
-    if (add->in[0]->requires_grad) fa.dx = cf_grad(ctx, add->in[0]);
-    if (add->in[1]->requires_grad) fa.dr = cf_grad(ctx, add->in[1]);
+    /* a fresh buffer is not zeroed first: its rows are written below, each exactly once */
+    if (add->in[0]->requires_grad) fa.dx = cf_grad_nozero(ctx, add->in[0], &fa.fresh_x);
+    if (add->in[1]->requires_grad) fa.dr = cf_grad_nozero(ctx, add->in[1], &fa.fresh_r);
     return fa;
 }
 
-/* row r of s's gradient, complete now, into x's and r's: the add's backward, one row */
+/* row r of s's gradient, complete now, into x's and r's: the add's backward, one row. A fresh
+ * buffer gets 0 + g, the bits the unfused add's zeroed buffer gets (-0 becomes +0). */
 static void fused_add_row(const fused_add *fa, const float *ds, int64_t r, int D) {
     if (!fa->on) return;
     const float *g = ds + r * D;
-    if (fa->dx) for (int j = 0; j < D; j++) fa->dx[r * D + j] += g[j];
-    if (fa->dr) for (int j = 0; j < D; j++) fa->dr[r * D + j] += g[j];
+    float *d[2] = {fa->dx, fa->dr};
+    int fresh[2] = {fa->fresh_x, fa->fresh_r};
+    for (int k = 0; k < 2; k++) {
+        if (!d[k]) continue;
+        float *dk = d[k] + r * D;
+        if (fresh[k]) for (int j = 0; j < D; j++) dk[j] = 0.0f + g[j];
+        else          for (int j = 0; j < D; j++) dk[j] += g[j];
+    }
 }
 
 /* s's gradient has gone on: release it, so that the tape walk skips the add's node */
