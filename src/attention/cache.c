@@ -51,6 +51,7 @@ void cf_cache_mix(float *s, int n, const float *V, int ldv, const int32_t *rows,
 static void attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,
                    float *scores, float *out, float slope, int64_t p) {
     int Dh = c->Dh;
+    unsigned csr = flush_subnormals_begin();   /* far keys' weights, as in the training kernels */
     int64_t head = (int64_t)cf_attn_cache_kv_head(c, h) * c->rows * Dh;
     const float *K = c->k + head, *V = c->v + head;
     cf_dot_rows(n, Dh, K, Dh, rows, q, scores);
@@ -63,6 +64,7 @@ static void attend(const cf_attn_cache *c, int h, const float *q, float scale, c
         }
     }
     cf_cache_mix(scores, n, V, Dh, rows, Dh, out);
+    flush_subnormals_end(csr);
 }
 
 void cf_attn_cache_attend(const cf_attn_cache *c, int h, const float *q, float scale, const int32_t *rows, int n,

@@ -593,6 +593,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
     {
         ws w;
         ws_layout(&w, thread_ws(base, per), g.Dh, BQ);
+        unsigned csr = flush_subnormals_begin();
         for (int st = 0; st < stages; st++) {
             float *dst = st ? o2 : out->data, *ldst = st ? l2 : g.lse;
             /* dynamic, in runs of neighbouring query blocks that share key blocks (see ws); results
@@ -605,6 +606,7 @@ cf_tensor *cf_masked_attention_qkv(cf_ctx *ctx, cf_tensor *qkv, int n_heads, con
         #pragma omp for schedule(static)
         for (int64_t i = 0; i < (int64_t)BH * g.T; i++)
             if (g.lse[i] == -INFINITY) g.lse[i] = INFINITY;
+        flush_subnormals_end(csr);
     }
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_MASKED_ATTENTION, out, 1, &qkv);
@@ -656,6 +658,7 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
     {
         ws w;
         ws_layout(&w, thread_ws(base, per), g.Dh, acc_rows);
+        unsigned csr = flush_subnormals_begin();
         for (int st = 0; st < stages; st++) {
             if (per_seg[st]) {
                 #pragma omp for schedule(dynamic, 1)
@@ -690,6 +693,7 @@ void cf_masked_attention_backward(cf_ctx *ctx, cf_node *n) {
                 }
             }
         }
+        flush_subnormals_end(csr);
     }
     cf_arena_rewind(&ctx->arena, mark);
 }

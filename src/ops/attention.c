@@ -514,6 +514,7 @@ static void backward_run(cf_ctx *ctx, geom *g) {
         uint32_t *pk;
         geom lg = *g;
         ws_layout(&w, &pk, &lg, per_head, 1, thread_ws(base, per), acc_rows);
+        unsigned csr = flush_subnormals_begin();
         if (g->bk && g->bk->begin) g->bk->begin();
         if (per_head) {
             /* dynamic: padding can make heads unequal; results do not depend on who runs what */
@@ -538,6 +539,7 @@ static void backward_run(cf_ctx *ctx, geom *g) {
             }
         }
         if (g->bk && g->bk->end) g->bk->end();
+        flush_subnormals_end(csr);
     }
     cf_arena_rewind(&ctx->arena, mark);
 }
@@ -631,6 +633,7 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
         uint32_t *pk;
         geom lg = g;
         ws_layout(&w, &pk, &lg, 1, 0, thread_ws(base, per), BQ);
+        unsigned csr = flush_subnormals_begin();
         if (g.bk && g.bk->begin) g.bk->begin();
         /* dynamic: causal query blocks differ in work; results do not depend on who runs what */
         #pragma omp for schedule(dynamic, 1)
@@ -642,6 +645,7 @@ static cf_tensor *attention(cf_ctx *ctx, int n_in, cf_tensor **in, int n_heads, 
             for (int qb = qa; qb < qz; qb++) fwd_block(&lg, &w, pk, hd, qb, out->data);
         }
         if (g.bk && g.bk->end) g.bk->end();
+        flush_subnormals_end(csr);
     }
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_ATTENTION, out, n_in, in);
