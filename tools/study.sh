@@ -312,7 +312,7 @@ collect() {
     local c name dir f what
     for c in "${CONFIGS[@]}"; do
         name=$(name_of "$c") dir=$OUT/results/$name
-        [ -d "$dir" ] || continue
+        [ -d "$dir" ] || [ -f "$OUT/runs/$name/log.jsonl" ] || continue
         [ -s "$dir/params.txt" ] && printf '%s\tparams\t%s\n' "$name" "$(cat "$dir/params.txt")"
         local attn
         attn=$(sed -n 's/^ *"type": "\(.*\)",\{0,1\}$/\1/p' "$OUT/runs/$name/config.json" 2>/dev/null | head -1)
