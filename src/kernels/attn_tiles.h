@@ -124,8 +124,9 @@ static inline float exp2_flush(float t) { return t < -125.5f ? 0.0f : exp2f(t); 
  * by a microcode assist: the ALiBi backward at seq 1024 took 4.7x its time with them. The fused
  * kernels therefore run with MXCSR's flush-to-zero and denormals-are-zero set, thread by thread
  * for the length of their parallel region, and restore the caller's mode after: a subnormal there
- * becomes 0, a change far below float rounding of any sum it would have entered; results stay the
- * same bits for any thread count, and bitwise equal to before wherever no subnormal arises. */
+ * becomes 0, a change of less than 2^-126, below the rounding of any sum of normal size it would
+ * have entered; results stay the same bits for any thread count, and bitwise equal to the IEEE
+ * ones wherever no subnormal arises. */
 static inline unsigned flush_subnormals_begin(void) {
 #if defined(__SSE__)
     unsigned csr = _mm_getcsr();
