@@ -38,12 +38,13 @@
 #include "cache.h"
 #include "../ops/backward.h"
 #include "../kernels/attn_geom.h"
+#include "../kernels/attn_tiles.h"
 #include "../kernels/block_gemm.h"
 
 typedef struct xgeom {
     int B, H, Tq, Tk, Dh, C, mlen;
     const float *q, *k, *v, *rk, *u, *vb;   /* rk [Tk, C]; u, vb [C] */
-    float scale;
+    float scale, scale2;   /* 1/sqrt(Dh); and times log2 e, for scores in base 2 */
     int dropout;
     float p, inv_keep;
     uint64_t key;
@@ -66,6 +67,7 @@ static xgeom xgeom_of(cf_tensor **in, int n_heads, float p, int dropout, uint64_
     g.u = in[3]->data + (int64_t)g.Tk * g.C;
     g.vb = in[3]->data + (int64_t)(g.Tk + 1) * g.C;
     g.scale = 1.0f / sqrtf((float)g.Dh);
+    g.scale2 = g.scale * LOG2E;
     g.dropout = dropout;
     g.p = p;
     g.inv_keep = dropout ? 1.0f / (1.0f - p) : 1.0f;
@@ -78,6 +80,48 @@ static inline float xl_z(const xgeom *g, int64_t bh, int i, int j) {
     if (!g->dropout) return 1.0f;
     uint64_t idx = (uint64_t)((bh * g->Tq + i) * g->Tk + j);
     return cf_rng_uniform(g->key, idx) >= g->p ? g->inv_keep : 0.0f;
+}
+
+/* ---- rows of scores ---------------------------------------------------------------------------------
+ * Scores are kept in base-2 units (scaled by log2 e), so a probability is 2^(s - max) and the
+ * log-sum-exp saved for backward is base 2; exp2_16 does 16 lanes at once and, like the fused
+ * kernels, gives 0 rather than a subnormal below 2^-125.5 (docs/attention.md section 2.5.1). */
+#ifdef __AVX512F__
+static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+#endif
+
+/* the largest of s[0, n), n >= 1 */
+static float row_max(const float *s, int n) {
+#ifdef __AVX512F__
+    __m512 m = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = lanes(n - j);
+        m = _mm512_mask_max_ps(m, k, m, _mm512_maskz_loadu_ps(k, s + j));
+    }
+    return _mm512_reduce_max_ps(m);
+#else
+    float m = -INFINITY;
+    for (int j = 0; j < n; j++) m = s[j] > m ? s[j] : m;
+    return m;
+#endif
+}
+
+/* p[j] = 2^(s[j] - m) for j < n (p may be s); returns their sum */
+static float row_exp2(const float *s, float *p, int n, float m) {
+#ifdef __AVX512F__
+    __m512 mv = _mm512_set1_ps(m), sum = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 k = lanes(n - j);
+        __m512 e = _mm512_maskz_mov_ps(k, exp2_16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), mv)));
+        sum = _mm512_add_ps(sum, e);
+        _mm512_mask_storeu_ps(p + j, k, e);
+    }
+    return _mm512_reduce_add_ps(sum);
+#else
+    float sum = 0;
+    for (int j = 0; j < n; j++) { p[j] = exp2_flush(s[j] - m); sum += p[j]; }
+    return sum;
+#endif
 }
 
 /* ---- per (batch, head) item, blocks of XB queries --------------------------------------------------
@@ -129,7 +173,7 @@ static void block_scores(const xgeom *g, int b, int h, int i0, int i1, const xpa
         int i = i0 + r, vis = g->mlen + i + 1, off = i1 - 1 - i;
         float *sr = s + (int64_t)r * n;
         const float *br = bd + (int64_t)r * n + off;
-        for (int j = 0; j < vis; j++) sr[j] = (sr[j] + br[j]) * g->scale;
+        for (int j = 0; j < vis; j++) sr[j] = (sr[j] + br[j]) * g->scale2;
         for (int j = vis; j < n; j++) sr[j] = -INFINITY;
     }
 }
@@ -146,13 +190,14 @@ static void forward_item(const xgeom *g, int64_t bh, float *ws, float *out, floa
         block_scores(g, b, h, i0, i1, &p, s, bd, qu, qv);
         for (int r = 0; r < rows; r++) {
             int i = i0 + r, vis = g->mlen + i + 1;
-            float *sr = s + (int64_t)r * n, mx = -INFINITY, sum = 0;
-            for (int j = 0; j < vis; j++) mx = sr[j] > mx ? sr[j] : mx;
-            for (int j = 0; j < vis; j++) { sr[j] = expf(sr[j] - mx); sum += sr[j]; }
+            float *sr = s + (int64_t)r * n, mx = row_max(sr, vis), sum = row_exp2(sr, sr, vis, mx);
             float inv = 1.0f / sum;
-            for (int j = 0; j < vis; j++) sr[j] *= inv * xl_z(g, bh, i, j);
+            if (g->dropout)
+                for (int j = 0; j < vis; j++) sr[j] *= inv * xl_z(g, bh, i, j);
+            else
+                for (int j = 0; j < vis; j++) sr[j] *= inv;
             for (int j = vis; j < n; j++) sr[j] = 0;
-            lse[bh * g->Tq + i] = mx + logf(sum);
+            lse[bh * g->Tq + i] = mx + log2f(sum);
         }
         memset(o, 0, (size_t)rows * dh * sizeof(float));
         cf_block_gemm(rows, dh, s, n, 1, n, p.vc, dh, o, dh, NULL);                  /* P' V */
@@ -209,8 +254,13 @@ cf_tensor *cf_xl_attention(cf_ctx *ctx, cf_tensor *q, cf_tensor *k, cf_tensor *v
     size_t per = xl_ws_floats(&g, 0);
     float *base = team_ws(ctx, nt, per);
     int64_t items = (int64_t)B * n_heads;
-    #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-    for (int64_t i = 0; i < items; i++) forward_item(&g, i, thread_ws(base, per), out->data, lse);
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        unsigned csr = flush_subnormals_begin();
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < items; i++) forward_item(&g, i, thread_ws(base, per), out->data, lse);
+        flush_subnormals_end(csr);
+    }
     cf_arena_rewind(&ctx->arena, mark);
     cf_node *n = cf_record(ctx, CF_OP_XL_ATTENTION, out, 4, in);
     if (n) {
@@ -260,12 +310,15 @@ static void backward_item(const xgeom *g, int64_t bh, const float *o, const floa
             float L = lse[bh * g->Tq + i];
             float *sr = s + (int64_t)r * n, *pr = pz + (int64_t)r * n, *dpr = bd + (int64_t)r * n;
             float *gr = gb + (int64_t)r * n + off;
-            for (int j = 0; j < vis; j++) {
-                float pj = expf(sr[j] - L), z = xl_z(g, bh, i, j);
-                pr[j] = pj * z;
-                sr[j] = g->scale * pj * (z * dpr[j] - dd[r]);       /* G */
-                gr[j] = sr[j];
-            }
+            row_exp2(sr, pr, vis, L);                                  /* P */
+            if (g->dropout)
+                for (int j = 0; j < vis; j++) {
+                    float pj = pr[j], z = xl_z(g, bh, i, j);
+                    pr[j] = pj * z;
+                    gr[j] = sr[j] = g->scale * pj * (z * dpr[j] - dd[r]);  /* G */
+                }
+            else
+                for (int j = 0; j < vis; j++) gr[j] = sr[j] = g->scale * pr[j] * (dpr[j] - dd[r]);
             for (int j = vis; j < n; j++) pr[j] = sr[j] = 0;
         }
         if (dv) cf_block_gemm(n, dh, pz, 1, n, rows, dob, dh, dvacc, dh, NULL);
@@ -317,6 +370,7 @@ void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n) {
     const float *o = n->out->data, *dout = n->out->grad, *lse = n->saved;
     #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+        unsigned csr = flush_subnormals_begin();
         float *ws = thread_ws(base, per);
         #pragma omp for schedule(dynamic, 1)
         for (int64_t i = 0; i < items; i++)
@@ -333,6 +387,7 @@ void cf_xl_attention_backward(cf_ctx *ctx, cf_node *n) {
                     }
                 }
         }
+        flush_subnormals_end(csr);
     }
     cf_arena_rewind(&ctx->arena, mark);
 }
