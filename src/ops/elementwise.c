@@ -13,6 +13,29 @@ static int64_t broadcast_inner(const char *op, const cf_tensor *a, const cf_tens
     return b->numel;
 }
 
+/* y[r nb + i] = a[r nb + i] op b[i] for every row r of n / nb: parallel over pieces of a row, so
+ * that a few long rows (b of a's own shape is one row) divide among the threads as well as many
+ * short ones. Each element is one operation, so the split changes no result. */
+enum { BC_ADD, BC_MUL, BC_MUL_ACC };   /* y = a + b, y = a b, y += a b */
+#define BC_PIECE 4096
+
+static void broadcast_rows(int op, const float *a, const float *b, float *y, int64_t n, int64_t nb) {
+    int64_t rows = n / nb, pieces = (nb + BC_PIECE - 1) / BC_PIECE;
+    #pragma omp parallel for collapse(2) schedule(static) if (n > 32768)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t p = 0; p < pieces; p++) {
+            int64_t i0 = p * BC_PIECE, i1 = i0 + BC_PIECE < nb ? i0 + BC_PIECE : nb;
+            const float *pa = a + r * nb;
+            float *py = y + r * nb;
+            if (op == BC_ADD)
+                for (int64_t i = i0; i < i1; i++) py[i] = pa[i] + b[i];
+            else if (op == BC_MUL)
+                for (int64_t i = i0; i < i1; i++) py[i] = pa[i] * b[i];
+            else
+                for (int64_t i = i0; i < i1; i++) py[i] += pa[i] * b[i];
+        }
+}
+
 cf_tensor *cf_add(cf_ctx *ctx, cf_tensor *a, cf_tensor *b) {
     int64_t nb = broadcast_inner("add", a, b), n = a->numel;
     float *kept;
@@ -23,12 +46,7 @@ cf_tensor *cf_add(cf_ctx *ctx, cf_tensor *a, cf_tensor *b) {
         return y;
     }
     cf_tensor *y = cf_tensor_new(ctx, a->ndim, a->shape);
-    #pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t r = 0; r < n / nb; r++) {
-        const float *pa = a->data + r * nb;
-        float *py = y->data + r * nb;
-        for (int64_t i = 0; i < nb; i++) py[i] = pa[i] + b->data[i];
-    }
+    broadcast_rows(BC_ADD, a->data, b->data, y->data, n, nb);
     cf_record(ctx, CF_OP_ADD, y, 2, (cf_tensor *[]){a, b});
     return y;
 }
@@ -57,12 +75,7 @@ void cf_add_backward(cf_ctx *ctx, cf_node *n) {
 cf_tensor *cf_mul(cf_ctx *ctx, cf_tensor *a, cf_tensor *b) {
     int64_t nb = broadcast_inner("mul", a, b), n = a->numel;
     cf_tensor *y = cf_tensor_new(ctx, a->ndim, a->shape);
-    #pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t r = 0; r < n / nb; r++) {
-        const float *pa = a->data + r * nb;
-        float *py = y->data + r * nb;
-        for (int64_t i = 0; i < nb; i++) py[i] = pa[i] * b->data[i];
-    }
+    broadcast_rows(BC_MUL, a->data, b->data, y->data, n, nb);
     cf_record(ctx, CF_OP_MUL, y, 2, (cf_tensor *[]){a, b});
     return y;
 }
@@ -72,10 +85,7 @@ void cf_mul_backward(cf_ctx *ctx, cf_node *n) {
     const float *g = n->out->grad;
     int64_t nb = b->numel, rows = a->numel / nb;
     if (a->requires_grad) {
-        float *da = cf_grad(ctx, a);
-        #pragma omp parallel for schedule(static) if (a->numel > 32768)
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t i = 0; i < nb; i++) da[r * nb + i] += g[r * nb + i] * b->data[i];
+        broadcast_rows(BC_MUL_ACC, g, b->data, cf_grad(ctx, a), rows * nb, nb);
     }
     if (b->requires_grad) {
         float *db = cf_grad(ctx, b);
