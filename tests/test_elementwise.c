@@ -40,7 +40,7 @@ static void check_large(int mul, int rows, int nb, int threads) {
         for (int64_t r = 0; r < rows; r++) s += mul ? g[r * nb + i] * a[r * nb + i] : g[r * nb + i];
         bad_db += memcmp(&tb->grad[i], &s, sizeof s) != 0;
     }
-    CHECK(bad_y == 0 && bad_da == 0 && bad_db == 0, "%s [%d, %d] + [%d] at %d threads: %lld, %lld, %lld of y, da, db differ",
+    CHECK(bad_y == 0 && bad_da == 0 && bad_db == 0, "%s of [%d, %d] and [%d] at %d threads: %lld, %lld, %lld of y, da, db differ",
           mul ? "mul" : "add", rows, nb, nb, threads, (long long)bad_y, (long long)bad_da, (long long)bad_db);
     cf_set_num_threads(saved);
     cf_ctx_free(&ctx);
